@@ -1,0 +1,33 @@
+# lrun: `make install` then `make test`. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+TORCH_VERSION ?= 2.13.0
+OSIM_RL_VERSION ?= 3.0.11
+
+.PHONY: install test test-fast lint bench run clean
+
+install: $(BIN)/lrun
+
+$(BIN)/lrun: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	# The CPU build of torch first, so nothing later pulls a CUDA build.
+	$(PIP) install torch==$(TORCH_VERSION)
+	# osim-rl only for its model files; its declared deps (gym, redis) are obsolete.
+	$(PIP) install --no-deps osim-rl==$(OSIM_RL_VERSION)
+	$(PIP) install -e '.[dev]'
+	touch $(BIN)/lrun
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check lrun tests
+
+bench: install
+	$(BIN)/lrun bench env
+
+clean:
+	rm -rf $(VENV) build *.egg-info

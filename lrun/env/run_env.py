@@ -1,0 +1,169 @@
+"""`RunEnv`: the NIPS 2017 Learning to Run task as a `gymnasium.Env` (registered as `lrun/Run-v0`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from lrun.env.layout import EpisodeLayout, draw_layout
+from lrun.env.model import STEP_SECONDS, GaitModel, IntegratorFailure
+from lrun.env.physics import Physics, resolve_physics
+
+OBSERVATION_SIZE = 41
+N_MUSCLES = 18
+MAX_EPISODE_STEPS = 1000
+FALL_HEIGHT = 0.65
+LIGAMENT_WEIGHT = 1e-7
+SNAPSHOT_KEYS = frozenset({"state_variables", "time", "obstacles", "psoas", "step", "difficulty", "max_obstacles"})
+
+
+class RunEnv(gym.Env):
+    """Drive the 18 muscles of `gait9dof18musc` to run as far as possible in 10 s.
+
+    Observation (41 floats): pelvis tilt, x, y; their speeds; hip, knee, ankle angles (right, then left) and their
+    speeds; centre of mass x, y and its velocity; x, y of head, pelvis, torso, toes_l, toes_r, talus_l, talus_r;
+    psoas strength left, right; next obstacle (x relative to pelvis, y, radius) or (100, 0, 0).
+    Action: 18 excitations in the model's muscle order, clipped to [0, 1].
+    Reward: pelvis x advance minus 1e-7 * sqrt(sum of squared ligament forces).
+    `terminated` when pelvis y < 0.65 or the integrator fails; `truncated` after 1000 steps.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        difficulty: int = 0,
+        max_obstacles: int = 3,
+        physics: Physics | str | dict | None = None,
+        model_file: str | None = None,
+    ) -> None:
+        if difficulty not in (0, 1, 2):
+            raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
+        if not isinstance(max_obstacles, int) or max_obstacles < 0:
+            raise ValueError(f"max_obstacles must be a non-negative int, got {max_obstacles!r}")
+        self.difficulty = difficulty
+        self.max_obstacles = max_obstacles
+        self.physics = resolve_physics(physics)
+        self.sim = GaitModel(max_obstacles, self.physics, model_file)
+        self.muscle_names = self.sim.muscle_names
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBSERVATION_SIZE,), np.float64)
+        self.action_space = gym.spaces.Box(0.0, 1.0, (N_MUSCLES,), np.float32)
+        self.layout = EpisodeLayout()
+        self.step_count = 0
+        self._obs: np.ndarray | None = None
+        self._done = True
+
+    # --- gymnasium API ----------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode: draw the layout from this instance's generator (seeded by `seed`), default pose.
+
+        `options={"layout": EpisodeLayout(...)}` imposes a layout instead of drawing one (tests, studies).
+        """
+        super().reset(seed=seed)
+        options = dict(options or {})
+        layout = options.pop("layout", None)
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; RunEnv.reset knows only 'layout'")
+        if layout is None:
+            layout = draw_layout(self.np_random, self.difficulty, self.max_obstacles)
+        elif not isinstance(layout, EpisodeLayout):
+            layout = EpisodeLayout.from_dict(layout)
+        if len(layout.obstacles) > self.max_obstacles:
+            raise ValueError(f"layout has {len(layout.obstacles)} obstacles, max_obstacles is {self.max_obstacles}")
+        self.layout = layout
+        self.sim.apply_layout(self.layout)
+        self.sim.reset_state()
+        self.step_count = 0
+        self._obs = self._observe()[0]
+        self._done = False
+        return self._obs.copy(), {"layout": self.layout}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Hold the excitations for 0.01 s. Raises ValueError for a wrong shape or NaN."""
+        if self._done:
+            raise RuntimeError("step() called on a finished episode: call reset() first")
+        excitations = self._validate_action(action)
+        previous_x = self._obs[1]
+        self.sim.set_excitations(excitations)
+        self.step_count += 1
+        try:
+            self.sim.integrate_step()
+            obs, ligament = self._observe()
+        except IntegratorFailure as failure:
+            # The episode ends; the process and the env live on. The last good observation is returned so
+            # learners never see NaN.
+            self._done = True
+            info = {"integrator_failure": True, "failure": str(failure), "delta_x": 0.0, "ligament_penalty": 0.0}
+            return self._obs.copy(), 0.0, True, False, info
+        delta_x = obs[1] - previous_x
+        penalty = LIGAMENT_WEIGHT * ligament
+        self._obs = obs
+        terminated = bool(obs[2] < FALL_HEIGHT)
+        truncated = not terminated and self.step_count >= MAX_EPISODE_STEPS
+        self._done = terminated or truncated
+        info = {"integrator_failure": False, "delta_x": float(delta_x), "ligament_penalty": penalty}
+        return obs.copy(), float(delta_x - penalty), terminated, truncated, info
+
+    # --- snapshots ------------------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """A plain numpy/dict snapshot of the whole episode state; `set_state` restores it bit-exactly."""
+        if self.sim.state is None:
+            raise RuntimeError("get_state() before the first reset()")
+        return {
+            "state_variables": self.sim.state_variables(),
+            "time": float(self.sim.state.getTime()),
+            "obstacles": self.layout.obstacles.copy(),
+            "psoas": np.array(self.layout.psoas),
+            "step": self.step_count,
+            "difficulty": self.difficulty,
+            "max_obstacles": self.max_obstacles,
+        }
+
+    def set_state(self, snapshot: dict[str, Any]) -> np.ndarray:
+        """Restore a snapshot from `get_state` (of this or another instance); returns the observation."""
+        missing = SNAPSHOT_KEYS - set(snapshot)
+        if missing:
+            raise ValueError(f"snapshot lacks {sorted(missing)}")
+        layout = EpisodeLayout(snapshot["obstacles"], tuple(np.asarray(snapshot["psoas"]).tolist()))
+        if len(layout.obstacles) > self.max_obstacles:
+            raise ValueError(
+                f"snapshot has {len(layout.obstacles)} obstacles but this env has max_obstacles={self.max_obstacles}"
+            )
+        self.sim.apply_layout(layout)
+        self.sim.set_state_variables(snapshot["state_variables"], snapshot["time"])
+        self.layout = layout
+        self.difficulty = int(snapshot["difficulty"])
+        self.step_count = int(snapshot["step"])
+        try:
+            self._obs = self._observe()[0]
+            self._done = self.step_count >= MAX_EPISODE_STEPS or bool(self._obs[2] < FALL_HEIGHT)
+        except IntegratorFailure:
+            # A broken snapshot can be restored (to study it); its first step ends the episode.
+            self._obs = np.zeros(OBSERVATION_SIZE)
+            self._done = False
+        return self._obs.copy()
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+    @property
+    def time_step(self) -> float:
+        """Simulated seconds per step."""
+        return STEP_SECONDS
+
+    def _validate_action(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (N_MUSCLES,):
+            raise ValueError(f"action must have shape ({N_MUSCLES},) (one excitation per muscle), got {a.shape}")
+        if np.isnan(a).any():
+            bad = [self.muscle_names[i] for i in np.flatnonzero(np.isnan(a))]
+            raise ValueError(f"action contains NaN for muscle(s) {', '.join(bad)}")
+        return np.clip(a, 0.0, 1.0)
+
+    def _observe(self) -> tuple[np.ndarray, float]:
+        body, ligament = self.sim.observe()
+        obs = np.empty(OBSERVATION_SIZE)
+        obs[:36] = body
+        obs[36:38] = self.layout.psoas
+        obs[38:41] = self.layout.next_obstacle(body[1])
+        return obs, ligament
