@@ -77,6 +77,16 @@ def model_checksum(path: Path | None = None) -> str:
     return hashlib.sha256(Path(path or find_model_file()).read_bytes()).hexdigest()
 
 
+def _summarise_simtk_error(exc: Exception) -> str:
+    """The informative line of a SimTK/OpenSim exception message (drops the C++ signature and location)."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        line = line.split("': ", 1)[-1].strip() if line.startswith("std::exception") else line.strip()
+        if line and not line.startswith("Thrown at"):
+            return line
+    return repr(exc)
+
+
 class GaitModel:
     """`gait9dof18musc` with obstacle slots, constant-excitation controls and one-step integration."""
 
@@ -142,7 +152,7 @@ class GaitModel:
             self._spheres[k].set_location(opensim.Vec3(x, y, 0.0))
             for force in self._sphere_forces[k]:
                 force.setStiffness(1.0e6 / r)
-        for muscle, base, strength in zip(self._psoas, self._psoas_base_force, layout.psoas):
+        for muscle, base, strength in zip(self._psoas, self._psoas_base_force, layout.psoas, strict=False):
             muscle.setMaxIsometricForce(base * strength)
         self.model.initSystem()
         self._cache_handles()
@@ -200,7 +210,7 @@ class GaitModel:
 
     def set_excitations(self, excitations: np.ndarray) -> None:
         """Set the 18 muscle excitations (already validated and clipped), held constant over the next step."""
-        for control, value in zip(self._controls, excitations.tolist()):
+        for control, value in zip(self._controls, excitations.tolist(), strict=False):
             control.setValue(value)
 
     def integrate_step(self) -> None:
@@ -210,7 +220,7 @@ class GaitModel:
             manager.initialize(self.state)
             self.state = manager.integrate(self.state.getTime() + STEP_SECONDS)
         except Exception as exc:  # SimTK errors surface as RuntimeError with a long C++ message
-            raise IntegratorFailure(str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)) from exc
+            raise IntegratorFailure(_summarise_simtk_error(exc)) from exc
 
     # --- reading -------------------------------------------------------------------------------------------
     def state_variables(self) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -30,7 +30,7 @@ class RunEnv(gym.Env):
     `terminated` when pelvis y < 0.65 or the integrator fails; `truncated` after 1000 steps.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": []}
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class RunEnv(gym.Env):
         self.step_count = 0
         self._obs: np.ndarray | None = None
         self._done = True
+        self._broken_state = ""
 
     # --- gymnasium API ----------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -78,6 +79,7 @@ class RunEnv(gym.Env):
         self.step_count = 0
         self._obs = self._observe()[0]
         self._done = False
+        self._broken_state = ""
         return self._obs.copy(), {"layout": self.layout}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -89,6 +91,10 @@ class RunEnv(gym.Env):
         self.sim.set_excitations(excitations)
         self.step_count += 1
         try:
+            if self._broken_state:
+                # never integrate a non-finite or exploded state: the error control would shrink the step to
+                # its minimum and grind for seconds
+                raise IntegratorFailure(self._broken_state)
             self.sim.integrate_step()
             obs, ligament = self._observe()
         except IntegratorFailure as failure:
@@ -136,11 +142,13 @@ class RunEnv(gym.Env):
         self.layout = layout
         self.difficulty = int(snapshot["difficulty"])
         self.step_count = int(snapshot["step"])
+        self._broken_state = ""
         try:
             self._obs = self._observe()[0]
             self._done = self.step_count >= MAX_EPISODE_STEPS or bool(self._obs[2] < FALL_HEIGHT)
-        except IntegratorFailure:
+        except IntegratorFailure as failure:
             # A broken snapshot can be restored (to study it); its first step ends the episode.
+            self._broken_state = f"restored state is broken: {failure}"
             self._obs = np.zeros(OBSERVATION_SIZE)
             self._done = False
         return self._obs.copy()
