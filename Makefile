@@ -27,7 +27,8 @@ lint: install
 	$(BIN)/ruff check lrun tests
 
 bench: install
-	$(BIN)/lrun bench env
+	mkdir -p bench-results
+	$(BIN)/lrun bench env --json bench-results/env.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

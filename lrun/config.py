@@ -1,0 +1,263 @@
+"""Typed training configuration: TOML file + `--set section.key=value` overrides, validated up front.
+
+Every rank parses and validates the configuration itself before any MPI call, so a bad key or value fails on
+every rank at once with the same one-line message, and no rank is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key named."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a one-line help text (shown by `lrun config --help-keys` and in the README)."""
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class EnvConfig:
+    """Which environment the simulators step."""
+
+    id: str = doc("gymnasium id: lrun/Run-v0, or gymnasium:<id> for any gymnasium env", "lrun/Run-v0")
+    difficulty: int = doc("Learning to Run difficulty: 0 no obstacles, 1 obstacles, 2 obstacles + weak psoas", 0)
+    max_obstacles: int = doc("obstacles per episode at difficulty >= 1 (3 in round 1, 10 in round 2)", 3)
+    physics: str = doc("physics preset: reference (graders' RK-Merson 5e-5), medium or fast", "reference")
+    frame_skip: int = doc("repeat each action this many env steps (rewards summed)", 1)
+    kwargs: dict = doc("extra keyword arguments for gymnasium.make (non-lrun envs)", default_factory=dict)
+
+
+@dataclass
+class LayoutConfig:
+    """How the MPI ranks are used."""
+
+    learners: int = doc("learner ranks (PPO with gradient Allreduce); every other rank is a simulator", 1)
+    envs_per_rank: int = doc("envs each simulator rank steps in turn", 8)
+    ranks: int = doc("expected world size; 0 accepts any size that fits the layout", 0)
+
+
+@dataclass
+class PolicyConfig:
+    """The actor-critic networks."""
+
+    hidden_sizes: list[int] = doc("hidden layer sizes of both MLPs", default_factory=lambda: [64, 64])
+    activation: str = doc("tanh, relu or elu", "tanh")
+    distribution: str = doc("gaussian (state-independent std) or beta", "gaussian")
+    init_log_std: float = doc("initial log std of the Gaussian, in [-1, 1] action units", -0.5)
+    normalise_observations: bool = doc("normalise observations by running statistics merged over ranks", True)
+
+
+@dataclass
+class PPOConfig:
+    """Proximal policy optimisation."""
+
+    steps_per_env: int = doc("steps each env collects per iteration", 128)
+    gamma: float = doc("discount factor", 0.99)
+    gae_lambda: float = doc("GAE lambda", 0.95)
+    learning_rate: float = doc("Adam learning rate", 3e-4)
+    lr_schedule: str = doc("constant, or linear decay to 0 over the run's iterations", "linear")
+    epochs: int = doc("passes over each iteration's batch", 10)
+    minibatches: int = doc("minibatches per epoch (per learner)", 8)
+    clip_coef: float = doc("PPO ratio clip", 0.2)
+    clip_value_loss: bool = doc("clip the value update like the policy ratio", False)
+    ent_coef: float = doc("entropy bonus weight", 0.0)
+    vf_coef: float = doc("value loss weight", 0.5)
+    max_grad_norm: float = doc("gradient norm clip", 0.5)
+    normalise_advantages: bool = doc("normalise advantages per minibatch", True)
+
+
+@dataclass
+class RunConfig:
+    """Length, checkpoints and bookkeeping of a run."""
+
+    iterations: int = doc("PPO iterations (the run ends after this many in total, resumes included)", 100)
+    seed: int = doc("base seed of networks, minibatch order and every env's episode seeds", 0)
+    run_dir: str = doc("directory for checkpoints, logs and the resolved config", "runs/default")
+    checkpoint_every: int = doc("write a checkpoint every this many iterations (and always at the end)", 10)
+    sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)
+    wait_sleep: float = doc("seconds a waiting rank sleeps between polls (MPICH's blocking waits spin)", 0.002)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `lrun train` needs."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for JSON and checkpoints)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The resolved config as JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # type: ignore[misc]
+SECTIONS = {name: typing.get_type_hints(TrainConfig)[name] for name in SECTIONS}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation` where lossless (int -> float), else raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r} ({type(value).__name__})")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r} ({type(value).__name__})")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r} ({type(value).__name__})")
+        return value
+    if isinstance(annotation, types.UnionType):  # pragma: no cover - no unions in the config today
+        raise ConfigError(f"{key}: union types are not supported")
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in known], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}; known: {', '.join(known)}")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: a string (paths, names)
+    return key, value
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """Validate a nested dict (from TOML) plus `section.key=value` overrides into a `TrainConfig`."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        if "." not in key:
+            raise ConfigError(f"--set key must be section.key, got {key!r}; sections: {', '.join(SECTIONS)}")
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"{section}: expected a table")
+        data[section][name] = value
+    sections = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise _unknown(section, list(SECTIONS))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a table of keys, got {values!r}")
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        known = [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+        checked = {}
+        for name, value in values.items():
+            if name not in hints:
+                raise _unknown(f"{section}.{name}", known)
+            checked[name] = _check_type(f"{section}.{name}", value, hints[name])
+        sections[section] = cls(**checked)
+    config = TrainConfig(**sections)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML config file (None: defaults only) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return build_config(data, overrides)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved by `TrainConfig.to_dict` (checkpoints)."""
+    return build_config(data)
+
+
+def validate(config: TrainConfig) -> None:
+    """Value checks that do not depend on the MPI world (those live in `lrun.mpi.check_layout`)."""
+    checks = [
+        (config.layout.learners >= 1, "layout.learners must be >= 1"),
+        (config.layout.envs_per_rank >= 1, "layout.envs_per_rank must be >= 1 (zero envs collect nothing)"),
+        (config.layout.ranks >= 0, "layout.ranks must be >= 0"),
+        (config.env.difficulty in (0, 1, 2), "env.difficulty must be 0, 1 or 2"),
+        (config.env.max_obstacles >= 0, "env.max_obstacles must be >= 0"),
+        (config.env.frame_skip >= 1, "env.frame_skip must be >= 1"),
+        (config.ppo.steps_per_env >= 1, "ppo.steps_per_env must be >= 1"),
+        (0.0 < config.ppo.gamma <= 1.0, "ppo.gamma must lie in (0, 1]"),
+        (0.0 <= config.ppo.gae_lambda <= 1.0, "ppo.gae_lambda must lie in [0, 1]"),
+        (config.ppo.learning_rate > 0, "ppo.learning_rate must be > 0"),
+        (config.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be constant or linear"),
+        (config.ppo.epochs >= 1, "ppo.epochs must be >= 1"),
+        (config.ppo.minibatches >= 1, "ppo.minibatches must be >= 1"),
+        (config.run.iterations >= 1, "run.iterations must be >= 1"),
+        (config.run.checkpoint_every >= 1, "run.checkpoint_every must be >= 1"),
+        (config.run.sync_check_every >= 1, "run.sync_check_every must be >= 1"),
+        (config.run.wait_sleep >= 0, "run.wait_sleep must be >= 0"),
+        (len(config.policy.hidden_sizes) >= 1 and min(config.policy.hidden_sizes) >= 1,
+         "policy.hidden_sizes needs at least one positive size"),
+        (config.policy.activation in ("tanh", "relu", "elu"), "policy.activation must be tanh, relu or elu"),
+        (config.policy.distribution in ("gaussian", "beta"), "policy.distribution must be gaussian or beta"),
+    ]
+    from lrun.env.physics import PRESETS
+
+    checks.append((config.env.physics in PRESETS, f"env.physics must be one of {sorted(PRESETS)}"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def describe_keys() -> str:
+    """Every config key with its type, default and help text."""
+    lines = []
+    defaults = TrainConfig()
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]  {cls.__doc__}")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = getattr(getattr(defaults, section), f.name)
+            type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            lines.append(f"  {f.name} ({type_name}, default {default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)
