@@ -18,6 +18,42 @@ def _bench_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from lrun.checkpoint import CheckpointError
+    from lrun.config import ConfigError, load_config
+    from lrun.mpi import LayoutError, comm_world
+
+    comm = comm_world()
+    rank = comm.Get_rank()
+    try:
+        config = load_config(args.config, args.set)
+        from lrun.train import train
+
+        train(config, resume=args.resume, comm=comm)
+    except (ConfigError, LayoutError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        # Raised before any collective and alike on every rank: each rank exits; one speaks.
+        if rank == 0:
+            print(f"lrun train: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as exc:
+        if comm.Get_size() > 1:
+            # A failure on one rank mid-run: bring the whole job down instead of leaving others in a collective.
+            print(f"lrun train: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            import traceback
+
+            traceback.print_exc()
+            comm.Abort(1)
+        raise
+    return 0
+
+
+def _config_keys(args: argparse.Namespace) -> int:
+    from lrun.config import describe_keys
+
+    print(describe_keys())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
@@ -26,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lrun", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a policy with PPO (run under mpiexec/srun for many ranks)")
+    train.add_argument("config", nargs="?", help="TOML config file (omitted: all defaults)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set ppo.learning_rate=1e-4",
+    )
+    train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")
+    train.set_defaults(func=_train)
+
+    keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
+    keys.set_defaults(func=_config_keys)
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)

@@ -66,6 +66,7 @@ class PPOConfig:
 
     steps_per_env: int = doc("steps each env collects per iteration", 128)
     gamma: float = doc("discount factor", 0.99)
+    reward_scale: float = doc("multiply rewards by this for the value and advantage maths (logs stay unscaled)", 1.0)
     gae_lambda: float = doc("GAE lambda", 0.95)
     learning_rate: float = doc("Adam learning rate", 3e-4)
     lr_schedule: str = doc("constant, or linear decay to 0 over the run's iterations", "linear")
@@ -227,6 +228,7 @@ def validate(config: TrainConfig) -> None:
         (config.env.frame_skip >= 1, "env.frame_skip must be >= 1"),
         (config.ppo.steps_per_env >= 1, "ppo.steps_per_env must be >= 1"),
         (0.0 < config.ppo.gamma <= 1.0, "ppo.gamma must lie in (0, 1]"),
+        (config.ppo.reward_scale > 0, "ppo.reward_scale must be > 0"),
         (0.0 <= config.ppo.gae_lambda <= 1.0, "ppo.gae_lambda must lie in [0, 1]"),
         (config.ppo.learning_rate > 0, "ppo.learning_rate must be > 0"),
         (config.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be constant or linear"),
@@ -236,8 +238,10 @@ def validate(config: TrainConfig) -> None:
         (config.run.checkpoint_every >= 1, "run.checkpoint_every must be >= 1"),
         (config.run.sync_check_every >= 1, "run.sync_check_every must be >= 1"),
         (config.run.wait_sleep >= 0, "run.wait_sleep must be >= 0"),
-        (len(config.policy.hidden_sizes) >= 1 and min(config.policy.hidden_sizes) >= 1,
-         "policy.hidden_sizes needs at least one positive size"),
+        (
+            len(config.policy.hidden_sizes) >= 1 and min(config.policy.hidden_sizes) >= 1,
+            "policy.hidden_sizes needs at least one positive size",
+        ),
         (config.policy.activation in ("tanh", "relu", "elu"), "policy.activation must be tanh, relu or elu"),
         (config.policy.distribution in ("gaussian", "beta"), "policy.distribution must be gaussian or beta"),
     ]

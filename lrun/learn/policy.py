@@ -54,7 +54,9 @@ class ActorCritic(nn.Module):
         n_out = act_size if distribution == "gaussian" else 2 * act_size
         self.actor = mlp([obs_size, *hidden, n_out], activation, out_gain=0.01)
         self.critic = mlp([obs_size, *hidden, 1], activation, out_gain=1.0)
-        self.log_std = nn.Parameter(torch.full((act_size,), float(init_log_std))) if distribution == "gaussian" else None
+        self.log_std = (
+            nn.Parameter(torch.full((act_size,), float(init_log_std))) if distribution == "gaussian" else None
+        )
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
         """The action distribution at these (normalised) observations."""
@@ -74,9 +76,7 @@ class ActorCritic(nn.Module):
         return dist.mean
 
     @torch.no_grad()
-    def act(
-        self, obs: np.ndarray, deterministic: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample raw actions for a batch of normalised observations: (actions, log-probs, values)."""
         obs_t = torch.as_tensor(obs, dtype=torch.float32)
         dist = self.distribution(obs_t)

@@ -51,9 +51,7 @@ class Batch:
         return self.obs.shape[0]
 
 
-def ppo_losses(
-    policy: ActorCritic, mb: Batch, clip_coef: float, clip_value_loss: bool
-) -> dict[str, torch.Tensor]:
+def ppo_losses(policy: ActorCritic, mb: Batch, clip_coef: float, clip_value_loss: bool) -> dict[str, torch.Tensor]:
     """Clipped policy loss, value loss, entropy and diagnostics on one minibatch (advantages as given)."""
     dist = policy.distribution(mb.obs)
     new_logprob = dist.log_prob(mb.actions)
@@ -122,8 +120,14 @@ class PPOLearner:
                 mb_adv = advantages[mb_idx]
                 if s.normalise_advantages and len(idx) > 1:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                mb = Batch(batch.obs[mb_idx], batch.actions[mb_idx], batch.logprobs[mb_idx], mb_adv,
-                           batch.returns[mb_idx], batch.values[mb_idx])
+                mb = Batch(
+                    batch.obs[mb_idx],
+                    batch.actions[mb_idx],
+                    batch.logprobs[mb_idx],
+                    mb_adv,
+                    batch.returns[mb_idx],
+                    batch.values[mb_idx],
+                )
                 losses = ppo_losses(self.policy, mb, s.clip_coef, s.clip_value_loss)
                 entropy_loss = losses["entropy"]
                 loss = losses["pg_loss"] - s.ent_coef * entropy_loss + s.vf_coef * losses["v_loss"]
@@ -134,7 +138,7 @@ class PPOLearner:
                 nn.utils.clip_grad_norm_(self.policy.parameters(), s.max_grad_norm)
                 self.optimizer.step()
                 for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
                 count += 1
         metrics = {key: value / count for key, value in sums.items()}
         with torch.no_grad():

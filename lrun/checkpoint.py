@@ -1,0 +1,86 @@
+"""Checkpoints: written atomically, loaded safely (`torch.load(weights_only=True)`), checked for fit."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "lrun-checkpoint-1"
+LATEST = "checkpoint.pt"
+KEEP = 3
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, foreign or does not fit the config."""
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run keeps its checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int) -> Path:
+    """Write `payload` as checkpoints/iter-NNNNNN.pt and checkpoints/checkpoint.pt, each atomically.
+
+    The data goes to a temporary file that is fsynced and then renamed over the target, so a crash at any
+    moment leaves the previous checkpoint intact. Only the newest `KEEP` iteration files are kept.
+    """
+    directory = checkpoint_dir(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload}
+    target = directory / f"iter-{iteration:06d}.pt"
+    for path in (target, directory / LATEST):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    for old in sorted(directory.glob("iter-*.pt"))[:-KEEP]:
+        old.unlink()
+    return target
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory / checkpoints directory meaning its latest checkpoint."""
+    path = Path(path)
+    for candidate in (path, path / LATEST, checkpoint_dir(path) / LATEST):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"no checkpoint at {path} (looked for the file, {LATEST} in it and in checkpoints/)")
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; clear errors for missing, corrupt or foreign files."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: corrupt or not a checkpoint ({first})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an lrun checkpoint (format {FORMAT!r} expected)")
+    return payload
+
+
+def check_compatible(
+    payload: dict[str, Any], path: str | Path, obs_size: int, act_size: int, hidden_sizes: list[int], distribution: str
+) -> None:
+    """Raise `CheckpointError` if the checkpoint's networks do not fit the configured ones."""
+    meta = payload["meta"]
+    problems = []
+    if meta["obs_size"] != obs_size:
+        problems.append(f"observation size {meta['obs_size']} vs {obs_size}")
+    if meta["act_size"] != act_size:
+        problems.append(f"action size {meta['act_size']} vs {act_size}")
+    if list(meta["hidden_sizes"]) != list(hidden_sizes):
+        problems.append(f"policy.hidden_sizes {list(meta['hidden_sizes'])} vs {list(hidden_sizes)}")
+    if meta["distribution"] != distribution:
+        problems.append(f"policy.distribution {meta['distribution']!r} vs {distribution!r}")
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint does not fit this config: {'; '.join(problems)}")

@@ -1,0 +1,44 @@
+"""Build the training env named by an `EnvConfig`: `lrun/Run-v0` or any `gymnasium:<id>`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+
+from lrun.env.wrappers import FrameSkip
+
+GYMNASIUM_PREFIX = "gymnasium:"
+
+
+def make_env(
+    env_id: str,
+    difficulty: int = 0,
+    max_obstacles: int = 3,
+    physics: str = "reference",
+    frame_skip: int = 1,
+    kwargs: dict | None = None,
+) -> gym.Env:
+    """One env. Raises ValueError naming the id if it is unknown."""
+    kwargs = dict(kwargs or {})
+    if env_id == "lrun/Run-v0":
+        from lrun.env.run_env import RunEnv
+
+        env: gym.Env = RunEnv(difficulty=difficulty, max_obstacles=max_obstacles, physics=physics, **kwargs)
+    elif env_id.startswith(GYMNASIUM_PREFIX):
+        name = env_id[len(GYMNASIUM_PREFIX) :]
+        try:
+            env = gym.make(name, **kwargs)
+        except gym.error.Error as exc:
+            raise ValueError(f"env.id {env_id!r}: gymnasium cannot make {name!r}: {exc}") from exc
+    else:
+        raise ValueError(f"env.id {env_id!r}: use lrun/Run-v0 or gymnasium:<id> (e.g. gymnasium:Pendulum-v1)")
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise ValueError(f"env.id {env_id!r}: lrun trains box (continuous) action spaces only")
+    return FrameSkip(env, frame_skip) if frame_skip > 1 else env
+
+
+def env_factory(env_config) -> Callable[[], gym.Env]:
+    """A zero-argument constructor for the env an `EnvConfig` describes."""
+    c = env_config
+    return lambda: make_env(c.id, c.difficulty, c.max_obstacles, c.physics, c.frame_skip, c.kwargs)

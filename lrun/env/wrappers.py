@@ -1,0 +1,32 @@
+"""Environment wrappers used by training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class FrameSkip(gym.Wrapper):
+    """Repeat each action `skip` times; rewards (and reward terms in info) are summed; stops at an episode end."""
+
+    def __init__(self, env: gym.Env, skip: int) -> None:
+        super().__init__(env)
+        if skip < 1:
+            raise ValueError(f"frame skip must be >= 1, got {skip}")
+        self.skip = skip
+
+    def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
+        """Step the wrapped env up to `skip` times with the same action."""
+        total = 0.0
+        summed: dict[str, float] = {}
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            for key in ("delta_x", "ligament_penalty"):
+                if key in info:
+                    summed[key] = summed.get(key, 0.0) + info[key]
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, {**info, **summed}

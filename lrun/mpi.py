@@ -1,0 +1,162 @@
+"""The thin MPI layer: rank roles, and collectives that wait without burning a core.
+
+All of lrun's MPI calls live here; communicators are always passed in explicitly. MPICH's blocking waits
+busy-poll, so every wait here is a non-blocking operation polled with `Test` and a short sleep: a rank that
+waits (a learner during rollouts, a simulator during the update) leaves its core to the ranks that work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+ROLLOUT_TAG = 11
+
+
+class LayoutError(RuntimeError):
+    """The MPI world does not fit the configured rank layout."""
+
+
+def comm_world() -> MPI.Comm:
+    """MPI.COMM_WORLD (importing mpi4py initialises MPI)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def check_layout(
+    world_size: int, learners: int, envs_per_rank: int, expected_ranks: int = 0, environ: dict[str, str] | None = None
+) -> None:
+    """Raise `LayoutError` with a how-to-launch message if the world cannot run this layout (no collectives)."""
+    environ = os.environ if environ is None else environ
+    launch = "launch with e.g. `mpiexec -n N lrun train ...` or `srun --mpi=pmi2 lrun train ...`"
+    step_tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if world_size == 1 and step_tasks > 1:
+        raise LayoutError(
+            f"srun started {step_tasks} tasks but this one sees an MPI world of size 1: srun is not wiring the "
+            "ranks together (MpiDefault=none). Use `srun --mpi=pmi2` with the pip MPICH (or --mpi=pmix / your "
+            "site MPI's mpiexec)"
+        )
+    if expected_ranks and world_size != expected_ranks:
+        raise LayoutError(f"layout.ranks={expected_ranks} but the MPI world has {world_size} ranks; {launch}")
+    if envs_per_rank < 1:
+        raise LayoutError("layout.envs_per_rank must be >= 1")
+    if world_size == 1:
+        return  # serial mode: every role in this process
+    simulators = world_size - learners
+    if simulators < 1:
+        raise LayoutError(
+            f"{world_size} ranks with layout.learners={learners} leave no simulator rank; need at least "
+            f"{learners + 1} ranks; {launch}"
+        )
+    if simulators < learners:
+        raise LayoutError(
+            f"{simulators} simulator ranks cannot feed layout.learners={learners} learners (each needs at least "
+            f"one); use at least {2 * learners} ranks or fewer learners"
+        )
+
+
+@dataclass
+class RankLayout:
+    """This rank's role and the ranks it talks to (world ranks: learners first, then simulators)."""
+
+    role: str  # "serial", "learner" or "simulator"
+    world_rank: int
+    world_size: int
+    learners: int
+    learner_comm: MPI.Comm | None = None  # the learners only (None on simulators and in serial mode)
+    learner_rank: int | None = None  # world rank of this simulator's learner
+    simulator_ranks: list[int] = field(default_factory=list)  # a learner's simulators (world ranks)
+    simulator_index: int = 0  # a simulator's index among all simulators
+
+    @property
+    def is_root(self) -> bool:
+        """Global rank 0: the learner that logs, checkpoints and decides for everyone."""
+        return self.world_rank == 0
+
+
+def split_roles(comm: MPI.Comm, learners: int) -> RankLayout:
+    """Assign roles: world ranks [0, learners) learn, the rest simulate (round-robin over learners).
+
+    Collective over `comm` (Comm.Split) unless the world has one rank.
+    """
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if size == 1:
+        return RankLayout("serial", 0, 1, 1)
+    is_learner = rank < learners
+    learner_comm = comm.Split(0 if is_learner else 1, rank)
+    simulators = list(range(learners, size))
+    if is_learner:
+        mine = [s for i, s in enumerate(simulators) if i % learners == rank]
+        return RankLayout("learner", rank, size, learners, learner_comm, simulator_ranks=mine)
+    learner_comm.Free()
+    index = rank - learners
+    return RankLayout("simulator", rank, size, learners, None, learner_rank=index % learners, simulator_index=index)
+
+
+def wait(request: MPI.Request, sleep: float) -> float:
+    """Complete a non-blocking request, sleeping between polls. Returns the seconds waited."""
+    start = time.perf_counter()
+    while not request.Test():
+        time.sleep(sleep)
+    return time.perf_counter() - start
+
+
+def Bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, sleep: float) -> float:
+    """Broadcast `buffer` in place from `root`, politely. Collective over `comm`."""
+    return wait(comm.Ibcast(buffer, root=root), sleep)
+
+
+def Allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, sleep: float) -> float:
+    """Sum `buffer` in place over `comm`, politely. Collective over `comm`."""
+    from mpi4py import MPI
+
+    return wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM), sleep)
+
+
+def Allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
+    """Average `buffer` in place over `comm` (blocking: used where every rank is busy anyway)."""
+    from mpi4py import MPI
+
+    comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+    buffer /= comm.Get_size()
+
+
+def Send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, sleep: float) -> float:
+    """Send `buffer` to `dest`, politely. Returns seconds waited."""
+    return wait(comm.Isend(buffer, dest=dest, tag=tag), sleep)
+
+
+def Recv_any_size(comm: MPI.Comm, source: int, tag: int, sleep: float, dtype: type = np.float32) -> np.ndarray:
+    """Receive a vector of unknown length from `source`, politely (probe, then receive)."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(sleep)
+    buffer = np.empty(status.Get_count(MPI._typedict[np.dtype(dtype).char]), dtype=dtype)
+    comm.Recv(buffer, source=source, tag=tag)
+    return buffer
+
+
+def check_synced(comm: MPI.Comm, flat: np.ndarray) -> bool:
+    """Whether every rank of `comm` holds the same vector as rank 0. Collective over `comm`."""
+    from mpi4py import MPI
+
+    reference = flat.copy()
+    comm.Bcast(reference, root=0)
+    same = np.array([1 if np.array_equal(reference, flat) else 0], dtype=np.int32)
+    comm.Allreduce(MPI.IN_PLACE, same, op=MPI.MIN)
+    return bool(same[0])
+
+
+def gather_objects(comm: MPI.Comm, obj: object) -> list[object] | None:
+    """Gather small Python objects to rank 0 of `comm` (logging statistics)."""
+    return comm.gather(obj, root=0)

@@ -1,0 +1,182 @@
+"""Collecting rollouts with the current policy, and packing them into one flat float32 buffer (no MPI).
+
+A simulator rank holds a `RolloutCollector`; what it collects crosses to the learner as one float32 vector
+(`pack_rollout` / `unpack_rollout`), with a small header and the finished episodes' statistics at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lrun.env.vector import SerialVectorEnv
+from lrun.learn.normaliser import RunningNormaliser
+from lrun.learn.policy import ActorCritic
+
+HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s")
+EPISODE_FIELDS = ("return", "length", "distance")
+
+
+@dataclass
+class Rollout:
+    """One simulator's data for one iteration; arrays of shape (steps, envs, ...)."""
+
+    obs: np.ndarray  # normalised observations the policy saw
+    actions: np.ndarray  # raw policy samples
+    logprobs: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    values: np.ndarray
+    final_values: np.ndarray  # V(final observation) where truncated, else 0
+    next_value: np.ndarray  # (envs,) V after the last step
+    episodes: np.ndarray = field(default_factory=lambda: np.zeros((0, len(EPISODE_FIELDS))))
+    policy_version: int = 0
+    simulate_s: float = 0.0
+    wait_s: float = 0.0
+
+    @property
+    def n_steps(self) -> int:
+        """Env steps in this rollout."""
+        return int(self.rewards.size)
+
+
+def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int) -> int:
+    """Length of the packed buffer."""
+    per_step = obs_size + act_size + 6
+    return len(HEADER) + steps * envs * per_step + envs + n_episodes * len(EPISODE_FIELDS)
+
+
+def pack_rollout(r: Rollout) -> np.ndarray:
+    """Flatten a rollout into one float32 vector (header, per-step arrays, next values, episodes)."""
+    header = np.array([r.policy_version, len(r.episodes), r.simulate_s, r.wait_s], dtype=np.float32)
+    parts = [
+        header,
+        r.obs,
+        r.actions,
+        r.logprobs,
+        r.rewards,
+        r.terminated,
+        r.truncated,
+        r.values,
+        r.final_values,
+        r.next_value,
+        r.episodes,
+    ]
+    return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1) for p in parts])
+
+
+def unpack_rollout(buffer: np.ndarray, steps: int, envs: int, obs_size: int, act_size: int) -> Rollout:
+    """Inverse of `pack_rollout`; raises ValueError if the buffer's size does not fit the shapes."""
+    n_episodes = int(buffer[1]) if len(buffer) >= len(HEADER) else -1
+    expected = rollout_size(steps, envs, obs_size, act_size, max(n_episodes, 0))
+    if n_episodes < 0 or len(buffer) != expected:
+        raise ValueError(
+            f"rollout buffer of {len(buffer)} values does not match {steps} steps x {envs} envs "
+            f"x obs {obs_size} / act {act_size} with {n_episodes} episodes ({expected} expected)"
+        )
+    offset = len(HEADER)
+
+    def take(*shape: int) -> np.ndarray:
+        nonlocal offset
+        n = int(np.prod(shape))
+        out = buffer[offset : offset + n].reshape(shape)
+        offset += n
+        return out
+
+    obs = take(steps, envs, obs_size)
+    actions = take(steps, envs, act_size)
+    logprobs, rewards, terminated, truncated, values, final_values = (take(steps, envs) for _ in range(6))
+    next_value = take(envs)
+    episodes = take(n_episodes, len(EPISODE_FIELDS))
+    return Rollout(
+        obs,
+        actions,
+        logprobs,
+        rewards,
+        terminated.astype(bool),
+        truncated.astype(bool),
+        values,
+        final_values,
+        next_value,
+        episodes,
+        int(buffer[0]),
+        float(buffer[2]),
+        float(buffer[3]),
+    )
+
+
+class RolloutCollector:
+    """Steps a `SerialVectorEnv` with a local copy of the policy; raw observations feed the normaliser sums."""
+
+    def __init__(
+        self,
+        vec: SerialVectorEnv,
+        policy: ActorCritic,
+        normaliser: RunningNormaliser,
+        normalise_observations: bool = True,
+        distance_index: int | None = None,
+    ) -> None:
+        """`distance_index`: observation entry that measures distance travelled (pelvis x in RunEnv), if any."""
+        self.vec = vec
+        self.distance_index = distance_index
+        self.policy = policy
+        self.normaliser = normaliser
+        self.normalise_observations = normalise_observations
+        space = vec.single_action_space
+        self.low = np.asarray(space.low, dtype=np.float64)
+        self.high = np.asarray(space.high, dtype=np.float64)
+        self.raw_obs, _ = vec.reset()
+        self.policy_version = 0
+
+    def _input(self, raw: np.ndarray) -> np.ndarray:
+        return self.normaliser.normalise(raw) if self.normalise_observations else raw.astype(np.float32)
+
+    def collect(self, steps: int) -> tuple[Rollout, np.ndarray]:
+        """`steps` steps of every env. Returns the rollout and the moments [sum, sumsq, count] of raw obs."""
+        start = time.perf_counter()
+        envs, obs_size = self.raw_obs.shape
+        act_size = self.low.shape[0]
+        obs = np.zeros((steps, envs, obs_size), np.float32)
+        actions = np.zeros((steps, envs, act_size), np.float32)
+        logprobs, rewards, values, final_values = (np.zeros((steps, envs), np.float32) for _ in range(4))
+        terminated = np.zeros((steps, envs), bool)
+        truncated = np.zeros((steps, envs), bool)
+        episodes = []
+        seen = [self.raw_obs.astype(np.float64)]
+        for t in range(steps):
+            x = self._input(self.raw_obs)
+            raw_action, logprob, value = self.policy.act(x)
+            next_raw, reward, term, trunc, infos = self.vec.step(
+                self.policy.env_action(raw_action, self.low, self.high)
+            )
+            obs[t], actions[t], logprobs[t], values[t] = x, raw_action, logprob, value
+            rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            for i in np.flatnonzero(term | trunc):
+                info = infos[i]
+                if trunc[i] and not term[i]:
+                    final_values[t, i] = self.policy.values(self._input(info["final_observation"][None]))[0]
+                final = info["final_observation"]
+                distance = float("nan") if self.distance_index is None else float(final[self.distance_index])
+                episodes.append((info["episode"]["return"], info["episode"]["length"], distance))
+            self.raw_obs = next_raw
+            seen.append(next_raw.astype(np.float64))
+        next_value = self.policy.values(self._input(self.raw_obs))
+        moments = RunningNormaliser.moments(np.concatenate(seen[:-1]))
+        rollout = Rollout(
+            obs,
+            actions,
+            logprobs,
+            rewards,
+            terminated,
+            truncated,
+            values,
+            final_values,
+            next_value,
+            np.array(episodes, dtype=np.float64).reshape(-1, len(EPISODE_FIELDS)),
+            self.policy_version,
+            time.perf_counter() - start,
+        )
+        return rollout, moments

@@ -1,0 +1,412 @@
+"""`lrun train`: the PPO iteration loop for every rank role (serial, learner, simulator).
+
+One iteration, as every rank sees it:
+
+1. global rank 0 broadcasts [iteration, stop flag, policy parameters, normaliser state] (the iteration number
+   is the policy version);
+2. each simulator collects `steps_per_env` steps of each of its envs and sends the rollout to its learner as one
+   float32 buffer;
+3. all ranks Allreduce the raw-observation moments [sum, sum of squares, count] and fold them into the
+   normaliser;
+4. the learners run PPO, averaging gradients over the learner communicator (one Allreduce per minibatch);
+5. rank 0 logs, and checkpoints every `checkpoint_every` iterations and at the end.
+
+A world of size 1 runs all roles in one process (serial mode) with the same maths and no MPI traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from lrun import __version__
+from lrun import mpi as lmpi
+from lrun.checkpoint import check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
+from lrun.config import TrainConfig
+from lrun.env.factory import env_factory
+from lrun.env.vector import SerialVectorEnv
+from lrun.learn.gae import compute_gae
+from lrun.learn.normaliser import RunningNormaliser
+from lrun.learn.policy import ActorCritic, flat_parameters, load_flat_parameters
+from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
+from lrun.logger import ProgressLogger
+from lrun.rollout import Rollout, RolloutCollector, pack_rollout, unpack_rollout
+
+
+@dataclass
+class Problem:
+    """Sizes every rank derives from the config before any MPI call."""
+
+    obs_size: int
+    act_size: int
+    distance_index: int | None
+
+
+def probe_env(config: TrainConfig) -> Problem:
+    """Build one env to learn the spaces (and to fail early, on every rank, on a bad env config)."""
+    env = env_factory(config.env)()
+    try:
+        obs_size = int(np.prod(env.observation_space.shape))
+        act_size = int(np.prod(env.action_space.shape))
+    finally:
+        env.close()
+    return Problem(obs_size, act_size, 1 if config.env.id == "lrun/Run-v0" else None)
+
+
+def build_policy(config: TrainConfig, problem: Problem) -> ActorCritic:
+    """The actor-critic the config describes, initialised from the run seed (identical on every rank)."""
+    torch.manual_seed(config.run.seed)
+    p = config.policy
+    return ActorCritic(problem.obs_size, problem.act_size, p.hidden_sizes, p.activation, p.distribution, p.init_log_std)
+
+
+def ppo_settings(config: TrainConfig) -> PPOSettings:
+    """The subset of the config the PPO update needs."""
+    c = config.ppo
+    return PPOSettings(
+        c.learning_rate,
+        c.epochs,
+        c.minibatches,
+        c.clip_coef,
+        c.clip_value_loss,
+        c.ent_coef,
+        c.vf_coef,
+        c.max_grad_norm,
+        c.normalise_advantages,
+    )
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """The scheduled learning rate at this iteration (0-based)."""
+    if config.ppo.lr_schedule == "linear":
+        return config.ppo.learning_rate * (1.0 - iteration / config.run.iterations)
+    return config.ppo.learning_rate
+
+
+def rollouts_to_batch(rollouts: list[Rollout], gamma: float, lam: float, reward_scale: float = 1.0) -> Batch:
+    """GAE per rollout, then one flat batch over all of a learner's simulators."""
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values")
+    }
+    for r in rollouts:
+        advantages, returns = compute_gae(
+            r.rewards * reward_scale, r.values, r.terminated, r.truncated, r.final_values, r.next_value, gamma, lam
+        )
+        parts["obs"].append(r.obs.reshape(-1, r.obs.shape[-1]))
+        parts["actions"].append(r.actions.reshape(-1, r.actions.shape[-1]))
+        parts["logprobs"].append(r.logprobs.reshape(-1))
+        parts["advantages"].append(advantages.reshape(-1))
+        parts["returns"].append(returns.reshape(-1))
+        parts["values"].append(r.values.reshape(-1))
+    return Batch.from_numpy(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+class TrainingState:
+    """What a learner owns and a checkpoint holds."""
+
+    def __init__(self, config: TrainConfig, problem: Problem, learner_index: int, reduce_gradients: Any = None) -> None:
+        self.config = config
+        self.problem = problem
+        self.policy = build_policy(config, problem)
+        self.normaliser = RunningNormaliser(problem.obs_size)
+        self.learner = PPOLearner(
+            self.policy, ppo_settings(config), reduce_gradients, seed=config.run.seed * 1000 + learner_index
+        )
+        self.iteration = 0
+        self.env_steps = 0
+
+    def payload(self) -> dict[str, Any]:
+        """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
+        p = self.config.policy
+        return {
+            "meta": {
+                "obs_size": self.problem.obs_size,
+                "act_size": self.problem.act_size,
+                "hidden_sizes": list(p.hidden_sizes),
+                "distribution": p.distribution,
+                "lrun_version": __version__,
+            },
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.learner.optimizer.state_dict(),
+            "normaliser": torch.from_numpy(self.normaliser.state_vector()),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": json.dumps(self.learner.rng.bit_generator.state),
+            "config": self.config.to_dict(),
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Load a checkpoint payload (already checked for fit)."""
+        self.policy.load_state_dict(payload["policy"])
+        self.learner.optimizer.load_state_dict(payload["optimizer"])
+        self.normaliser.load_state_vector(payload["normaliser"].numpy())
+        torch.set_rng_state(payload["torch_rng"])
+        self.learner.rng.bit_generator.state = json.loads(payload["numpy_rng"])
+        self.iteration = int(payload["iteration"])
+        self.env_steps = int(payload["env_steps"])
+
+    def message(self, stop: bool) -> np.ndarray:
+        """The broadcast: [iteration, stop, parameters, normaliser state] as float64."""
+        return np.concatenate(
+            [
+                [float(self.iteration), float(stop)],
+                flat_parameters(self.policy).astype(np.float64),
+                self.normaliser.state_vector(),
+            ]
+        )
+
+
+def message_size(policy: ActorCritic, obs_size: int) -> int:
+    """Length of the broadcast message."""
+    return 2 + sum(p.numel() for p in policy.parameters()) + 2 * obs_size + 1
+
+
+def load_message(message: np.ndarray, policy: ActorCritic, normaliser: RunningNormaliser) -> tuple[int, bool]:
+    """Apply a broadcast message to a simulator's policy copy; returns (iteration, stop)."""
+    n_params = sum(p.numel() for p in policy.parameters())
+    load_flat_parameters(policy, message[2 : 2 + n_params].astype(np.float32))
+    normaliser.load_state_vector(message[2 + n_params :])
+    return int(message[0]), bool(message[1])
+
+
+def make_collector(
+    config: TrainConfig,
+    problem: Problem,
+    policy: ActorCritic,
+    normaliser: RunningNormaliser,
+    simulator_index: int,
+    start_iteration: int,
+) -> RolloutCollector:
+    """A simulator's envs; episode seeds derive from (run seed, simulator, start iteration): resumes never repeat."""
+    factory = env_factory(config.env)
+    seed = int(np.random.SeedSequence([config.run.seed, simulator_index, start_iteration]).generate_state(1)[0])
+    vec = SerialVectorEnv([factory] * config.layout.envs_per_rank, seed=seed)
+    return RolloutCollector(vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index)
+
+
+def summarise(
+    iteration: int,
+    env_steps: int,
+    wall_s: float,
+    new_steps: int,
+    learn_s: float,
+    rollouts: list[Rollout],
+    losses: dict[str, float],
+) -> dict[str, float]:
+    """The scalars logged per iteration (CleanRL-style names)."""
+    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 3))
+    simulate = float(np.mean([r.simulate_s for r in rollouts]))
+    wait = float(np.mean([r.wait_s for r in rollouts]))
+    nan = float("nan")
+    return {
+        "iteration": iteration,
+        "env_steps": env_steps,
+        "charts/steps_per_s": new_steps / wall_s,
+        "charts/episodes": len(episodes),
+        "charts/episodic_return": float(episodes[:, 0].mean()) if len(episodes) else nan,
+        "charts/episodic_return_median": float(np.median(episodes[:, 0])) if len(episodes) else nan,
+        "charts/episodic_length": float(episodes[:, 1].mean()) if len(episodes) else nan,
+        "charts/distance": float(np.nanmean(episodes[:, 2]))
+        if len(episodes) and not np.isnan(episodes[:, 2]).all()
+        else nan,
+        "losses/policy_loss": losses.get("pg_loss", nan),
+        "losses/value_loss": losses.get("v_loss", nan),
+        "losses/entropy": losses.get("entropy", nan),
+        "losses/approx_kl": losses.get("approx_kl", nan),
+        "losses/clipfrac": losses.get("clipfrac", nan),
+        "losses/explained_variance": losses.get("explained_variance", nan),
+        "time/iteration_s": wall_s,
+        "time/simulate_s": simulate,
+        "time/communicate_s": max(wall_s - simulate - learn_s, 0.0),
+        "time/learn_s": learn_s,
+        "time/simulator_wait_fraction": wait / wall_s,
+    }
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Create the run directory and save the resolved config in it (global rank 0 only)."""
+    run_dir = Path(config.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json() + "\n")
+    return run_dir
+
+
+def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stream: TextIO | None = None) -> dict:
+    """Run `lrun train` on this rank. Collective over `comm` (default: MPI world; None-world = serial).
+
+    Returns the last logged scalars on global rank 0 (an empty dict elsewhere).
+    """
+    stream = stream or sys.stdout
+    torch.set_num_threads(1)  # one core per rank: simulators and learners share the node
+    if comm is None:
+        comm = lmpi.comm_world()
+    world_size = comm.Get_size()
+    layout_cfg = config.layout
+    # Everything below up to split_roles is local and deterministic: a problem fails on every rank alike.
+    lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
+    problem = probe_env(config)
+    payload = None
+    if resume is not None:
+        resume_path = resolve_checkpoint(resume)
+        payload = load_checkpoint(resume_path)
+        check_compatible(
+            payload,
+            resume_path,
+            problem.obs_size,
+            problem.act_size,
+            config.policy.hidden_sizes,
+            config.policy.distribution,
+        )
+    layout = lmpi.split_roles(comm, layout_cfg.learners)
+    if layout.role == "simulator":
+        simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
+        return {}
+    return learn(config, problem, comm, layout, payload, stream)
+
+
+def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, start_iteration: int) -> None:
+    """A simulator rank: receive the policy, collect, send, until told to stop."""
+    sleep = config.run.wait_sleep
+    policy = build_policy(config, problem)
+    # every simulator explores with its own noise (the policy was built from the shared seed)
+    torch.manual_seed(
+        int(np.random.SeedSequence([config.run.seed, layout.simulator_index, start_iteration, 1]).generate_state(1)[0])
+    )
+    normaliser = RunningNormaliser(problem.obs_size)
+    collector = make_collector(config, problem, policy, normaliser, layout.simulator_index, start_iteration)
+    message = np.empty(message_size(policy, problem.obs_size))
+    waited = 0.0
+    first = True
+    while True:
+        waited += lmpi.Bcast(comm, message, 0, sleep)
+        if first:  # the first wait covers the learners' start-up, not idling during an update
+            waited, first = 0.0, False
+        iteration, stop = load_message(message, policy, normaliser)
+        if stop:
+            return
+        collector.policy_version = iteration
+        rollout, moments = collector.collect(config.ppo.steps_per_env)
+        rollout.wait_s = waited
+        waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, sleep)
+        waited += lmpi.Allreduce_sum(comm, moments, sleep)
+
+
+def learn(
+    config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, payload: dict | None, stream: TextIO
+) -> dict:
+    """A learner rank (or the whole run in serial mode)."""
+    sleep = config.run.wait_sleep
+    serial = layout.role == "serial"
+    learner_comm = layout.learner_comm
+    reduce = None
+    if learner_comm is not None and learner_comm.Get_size() > 1:
+        reduce = lambda flat: lmpi.Allreduce_mean(learner_comm, flat)  # noqa: E731
+    state = TrainingState(config, problem, 0 if serial else learner_comm.Get_rank(), reduce)
+    if payload is not None:
+        state.restore(payload)
+    start_iteration = state.iteration
+    logger = None
+    if layout.is_root:
+        run_dir = prepare_run_dir(config)
+        logger = ProgressLogger(run_dir, config.run.iterations, stream)
+        mode = (
+            "serial mode: learner and simulator in one process (MPI world of size 1)"
+            if serial
+            else (f"{world_description(layout)}")
+        )
+        print(f"lrun train: {mode}; run directory {run_dir}", file=stream, flush=True)
+        if payload is not None:
+            print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)
+    collector = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration) if serial else None
+    steps = config.ppo.steps_per_env
+    envs = config.layout.envs_per_rank
+    last: dict = {}
+    while True:
+        stop = state.iteration >= config.run.iterations
+        t0 = time.perf_counter()
+        if not serial:
+            message = state.message(stop)
+            lmpi.Bcast(comm, message, 0, sleep)
+        if stop:
+            break
+        if serial:
+            collector.policy_version = state.iteration
+            rollout, moments = collector.collect(steps)
+            rollouts = [rollout]
+        else:
+            rollouts = [
+                unpack_rollout(
+                    lmpi.Recv_any_size(comm, source, lmpi.ROLLOUT_TAG, sleep),
+                    steps,
+                    envs,
+                    problem.obs_size,
+                    problem.act_size,
+                )
+                for source in layout.simulator_ranks
+            ]
+            moments = np.zeros(2 * problem.obs_size + 1)
+            lmpi.Allreduce_sum(comm, moments, sleep)
+        state.normaliser.update_from_moments(moments)
+        t_learn = time.perf_counter()
+        state.learner.set_learning_rate(learning_rate(config, state.iteration))
+        losses = state.learner.update(
+            rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
+        )
+        learn_s = time.perf_counter() - t_learn
+        new_steps = sum(r.n_steps for r in rollouts)
+        state.iteration += 1
+        if learner_comm is not None and learner_comm.Get_size() > 1:
+            gathered = lmpi.gather_objects(learner_comm, (new_steps, rollouts_summary(rollouts)))
+            if learner_comm.Get_rank() == 0:
+                new_steps = sum(g[0] for g in gathered)
+                rollouts = [r for g in gathered for r in g[1]]
+            if state.iteration % config.run.sync_check_every == 0 and not lmpi.check_synced(
+                learner_comm, flat_parameters(state.policy)
+            ):
+                raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
+        state.env_steps += new_steps if layout.is_root else 0
+        if layout.is_root:
+            last = summarise(
+                state.iteration, state.env_steps, time.perf_counter() - t0, new_steps, learn_s, rollouts, losses
+            )
+            logger.log(last)
+            if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
+                save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
+    return last
+
+
+def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
+    """Rollouts stripped to what logging needs (episodes and timings), to gather them cheaply."""
+    empty = np.zeros((0,), np.float32)
+    return [
+        Rollout(
+            empty,
+            empty,
+            empty,
+            np.zeros(r.n_steps, np.float32),
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            r.episodes,
+            r.policy_version,
+            r.simulate_s,
+            r.wait_s,
+        )
+        for r in rollouts
+    ]
+
+
+def world_description(layout: lmpi.RankLayout) -> str:
+    """e.g. '1 learner + 2 simulator ranks'."""
+    sims = layout.world_size - layout.learners
+    return f"{layout.learners} learner{'s' if layout.learners > 1 else ''} + {sims} simulator rank{'s' if sims > 1 else ''}"
