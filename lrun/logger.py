@@ -52,8 +52,9 @@ class ProgressLogger:
             return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
         return (
-            f"iter {int(s['iteration'])}/{self.total} | steps {int(s['env_steps'])} | {num('charts/steps_per_s', '.0f')}"
-            f" steps/s | return {num('charts/episodic_return')} len {num('charts/episodic_length', '.0f')}"
+            f"iter {int(s['iteration'])}/{self.total} | steps {int(s['env_steps'])}"
+            f" | {num('charts/steps_per_s', '.0f')} steps/s | return {num('charts/episodic_return')}"
+            f" len {num('charts/episodic_length', '.0f')}"
             f" (episodes {int(s.get('charts/episodes', 0))}) | pg {num('losses/policy_loss')} v "
             f"{num('losses/value_loss')} ent {num('losses/entropy')} kl {num('losses/approx_kl')} clip "
             f"{num('losses/clipfrac', '.2f')} | sim {num('time/simulate_s', '.2f')}s comm "

@@ -409,4 +409,5 @@ def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
 def world_description(layout: lmpi.RankLayout) -> str:
     """e.g. '1 learner + 2 simulator ranks'."""
     sims = layout.world_size - layout.learners
-    return f"{layout.learners} learner{'s' if layout.learners > 1 else ''} + {sims} simulator rank{'s' if sims > 1 else ''}"
+    learners = f"{layout.learners} learner{'s' if layout.learners > 1 else ''}"
+    return f"{learners} + {sims} simulator rank{'s' if sims > 1 else ''}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ DISTRIBUTIONS = ("gaussian", "beta")
 def mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequential:
     """Orthogonally initialised MLP; no activation after the last layer."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(n_in, n_out)
         last = i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, gain=out_gain if last else np.sqrt(2.0))
