@@ -104,11 +104,12 @@ def flat_parameters(module: nn.Module) -> np.ndarray:
 
 def load_flat_parameters(module: nn.Module, flat: np.ndarray) -> None:
     """Inverse of `flat_parameters`."""
+    expected = sum(p.numel() for p in module.parameters())
+    if len(flat) != expected:
+        raise ValueError(f"parameter vector has {len(flat)} values, the network {expected}")
     offset = 0
     with torch.no_grad():
         for p in module.parameters():
             n = p.numel()
             p.copy_(torch.as_tensor(flat[offset : offset + n]).reshape(p.shape))
             offset += n
-    if offset != len(flat):
-        raise ValueError(f"parameter vector has {len(flat)} values, the network {offset}")

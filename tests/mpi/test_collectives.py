@@ -1,0 +1,124 @@
+"""Collective tests: run by tests/test_mpi_tier.py under `mpiexec -n 1`, `-n 2` and `-n 3`.
+
+Every rank runs the same tests in the same order, so the collectives inside them match up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from lrun import mpi as lmpi
+from lrun.checkpoint import load_checkpoint
+from lrun.config import build_config
+from lrun.learn.policy import ActorCritic, flat_parameters
+from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
+from lrun.train import train
+
+world = MPI.COMM_WORLD
+rank, size = world.Get_rank(), world.Get_size()
+
+
+def test_split_roles_learners_first_simulators_round_robin():
+    layout = lmpi.split_roles(world, learners=1)
+    if size == 1:
+        assert layout.role == "serial"
+        return
+    assert layout.role == ("learner" if rank == 0 else "simulator")
+    if rank == 0:
+        assert layout.simulator_ranks == list(range(1, size)) and layout.learner_comm.Get_size() == 1
+    else:
+        assert layout.learner_rank == 0 and layout.simulator_index == rank - 1
+
+
+def test_polite_bcast_allreduce_and_any_size_receive():
+    buffer = np.arange(5, dtype=np.float64) if rank == 0 else np.zeros(5)
+    lmpi.Bcast(world, buffer, 0, 0.001)
+    assert np.array_equal(buffer, np.arange(5))
+    total = np.full(3, float(rank + 1))
+    lmpi.Allreduce_sum(world, total, 0.001)
+    assert np.array_equal(total, np.full(3, size * (size + 1) / 2))
+    if rank == 0:
+        for source in range(1, size):
+            got = lmpi.Recv_any_size(world, source, 5, 0.001)
+            assert np.array_equal(got, np.full(10 * source + 1, source, np.float32))
+    else:
+        lmpi.Send(world, np.full(10 * rank + 1, rank, np.float32), 0, 5, 0.001)
+
+
+def test_check_synced_detects_divergence():
+    assert lmpi.check_synced(world, np.ones(4))
+    assert lmpi.check_synced(world, np.full(4, float(rank))) == (size == 1)
+
+
+def test_gradient_allreduce_keeps_learners_identical_on_different_data():
+    torch.manual_seed(0)  # the same initial network everywhere
+    policy = ActorCritic(3, 2, (8,))
+    rng = np.random.default_rng(rank)  # but every rank has its own data
+    obs = rng.normal(size=(64, 3)).astype(np.float32)
+    actions, logprobs, values = policy.act(obs)
+    adv = rng.normal(size=64)
+    batch = Batch.from_numpy(
+        obs=obs, actions=actions, logprobs=logprobs, advantages=adv, returns=values + adv, values=values
+    )
+    learner = PPOLearner(
+        policy,
+        PPOSettings(learning_rate=1e-2, epochs=2, minibatches=4),
+        lambda flat: lmpi.Allreduce_mean(world, flat),
+        seed=rank,
+    )
+    before = flat_parameters(policy)
+    learner.update(batch)
+    after = flat_parameters(policy)
+    assert not np.array_equal(before, after)
+    assert lmpi.check_synced(world, after)
+
+
+def tiny_config(tmp_dir: str, **overrides: str):
+    items = {
+        "env.id": "gymnasium:Pendulum-v1",
+        "layout.envs_per_rank": "2",
+        "ppo.steps_per_env": "32",
+        "ppo.minibatches": "4",
+        "ppo.epochs": "2",
+        "run.iterations": "2",
+        "run.checkpoint_every": "1",
+        "run.run_dir": tmp_dir,
+        "run.sync_check_every": "1",
+        **overrides,
+    }
+    return build_config({}, [f"{k}={v}" for k, v in items.items()])
+
+
+@pytest.fixture
+def shared_dir(tmp_path):
+    """A directory every rank agrees on (rank 0's tmp_path)."""
+    return world.bcast(str(tmp_path), root=0)
+
+
+def test_train_checkpoints_and_resume_continues_counters(shared_dir):
+    out = io.StringIO()
+    last = train(tiny_config(shared_dir), comm=world, stream=out)
+    world.Barrier()
+    steps_per_iteration = max(size - 1, 1) * 2 * 32
+    if rank == 0:
+        assert last["iteration"] == 2 and last["env_steps"] == 2 * steps_per_iteration
+        assert ("serial mode" in out.getvalue()) == (size == 1)
+        checkpoint = load_checkpoint(shared_dir)
+        assert checkpoint["iteration"] == 2 and checkpoint["env_steps"] == 2 * steps_per_iteration
+        assert (
+            json.loads((__import__("pathlib").Path(shared_dir) / "config.json").read_text())["run"]["iterations"] == 2
+        )
+    last = train(
+        tiny_config(shared_dir, **{"run.iterations": "3"}), resume=shared_dir, comm=world, stream=io.StringIO()
+    )
+    world.Barrier()
+    if rank == 0:
+        assert last["iteration"] == 3 and last["env_steps"] == 3 * steps_per_iteration
+        rows = (__import__("pathlib").Path(shared_dir) / "progress.csv").read_text().splitlines()
+        assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]

@@ -1,0 +1,146 @@
+"""Config parsing and validation, rank-layout checks, checkpoints and rollout buffers (no MPI processes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lrun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lrun.config import ConfigError, TrainConfig, build_config, describe_keys, load_config
+from lrun.mpi import LayoutError, check_layout
+from lrun.rollout import Rollout, pack_rollout, unpack_rollout
+
+
+def test_defaults_overrides_and_types(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[ppo]\nlearning_rate = 1\n[policy]\nhidden_sizes = [16, 8]\n[env]\nid = "gymnasium:Pendulum-v1"\n')
+    config = load_config(path, ["run.run_dir=runs/x", "ppo.epochs=3", "policy.activation=relu"])
+    assert config.ppo.learning_rate == 1.0 and isinstance(config.ppo.learning_rate, float)
+    assert config.policy.hidden_sizes == [16, 8] and config.policy.activation == "relu"
+    assert config.run.run_dir == "runs/x" and config.ppo.epochs == 3
+    assert config.env.id == "gymnasium:Pendulum-v1"
+    assert build_config(config.to_dict()) == config  # the saved resolved config round-trips
+    assert "[ppo]" in describe_keys() and "learning_rate (float, default 0.0003)" in describe_keys()
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        ({"ppo": {"learnin_rate": 1e-3}}, [], r"unknown config key 'ppo.learnin_rate' \(did you mean 'learning_rate'"),
+        ({"ppoo": {}}, [], r"unknown config key 'ppoo' \(did you mean 'ppo'"),
+        ({}, ["ppo.epochs=2.5"], "ppo.epochs: expected an integer, got 2.5"),
+        ({}, ["ppo.gamma=fast"], "ppo.gamma: expected a number"),
+        ({}, ["policy.normalise_observations=1"], "expected true or false"),
+        ({}, ["policy.hidden_sizes=[64, 'x']"], r"policy.hidden_sizes\[1\]: expected an integer"),
+        ({}, ["layout.envs_per_rank=0"], "zero envs"),
+        ({}, ["layout.learners=0"], "layout.learners must be >= 1"),
+        ({}, ["env.physics=warp"], "env.physics must be one of"),
+        ({}, ["epochs=3"], "section.key"),
+        ({"run": 3}, [], "run: expected a table"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(data, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(data, overrides)
+
+
+def test_missing_or_invalid_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ppo\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_layout_checks():
+    check_layout(1, 1, 8, environ={})  # serial
+    check_layout(3, 1, 8, environ={})
+    check_layout(4, 2, 8, environ={})
+    with pytest.raises(LayoutError, match="no simulator rank"):
+        check_layout(2, 2, 8, environ={})
+    with pytest.raises(LayoutError, match="cannot feed"):
+        check_layout(3, 2, 8, environ={})
+    with pytest.raises(LayoutError, match="layout.ranks=4 but the MPI world has 3"):
+        check_layout(3, 1, 8, expected_ranks=4, environ={})
+    with pytest.raises(LayoutError, match="srun started 3 tasks.*--mpi=pmi2"):
+        check_layout(1, 1, 8, environ={"SLURM_STEP_NUM_TASKS": "3"})
+    with pytest.raises(LayoutError, match="envs_per_rank"):
+        check_layout(3, 1, 0, environ={})
+
+
+def test_checkpoints_are_atomic_safe_and_checked(tmp_path):
+    payload = {"meta": {"obs_size": 3}, "iteration": 4, "weights": torch.arange(5.0), "config": {"a": [1, 2]}}
+    path = save_checkpoint(tmp_path, payload, 4)
+    assert path.name == "iter-000004.pt"
+    loaded = load_checkpoint(tmp_path)  # a run directory means its latest checkpoint
+    assert loaded["iteration"] == 4 and torch.equal(loaded["weights"], torch.arange(5.0))
+    for i in range(5, 10):
+        save_checkpoint(tmp_path, {**payload, "iteration": i}, i)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("iter-*")) == [
+        "iter-000007.pt",
+        "iter-000008.pt",
+        "iter-000009.pt",
+    ]
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt.pt: corrupt or not a checkpoint"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not an lrun checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_rollout_pack_round_trip():
+    rng = np.random.default_rng(0)
+    steps, envs, obs, act = 5, 3, 4, 2
+
+    def arr(*shape):
+        return rng.normal(size=shape).astype(np.float32)
+
+    r = Rollout(
+        arr(steps, envs, obs),
+        arr(steps, envs, act),
+        arr(steps, envs),
+        arr(steps, envs),
+        rng.random((steps, envs)) < 0.3,
+        rng.random((steps, envs)) < 0.3,
+        arr(steps, envs),
+        arr(steps, envs),
+        arr(envs),
+        np.array([[1.5, 20, 3.25], [2.0, 7, 0.5]]),
+        policy_version=17,
+        simulate_s=1.25,
+        wait_s=0.5,
+    )
+    back = unpack_rollout(pack_rollout(r), steps, envs, obs, act)
+    for name in (
+        "obs",
+        "actions",
+        "logprobs",
+        "rewards",
+        "terminated",
+        "truncated",
+        "values",
+        "final_values",
+        "next_value",
+        "episodes",
+    ):
+        assert np.array_equal(getattr(back, name), getattr(r, name)), name
+    assert (back.policy_version, back.simulate_s, back.wait_s) == (17, 1.25, 0.5)
+    with pytest.raises(ValueError, match="does not match"):
+        unpack_rollout(pack_rollout(r), steps, envs, obs + 1, act)
+
+
+def test_train_config_is_a_dataclass_with_help_everywhere():
+    import dataclasses
+
+    config = TrainConfig()
+    for section in dataclasses.fields(config):
+        for f in dataclasses.fields(getattr(config, section.name)):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help text"
