@@ -62,9 +62,9 @@ def test_layout_checks():
         check_layout(2, 2, 8, environ={})
     with pytest.raises(LayoutError, match="cannot feed"):
         check_layout(3, 2, 8, environ={})
-    with pytest.raises(LayoutError, match="layout.ranks=4 but the MPI world has 3"):
+    with pytest.raises(LayoutError, match=r"layout.ranks=4 but the MPI world has 3"):
         check_layout(3, 1, 8, expected_ranks=4, environ={})
-    with pytest.raises(LayoutError, match="srun started 3 tasks.*--mpi=pmi2"):
+    with pytest.raises(LayoutError, match=r"srun started 3 tasks.*--mpi=pmi2"):
         check_layout(1, 1, 8, environ={"SLURM_STEP_NUM_TASKS": "3"})
     with pytest.raises(LayoutError, match="envs_per_rank"):
         check_layout(3, 1, 0, environ={})
@@ -86,7 +86,7 @@ def test_checkpoints_are_atomic_safe_and_checked(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt.pt: corrupt or not a checkpoint"):
+    with pytest.raises(CheckpointError, match=r"corrupt.pt: corrupt or not a checkpoint"):
         load_checkpoint(corrupt)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
