@@ -6,7 +6,9 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test test-fast lint bench run clean
+.PHONY: install test lint bench bench-env bench-train run clean
+
+RANKS ?= 3
 
 install: $(BIN)/lrun
 
@@ -26,9 +28,21 @@ test: install
 lint: install
 	$(BIN)/ruff check lrun tests
 
-bench: install
+bench: bench-env bench-train
+
+bench-env: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench env --json bench-results/env.json
+
+bench-train: install
+	mkdir -p bench-results
+	$(BIN)/lrun bench train --json bench-results/train.json
+
+# The main job: a short local training run under the pip MPICH's mpiexec.
+RUN_DIR ?= runs/tiny-$(shell date +%Y%m%d-%H%M%S)
+run: install
+	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun train experiments/tiny.toml --set run.run_dir=$(RUN_DIR)
+	@echo "run directory: $(RUN_DIR) (checkpoints/, progress.csv, config.json, ranks/)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

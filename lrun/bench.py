@@ -218,3 +218,120 @@ def format_env_bench(result: EnvBenchResult, physics: str) -> str:
 def result_json(result: EnvBenchResult) -> str:
     """JSON form of the figures, for machines."""
     return json.dumps(result.__dict__, indent=2)
+
+
+def initial_policy_actions(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Excitations distributed like an untrained lrun policy's: N(0.5, 0.3) clipped to [0, 1]."""
+    return np.clip(rng.normal(0.5, 0.5 * np.exp(-0.5), (n, 18)), 0.0, 1.0)
+
+
+def single_process_env_rate(physics: str, steps: int, seed: int = 0) -> float:
+    """Steps/s of one RunEnv stepped alone in this process with initial-policy-like excitations."""
+    from lrun.env.run_env import RunEnv
+
+    env = RunEnv(physics=physics)
+    env.reset(seed=seed)
+    actions = initial_policy_actions(np.random.default_rng(seed), steps)
+    start = time.perf_counter()
+    for a in actions:
+        _, _, terminated, truncated, _ = env.step(a)
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def bench_train(
+    iterations: int = 5,
+    ranks: int = 3,
+    env_steps: int = 1500,
+    overrides: list[str] | None = None,
+    run_dir: str | None = None,
+) -> dict[str, float]:
+    """`mpiexec -n ranks lrun train` at the default config, against 2x the single-process env rate.
+
+    Returns the figures; the first iteration (start-up) is left out of the rates.
+    """
+    import csv
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from lrun.config import load_config
+
+    config = load_config(None, overrides)
+    physics = config.env.physics
+    print(f"single-process env rate ({physics} physics, {env_steps} steps) ...", file=sys.stderr, flush=True)
+    single = single_process_env_rate(physics, env_steps)
+    bin_dir = Path(sys.executable).parent
+    mpiexec = shutil.which("mpiexec", path=str(bin_dir)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise RuntimeError("mpiexec not found (pip install mpich)")
+    run_dir = run_dir or tempfile.mkdtemp(prefix="lrun-bench-train-")
+    command = [
+        mpiexec,
+        "-n",
+        str(ranks),
+        str(bin_dir / "lrun"),
+        "train",
+        "--set",
+        f"run.iterations={iterations}",
+        "--set",
+        f"run.run_dir={run_dir}",
+    ]
+    for override in overrides or []:
+        command += ["--set", override]
+    print(f"running: {' '.join(command)}", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    subprocess.run(command, check=True, env=env, stdout=sys.stderr)
+    with open(Path(run_dir) / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))[1:]
+    steady_steps = float(rows[-1]["env_steps"]) - float(rows[0]["env_steps"])
+    wall = sum(float(r["time/iteration_s"]) for r in rows[1:])
+    ranks_stats = [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "ranks").glob("rank-*.json"))]
+
+    def mean(key: str) -> float:
+        return float(np.mean([float(r[key]) for r in rows]))
+
+    def wait_cpu(role: str) -> float:
+        waits = [s for s in ranks_stats if s["role"] == role]
+        return sum(s["wait_cpu_s"] for s in waits) / max(sum(s["wait_wall_s"] for s in waits), 1e-9)
+
+    simulators = ranks - config.layout.learners
+    figures = {
+        "ranks": ranks,
+        "simulators": simulators,
+        "single_process_steps_per_s": single,
+        "train_steps_per_s": steady_steps / wall,
+        "ideal_steps_per_s": simulators * single,
+        "iteration_s": mean("time/iteration_s"),
+        "simulate_s": mean("time/simulate_s"),
+        "communicate_s": mean("time/communicate_s"),
+        "learn_s": mean("time/learn_s"),
+        "simulator_wait_fraction": mean("time/simulator_wait_fraction"),
+        "learner_wait_cpu_fraction": wait_cpu("learner"),
+        "simulator_wait_cpu_fraction": wait_cpu("simulator"),
+        "learner_wait_wall_s": sum(s["wait_wall_s"] for s in ranks_stats if s["role"] == "learner"),
+    }
+    figures["efficiency"] = figures["train_steps_per_s"] / figures["ideal_steps_per_s"]
+    return figures
+
+
+def format_train_bench(f: dict[str, float]) -> str:
+    """Human-readable report of `bench_train`."""
+    return "\n".join(
+        [
+            f"training loop, mpiexec -n {f['ranks']} ({f['simulators']} simulators + learner), default config:",
+            f"  env steps/s in training      {f['train_steps_per_s']:8.1f}",
+            f"  {f['simulators']} x single-process env rate  {f['ideal_steps_per_s']:8.1f}   "
+            f"(one env alone: {f['single_process_steps_per_s']:.1f})",
+            f"  ratio                        {f['efficiency']:8.2f}   (goal >= 0.85)",
+            f"  time split per iteration     {f['iteration_s']:.2f} s: simulate {f['simulate_s']:.2f} s, communicate "
+            f"{f['communicate_s']:.2f} s, learn {f['learn_s']:.2f} s",
+            f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of iteration wall time "
+            "(goal < 10 %)",
+            f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "
+            f"{100 * f['simulator_wait_cpu_fraction']:.1f} % of their waiting wall time (goal < 10 %)",
+        ]
+    )

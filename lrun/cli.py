@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,17 @@ def _config_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    from lrun.bench import bench_train, format_train_bench
+
+    figures = bench_train(iterations=args.iterations, ranks=args.ranks, overrides=args.set)
+    print(format_train_bench(figures))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
@@ -86,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--physics", choices=sorted(PRESETS), default="reference", help="physics of the timing")
     env.add_argument("--json", help="also write the figures to this JSON file")
     env.set_defaults(func=_bench_env)
+    tr = bench_kinds.add_parser("train", help="the full training loop under mpiexec vs the single-process env rate")
+    tr.add_argument("--iterations", type=int, default=5, help="iterations to run (the first is left out)")
+    tr.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3: 1 learner + 2 simulators)")
+    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    tr.add_argument("--json", help="also write the figures to this JSON file")
+    tr.set_defaults(func=_bench_train)
     return parser
 
 

@@ -24,6 +24,18 @@ class ProgressLogger:
             with open(self.path, newline="") as handle:
                 self.columns = next(csv.reader(handle), None)
 
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows logged after `iteration` (work lost since the checkpoint a resume starts from)."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows:
+            return
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= iteration]
+        with open(self.path, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)
+
     def log(self, scalars: dict[str, float]) -> None:
         """Append one row and print the iteration's summary."""
         if self.columns is None:

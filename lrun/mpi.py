@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 ROLLOUT_TAG = 11
 
+#: Wall and CPU seconds this process spent in `wait` (the polite polling loop): the bench shows CPU << wall.
+WAIT_STATS = {"wall_s": 0.0, "cpu_s": 0.0}
+
 
 class LayoutError(RuntimeError):
     """The MPI world does not fit the configured rank layout."""
@@ -103,10 +106,13 @@ def split_roles(comm: MPI.Comm, learners: int) -> RankLayout:
 
 def wait(request: MPI.Request, sleep: float) -> float:
     """Complete a non-blocking request, sleeping between polls. Returns the seconds waited."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while not request.Test():
         time.sleep(sleep)
-    return time.perf_counter() - start
+    waited = time.perf_counter() - start
+    WAIT_STATS["wall_s"] += waited
+    WAIT_STATS["cpu_s"] += time.process_time() - cpu_start
+    return waited
 
 
 def Bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, sleep: float) -> float:
@@ -139,8 +145,11 @@ def Recv_any_size(comm: MPI.Comm, source: int, tag: int, sleep: float, dtype: ty
     from mpi4py import MPI
 
     status = MPI.Status()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while not comm.Iprobe(source=source, tag=tag, status=status):
         time.sleep(sleep)
+    WAIT_STATS["wall_s"] += time.perf_counter() - start
+    WAIT_STATS["cpu_s"] += time.process_time() - cpu_start
     buffer = np.empty(status.Get_count(MPI._typedict[np.dtype(dtype).char]), dtype=dtype)
     comm.Recv(buffer, source=source, tag=tag)
     return buffer

@@ -28,7 +28,7 @@ import torch
 
 from lrun import __version__
 from lrun import mpi as lmpi
-from lrun.checkpoint import check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
+from lrun.checkpoint import CheckpointError, check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
 from lrun.config import TrainConfig
 from lrun.env.factory import env_factory
 from lrun.env.vector import SerialVectorEnv
@@ -254,6 +254,12 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
     payload = None
+    existing = Path(config.run.run_dir) / "checkpoints" / "checkpoint.pt"
+    if resume is None and existing.exists():
+        raise CheckpointError(
+            f"run directory {config.run.run_dir} already holds a run ({existing}): continue it with "
+            f"--resume {config.run.run_dir}, or choose another run.run_dir"
+        )
     if resume is not None:
         resume_path = resolve_checkpoint(resume)
         payload = load_checkpoint(resume_path)
@@ -266,10 +272,29 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
             config.policy.distribution,
         )
     layout = lmpi.split_roles(comm, layout_cfg.learners)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     if layout.role == "simulator":
         simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
-        return {}
-    return learn(config, problem, comm, layout, payload, stream)
+        result: dict = {}
+    else:
+        result = learn(config, problem, comm, layout, payload, stream)
+    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
+    return result
+
+
+def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
+    """Each rank's wall and CPU time, in total and while waiting: run_dir/ranks/rank-NNNN.json."""
+    directory = Path(config.run.run_dir) / "ranks"
+    directory.mkdir(parents=True, exist_ok=True)
+    stats = {
+        "role": layout.role,
+        "world_rank": layout.world_rank,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "wait_wall_s": lmpi.WAIT_STATS["wall_s"],
+        "wait_cpu_s": lmpi.WAIT_STATS["cpu_s"],
+    }
+    (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
 
 
 def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, start_iteration: int) -> None:
@@ -324,6 +349,7 @@ def learn(
         )
         print(f"lrun train: {mode}; run directory {run_dir}", file=stream, flush=True)
         if payload is not None:
+            logger.truncate_after(state.iteration)
             print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)
     collector = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration) if serial else None
     steps = config.ppo.steps_per_env
