@@ -240,6 +240,24 @@ def single_process_env_rate(physics: str, steps: int, seed: int = 0) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def concurrent_env_rate(physics: str, steps: int, processes: int) -> float:
+    """Combined steps/s of `processes` single-env loops running at once: what the cores allow together."""
+    import subprocess
+
+    code = (
+        "import sys; from lrun.bench import single_process_env_rate; "
+        f"print(single_process_env_rate({physics!r}, {steps}, seed=int(sys.argv[1])))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True)
+        for i in range(processes)
+    ]
+    rates = [float(p.communicate()[0]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError("a concurrent env-rate process failed")
+    return sum(rates)
+
+
 def bench_train(
     iterations: int = 5,
     ranks: int = 3,
@@ -264,6 +282,9 @@ def bench_train(
     physics = config.env.physics
     print(f"single-process env rate ({physics} physics, {env_steps} steps) ...", file=sys.stderr, flush=True)
     single = single_process_env_rate(physics, env_steps)
+    simulators = ranks - config.layout.learners
+    print(f"{simulators} env loops at once ...", file=sys.stderr, flush=True)
+    concurrent = concurrent_env_rate(physics, env_steps, simulators)
     bin_dir = Path(sys.executable).parent
     mpiexec = shutil.which("mpiexec", path=str(bin_dir)) or shutil.which("mpiexec")
     if mpiexec is None:
@@ -298,13 +319,13 @@ def bench_train(
         waits = [s for s in ranks_stats if s["role"] == role]
         return sum(s["wait_cpu_s"] for s in waits) / max(sum(s["wait_wall_s"] for s in waits), 1e-9)
 
-    simulators = ranks - config.layout.learners
     figures = {
         "ranks": ranks,
         "simulators": simulators,
         "single_process_steps_per_s": single,
         "train_steps_per_s": steady_steps / wall,
         "ideal_steps_per_s": simulators * single,
+        "concurrent_steps_per_s": concurrent,
         "iteration_s": mean("time/iteration_s"),
         "simulate_s": mean("time/simulate_s"),
         "communicate_s": mean("time/communicate_s"),
@@ -315,6 +336,7 @@ def bench_train(
         "learner_wait_wall_s": sum(s["wait_wall_s"] for s in ranks_stats if s["role"] == "learner"),
     }
     figures["efficiency"] = figures["train_steps_per_s"] / figures["ideal_steps_per_s"]
+    figures["efficiency_vs_concurrent"] = figures["train_steps_per_s"] / concurrent
     return figures
 
 
@@ -327,6 +349,9 @@ def format_train_bench(f: dict[str, float]) -> str:
             f"  {f['simulators']} x single-process env rate  {f['ideal_steps_per_s']:8.1f}   "
             f"(one env alone: {f['single_process_steps_per_s']:.1f})",
             f"  ratio                        {f['efficiency']:8.2f}   (goal >= 0.85)",
+        f"  {f['simulators']} bare env loops at once     {f['concurrent_steps_per_s']:8.1f}   (what the cores give "
+        f"together: {f['concurrent_steps_per_s'] / f['ideal_steps_per_s']:.2f} of {f['simulators']} x one alone)",
+        f"  training / loops at once     {f['efficiency_vs_concurrent']:8.2f}",
             f"  time split per iteration     {f['iteration_s']:.2f} s: simulate {f['simulate_s']:.2f} s, communicate "
             f"{f['communicate_s']:.2f} s, learn {f['learn_s']:.2f} s",
             f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of iteration wall time "

@@ -164,3 +164,19 @@ def test_learning_improves_pendulum_clearly(tmp_path):
     first, last = sum(returns[:3]) / 3, sum(returns[-3:]) / 3
     assert first < -900, f"an untrained policy should do badly, got {first}"
     assert last > -400 and last > first + 500, f"no clear improvement: {first:.0f} -> {last:.0f}"
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_two_learners_average_gradients_and_stay_in_sync(tmp_path):
+    """4 ranks: 2 learners (gradient Allreduce, parameter check every iteration) + 2 simulators."""
+    run_dir = tmp_path / "two"
+    result = run([MPIEXEC, "-n", "4", LRUN, "train", "--set", "env.id=gymnasium:Pendulum-v1", "--set",
+                  "layout.learners=2", "--set", "layout.envs_per_rank=2", "--set", "ppo.steps_per_env=32",
+                  "--set", "ppo.minibatches=4", "--set", "run.iterations=3", "--set", "run.sync_check_every=1",
+                  "--set", f"run.run_dir={run_dir}"])
+    assert result.returncode == 0, result.stderr
+    assert "2 learners + 2 simulator ranks" in result.stdout
+    rows = progress(run_dir)
+    assert [int(r["env_steps"]) for r in rows] == [128, 256, 384]  # both learners' data counted
+    roles = sorted(p.read_text().count('"learner"') for p in (run_dir / "ranks").glob("rank-*.json"))
+    assert roles == [0, 0, 1, 1]
