@@ -20,18 +20,17 @@ def _bench_env(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError, load_config
-    from lrun.mpi import LayoutError, comm_world
+    from lrun.mpi import comm_world
 
     comm = comm_world()
     rank = comm.Get_rank()
     try:
         config = load_config(args.config, args.set)
-        from lrun.train import train
+        from lrun.train import StartupError, train
 
         train(config, resume=args.resume, comm=comm)
-    except (ConfigError, LayoutError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, StartupError) as exc:
         # Raised before any collective and alike on every rank: each rank exits; one speaks.
         if rank == 0:
             print(f"lrun train: error: {exc}", file=sys.stderr, flush=True)
@@ -45,6 +44,62 @@ def _train(args: argparse.Namespace) -> int:
             traceback.print_exc()
             comm.Abort(1)
         raise
+    return 0
+
+
+def _store_command(func):
+    """Run an analysis command; a bad run directory or file gives one clear line, not an h5py traceback."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from lrun.store.reader import StoreError
+
+        try:
+            return func(args)
+        except StoreError as exc:
+            print(f"lrun {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_store_command
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lrun.analysis.report import build_report, format_report, plot_report
+
+    report = build_report(args.run_dir)
+    text = format_report(report)
+    print(text)
+    out_dir = Path(args.run_dir) / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.txt").write_text(text + "\n")
+    png = plot_report(report, out_dir / "learning_curves.png")
+    print(f"\nwrote {out_dir / 'report.txt'} and {png}")
+    return 0
+
+
+@_store_command
+def _replay(args: argparse.Namespace) -> int:
+    from lrun.analysis.replay import replay_episode
+
+    r = replay_episode(args.run_dir, args.episode, physics=args.physics)
+    print(f"episode {r['episode']}: replayed {r['replayed_steps']} of {r['stored_steps']} stored steps")
+    print(f"max observation deviation {r['max_obs_deviation']:.3g}, max reward deviation "
+          f"{r['max_reward_deviation']:.3g}; distance stored {r['stored_distance']:.4f} m, replayed "
+          f"{r['replayed_distance']:.4f} m")
+    return 0
+
+
+@_store_command
+def _render(args: argparse.Namespace) -> int:
+    from lrun.analysis.render import render_gif, render_strip
+
+    if args.output.lower().endswith(".png"):
+        path = render_strip(args.run_dir, args.episode, args.output, frames=args.frames)
+    else:
+        path = render_gif(args.run_dir, args.episode, args.output, stride=args.stride)
+    print(f"wrote {path}")
     return 0
 
 
@@ -86,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")
     train.set_defaults(func=_train)
+
+    report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
+    report.add_argument("run_dir")
+    report.set_defaults(func=_report)
+    replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")
+    replay.add_argument("run_dir")
+    replay.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
+    replay.add_argument("--physics", help="replay on this physics preset instead of the episode's own")
+    replay.set_defaults(func=_replay)
+    render = commands.add_parser("render", help="stick-figure animation (.gif) or frame strip (.png) of an episode")
+    render.add_argument("run_dir")
+    render.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
+    render.add_argument("-o", "--output", required=True, help="FILE.gif for an animation, FILE.png for a strip")
+    render.add_argument("--stride", type=int, default=2, help="GIF: draw every n-th step (default 2)")
+    render.add_argument("--frames", type=int, default=8, help="PNG strip: number of snapshots (default 8)")
+    render.set_defaults(func=_render)
 
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)

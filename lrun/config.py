@@ -88,6 +88,7 @@ class RunConfig:
     seed: int = doc("base seed of networks, minibatch order and every env's episode seeds", 0)
     run_dir: str = doc("directory for checkpoints, logs and the resolved config", "runs/default")
     checkpoint_every: int = doc("write a checkpoint every this many iterations (and always at the end)", 10)
+    store_trajectories: bool = doc("record every step and episode in trajectories/rank-NNNN.h5 (HDF5)", True)
     sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)
     wait_sleep: float = doc("seconds a waiting rank sleeps between polls (MPICH's blocking waits spin)", 0.002)
 

@@ -14,8 +14,9 @@ import numpy as np
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic
+from lrun.store.recorder import EpisodeBook
 
-HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s")
+HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s")
 EPISODE_FIELDS = ("return", "length", "distance")
 
 
@@ -36,6 +37,7 @@ class Rollout:
     policy_version: int = 0
     simulate_s: float = 0.0
     wait_s: float = 0.0
+    store_s: float = 0.0
 
     @property
     def n_steps(self) -> int:
@@ -51,7 +53,7 @@ def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes
 
 def pack_rollout(r: Rollout) -> np.ndarray:
     """Flatten a rollout into one float32 vector (header, per-step arrays, next values, episodes)."""
-    header = np.array([r.policy_version, len(r.episodes), r.simulate_s, r.wait_s], dtype=np.float32)
+    header = np.array([r.policy_version, len(r.episodes), r.simulate_s, r.wait_s, r.store_s], dtype=np.float32)
     parts = [
         header,
         r.obs,
@@ -105,11 +107,15 @@ def unpack_rollout(buffer: np.ndarray, steps: int, envs: int, obs_size: int, act
         int(buffer[0]),
         float(buffer[2]),
         float(buffer[3]),
+        float(buffer[4]),
     )
 
 
 class RolloutCollector:
-    """Steps a `SerialVectorEnv` with a local copy of the policy; raw observations feed the normaliser sums."""
+    """Steps a `SerialVectorEnv` with a local copy of the policy; raw observations feed the normaliser sums.
+
+    With an `EpisodeBook`, every step is also recorded for the trajectory store (`last_record`).
+    """
 
     def __init__(
         self,
@@ -118,6 +124,7 @@ class RolloutCollector:
         normaliser: RunningNormaliser,
         normalise_observations: bool = True,
         distance_index: int | None = None,
+        book: EpisodeBook | None = None,
     ) -> None:
         """`distance_index`: observation entry that measures distance travelled (pelvis x in RunEnv), if any."""
         self.vec = vec
@@ -125,11 +132,18 @@ class RolloutCollector:
         self.policy = policy
         self.normaliser = normaliser
         self.normalise_observations = normalise_observations
+        self.book = book
+        self.reward_terms = book.facts["reward_terms"] if book is not None else ()
         space = vec.single_action_space
         self.low = np.asarray(space.low, dtype=np.float64)
         self.high = np.asarray(space.high, dtype=np.float64)
-        self.raw_obs, _ = vec.reset()
+        self.raw_obs, infos = vec.reset()
+        if book is not None:
+            for i, info in enumerate(infos):
+                book.start(i, info)
         self.policy_version = 0
+        self.last_record: dict[str, np.ndarray] | None = None
+        self.last_terms: dict[str, np.ndarray] | None = None
 
     def _input(self, raw: np.ndarray) -> np.ndarray:
         return self.normaliser.normalise(raw) if self.normalise_observations else raw.astype(np.float32)
@@ -140,20 +154,31 @@ class RolloutCollector:
         envs, obs_size = self.raw_obs.shape
         act_size = self.low.shape[0]
         obs = np.zeros((steps, envs, obs_size), np.float32)
+        raw_obs = np.zeros((steps, envs, obs_size), np.float32)
         actions = np.zeros((steps, envs, act_size), np.float32)
+        applied = np.zeros((steps, envs, act_size), np.float32)
         logprobs, rewards, values, final_values = (np.zeros((steps, envs), np.float32) for _ in range(4))
         terminated = np.zeros((steps, envs), bool)
         truncated = np.zeros((steps, envs), bool)
+        episode_ids = np.zeros((steps, envs), np.int64)
+        steps_in_episode = np.zeros((steps, envs), np.int32)
+        terms = {name: np.zeros((steps, envs), np.float32) for name in self.reward_terms}
         episodes = []
-        seen = [self.raw_obs.astype(np.float64)]
+        book = self.book
         for t in range(steps):
             x = self._input(self.raw_obs)
             raw_action, logprob, value = self.policy.act(x)
-            next_raw, reward, term, trunc, infos = self.vec.step(
-                self.policy.env_action(raw_action, self.low, self.high)
-            )
-            obs[t], actions[t], logprobs[t], values[t] = x, raw_action, logprob, value
+            # float32 excitations, so the stored float32 copy is exactly what the env applied (replay is exact)
+            env_action = self.policy.env_action(raw_action, self.low, self.high).astype(np.float32)
+            next_raw, reward, term, trunc, infos = self.vec.step(env_action)
+            obs[t], raw_obs[t], actions[t], applied[t] = x, self.raw_obs, raw_action, env_action
+            logprobs[t], values[t] = logprob, value
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            for name in self.reward_terms:
+                terms[name][t] = [info.get(name, np.nan) for info in infos]
+            rows = None
+            if book is not None:
+                episode_ids[t], steps_in_episode[t], rows = book.step_rows()
             for i in np.flatnonzero(term | trunc):
                 info = infos[i]
                 if trunc[i] and not term[i]:
@@ -161,10 +186,23 @@ class RolloutCollector:
                 final = info["final_observation"]
                 distance = float("nan") if self.distance_index is None else float(final[self.distance_index])
                 episodes.append((info["episode"]["return"], info["episode"]["length"], distance))
+                if book is not None:
+                    book.finish(int(i), info, bool(term[i]), final, int(rows[i]), self.policy_version)
+                    book.start(int(i), info["reset_info"])
             self.raw_obs = next_raw
-            seen.append(next_raw.astype(np.float64))
         next_value = self.policy.values(self._input(self.raw_obs))
-        moments = RunningNormaliser.moments(np.concatenate(seen[:-1]))
+        moments = RunningNormaliser.moments(raw_obs.astype(np.float64))
+        if book is not None:
+            n = steps * envs
+            self.last_record = {
+                "obs": raw_obs.reshape(n, obs_size), "excitations": applied.reshape(n, act_size),
+                "reward": rewards.reshape(n), "terminated": terminated.reshape(n), "truncated": truncated.reshape(n),
+                "value": values.reshape(n), "logprob": logprobs.reshape(n),
+                "env_index": np.tile(np.arange(envs, dtype=np.int16), steps), "episode_id": episode_ids.reshape(n),
+                "step_in_episode": steps_in_episode.reshape(n),
+                "policy_version": np.full(n, self.policy_version, np.int32),
+            }
+            self.last_terms = {name: values_.reshape(n) for name, values_ in terms.items()}
         rollout = Rollout(
             obs,
             actions,

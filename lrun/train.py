@@ -29,7 +29,7 @@ import torch
 from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.checkpoint import CheckpointError, check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
-from lrun.config import TrainConfig
+from lrun.config import ConfigError, TrainConfig
 from lrun.env.factory import env_factory
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.gae import compute_gae
@@ -38,6 +38,9 @@ from lrun.learn.policy import ActorCritic, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.logger import ProgressLogger
 from lrun.rollout import Rollout, RolloutCollector, pack_rollout, unpack_rollout
+from lrun.store.reader import rank_files, write_master
+from lrun.store.recorder import EpisodeBook, env_facts
+from lrun.store.writer import TrajectoryWriter, cut_back
 
 
 @dataclass
@@ -184,12 +187,44 @@ def make_collector(
     normaliser: RunningNormaliser,
     simulator_index: int,
     start_iteration: int,
-) -> RolloutCollector:
-    """A simulator's envs; episode seeds derive from (run seed, simulator, start iteration): resumes never repeat."""
+    world_rank: int,
+) -> tuple[RolloutCollector, TrajectoryWriter | None]:
+    """A simulator's envs and, if the run stores trajectories, its rank file (opened for appending).
+
+    Episode seeds derive from (run seed, simulator, start iteration), so a resumed run never repeats them.
+    """
     factory = env_factory(config.env)
     seed = int(np.random.SeedSequence([config.run.seed, simulator_index, start_iteration]).generate_state(1)[0])
     vec = SerialVectorEnv([factory] * config.layout.envs_per_rank, seed=seed)
-    return RolloutCollector(vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index)
+    writer = book = None
+    if config.run.store_trajectories:
+        facts = env_facts(vec.envs[0])
+        checksum = ""
+        if config.env.id == "lrun/Run-v0":
+            from lrun.env.model import model_checksum
+
+            checksum = model_checksum()
+        attrs = {"lrun_version": __version__, "config": config.to_json(), "model_checksum": checksum,
+                 "world_rank": world_rank, "simulator_index": simulator_index}
+        path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
+        writer = TrajectoryWriter(path, problem.obs_size, problem.act_size, facts["max_obstacles"],
+                                  facts["reward_terms"], attrs)
+        book = EpisodeBook(vec.num_envs, simulator_index, problem.obs_size, facts, first_row=writer.n_steps,
+                           first_counter=writer.next_episode_counter(simulator_index))
+    collector = RolloutCollector(vec, policy, normaliser, config.policy.normalise_observations,
+                                 problem.distance_index, book)
+    return collector, writer
+
+
+def store_rollout(collector: RolloutCollector, writer: TrajectoryWriter | None) -> float:
+    """Append the last collected steps and finished episodes to the rank file and flush; returns seconds."""
+    if writer is None:
+        return 0.0
+    start = time.perf_counter()
+    writer.append_steps(collector.last_record, collector.last_terms)
+    writer.append_episodes(collector.book.take_finished())
+    writer.flush()
+    return time.perf_counter() - start
 
 
 def summarise(
@@ -205,6 +240,7 @@ def summarise(
     episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 3))
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
+    store = float(np.mean([r.store_s for r in rollouts]))
     nan = float("nan")
     return {
         "iteration": iteration,
@@ -228,6 +264,7 @@ def summarise(
         "time/communicate_s": max(wall_s - simulate - learn_s, 0.0),
         "time/learn_s": learn_s,
         "time/simulator_wait_fraction": wait / wall_s,
+        "time/store_s": store,
     }
 
 
@@ -248,9 +285,28 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
     torch.set_num_threads(1)  # one core per rank: simulators and learners share the node
     if comm is None:
         comm = lmpi.comm_world()
-    world_size = comm.Get_size()
+    try:
+        problem, payload = startup_checks(config, resume, comm.Get_size())
+    except (ConfigError, lmpi.LayoutError, CheckpointError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    layout = lmpi.split_roles(comm, config.layout.learners)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    if layout.role == "simulator":
+        simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
+        result: dict = {}
+    else:
+        result = learn(config, problem, comm, layout, payload, stream)
+    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
+    return result
+
+
+class StartupError(RuntimeError):
+    """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
+
+
+def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> tuple[Problem, dict | None]:
+    """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
     layout_cfg = config.layout
-    # Everything below up to split_roles is local and deterministic: a problem fails on every rank alike.
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
     payload = None
@@ -271,15 +327,7 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
             config.policy.hidden_sizes,
             config.policy.distribution,
         )
-    layout = lmpi.split_roles(comm, layout_cfg.learners)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    if layout.role == "simulator":
-        simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
-        result: dict = {}
-    else:
-        result = learn(config, problem, comm, layout, payload, stream)
-    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
-    return result
+    return problem, payload
 
 
 def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
@@ -306,22 +354,27 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
         int(np.random.SeedSequence([config.run.seed, layout.simulator_index, start_iteration, 1]).generate_state(1)[0])
     )
     normaliser = RunningNormaliser(problem.obs_size)
-    collector = make_collector(config, problem, policy, normaliser, layout.simulator_index, start_iteration)
     message = np.empty(message_size(policy, problem.obs_size))
-    waited = 0.0
-    first = True
-    while True:
-        waited += lmpi.Bcast(comm, message, 0, sleep)
-        if first:  # the first wait covers the learners' start-up, not idling during an update
-            waited, first = 0.0, False
-        iteration, stop = load_message(message, policy, normaliser)
-        if stop:
-            return
-        collector.policy_version = iteration
-        rollout, moments = collector.collect(config.ppo.steps_per_env)
-        rollout.wait_s = waited
-        waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, sleep)
-        waited += lmpi.Allreduce_sum(comm, moments, sleep)
+    lmpi.Bcast(comm, message, 0, sleep)  # rank 0 has cut the store back (on resume) before this first broadcast
+    collector, writer = make_collector(config, problem, policy, normaliser, layout.simulator_index,
+                                       start_iteration, layout.world_rank)
+    waited = stored = 0.0
+    try:
+        while True:
+            iteration, stop = load_message(message, policy, normaliser)
+            if stop:
+                break
+            collector.policy_version = iteration
+            rollout, moments = collector.collect(config.ppo.steps_per_env)
+            rollout.wait_s, rollout.store_s = waited, stored
+            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, sleep)
+            stored = store_rollout(collector, writer)  # while the learners update
+            waited += lmpi.Allreduce_sum(comm, moments, sleep)
+            waited += lmpi.Bcast(comm, message, 0, sleep)
+    finally:
+        if writer is not None:
+            writer.close()
+    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # tell rank 0 the rank file is closed
 
 
 def learn(
@@ -351,7 +404,13 @@ def learn(
         if payload is not None:
             logger.truncate_after(state.iteration)
             print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)
-    collector = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration) if serial else None
+            for path in rank_files(run_dir):
+                kept, _ = cut_back(path, state.iteration)
+                print(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}", file=stream)
+    collector = writer = None
+    if serial:
+        collector, writer = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration, 0)
+    stored = 0.0
     steps = config.ppo.steps_per_env
     envs = config.layout.envs_per_rank
     last: dict = {}
@@ -366,6 +425,8 @@ def learn(
         if serial:
             collector.policy_version = state.iteration
             rollout, moments = collector.collect(steps)
+            rollout.store_s = stored
+            stored = store_rollout(collector, writer)
             rollouts = [rollout]
         else:
             rollouts = [
@@ -406,6 +467,14 @@ def learn(
             logger.log(last)
             if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
                 save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
+                if config.run.store_trajectories and state.iteration < config.run.iterations:
+                    write_master(config.run.run_dir)
+    if writer is not None:
+        writer.close()
+    if not serial:
+        lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # every simulator has closed its rank file
+    if layout.is_root and config.run.store_trajectories:
+        write_master(config.run.run_dir)
     return last
 
 
@@ -427,6 +496,7 @@ def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
             r.policy_version,
             r.simulate_s,
             r.wait_s,
+            r.store_s,
         )
         for r in rollouts
     ]

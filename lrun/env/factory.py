@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 
@@ -15,7 +16,7 @@ def make_env(
     env_id: str,
     difficulty: int = 0,
     max_obstacles: int = 3,
-    physics: str = "reference",
+    physics: Any = "reference",
     frame_skip: int = 1,
     kwargs: dict | None = None,
 ) -> gym.Env:

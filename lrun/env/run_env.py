@@ -31,6 +31,8 @@ class RunEnv(gym.Env):
     """
 
     metadata: ClassVar[dict] = {"render_modes": []}
+    #: named reward components reported in `info` (and stored per step)
+    reward_terms: ClassVar[tuple[str, ...]] = ("delta_x", "ligament_penalty")
 
     def __init__(
         self,

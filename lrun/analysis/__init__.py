@@ -1,0 +1,1 @@
+"""Looking at stored runs: training reports, episode replay, stick-figure rendering."""

@@ -1,0 +1,231 @@
+"""Reading a run's trajectories: all rank files as one, live while the run trains (SWMR)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, SCHEMA_VERSION
+
+
+class StoreError(RuntimeError):
+    """A trajectory file is missing, corrupt, truncated, foreign or from an incompatible schema."""
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an lrun HDF5 file for reading (SWMR where possible), or raise `StoreError` naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path}: empty file")
+    try:
+        try:
+            f = h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError:
+            f = h5py.File(path, "r")  # a file written without SWMR (e.g. by another tool)
+    except OSError as exc:
+        text = str(exc)
+        if "signature" in text:
+            problem = "not an HDF5 file"
+        elif "truncated" in text or "eof" in text.lower():
+            problem = "truncated HDF5 file"
+        else:
+            problem = f"unreadable HDF5 file ({text.splitlines()[0] if text else type(exc).__name__})"
+        raise StoreError(f"{path}: {problem}") from None
+    return f
+
+
+def check_file(path: str | Path) -> None:
+    """Raise `StoreError` unless `path` is a readable lrun trajectory file of a known schema."""
+    with open_h5(path) as f:
+        _check_open(f, Path(path))
+
+
+def _check_open(f: h5py.File, path: Path) -> None:
+    kind = f.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind != FILE_KIND:
+        raise StoreError(f"{path}: not an lrun trajectory file (HDF5, but no kind={FILE_KIND!r} attribute)")
+    version = int(f.attrs.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: schema version {version}, this lrun reads version {SCHEMA_VERSION}")
+    for group in ("steps", "episodes"):
+        if group not in f:
+            raise StoreError(f"{path}: damaged: group {group}/ is missing")
+    try:
+        for group in ("steps", "episodes"):
+            for obj in f[group].values():
+                _ = obj.shape if isinstance(obj, h5py.Dataset) else len(obj)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise StoreError(f"{path}: damaged {group}/ group ({exc})") from None
+
+
+def rank_files(run_dir: str | Path) -> list[Path]:
+    """The run's rank files, sorted."""
+    directory = Path(run_dir) / DIRECTORY
+    return sorted(directory.glob("rank-*.h5"))
+
+
+class RunStore:
+    """All trajectory files of a run read as one. Re-open (or call `refresh`) to see new data.
+
+    >>> store = RunStore("runs/tiny")
+    >>> episodes = store.episodes()                        # dict of columns over every rank
+    >>> steps = store.steps(["obs", "reward", "episode_id"])
+    >>> one = store.episode(int(episodes["id"][0]))        # its steps and its table row
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise StoreError(f"{self.run_dir}: no such run directory")
+        self.paths = rank_files(self.run_dir)
+        if not self.paths:
+            raise StoreError(f"{self.run_dir}: no trajectory files in {DIRECTORY}/")
+        self.files: list[h5py.File] = []
+        try:
+            for path in self.paths:
+                f = open_h5(path)
+                self.files.append(f)
+                _check_open(f, path)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every file."""
+        for f in self.files:
+            f.close()
+        self.files = []
+
+    def refresh(self) -> None:
+        """See rows appended since opening (SWMR)."""
+        for f in self.files:
+            for group in ("steps", "episodes"):
+                f[group].visititems(lambda _, obj: obj.refresh() if isinstance(obj, h5py.Dataset) else None)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The first rank file's attributes (config JSON, versions, checksum), decoded."""
+        out = {}
+        for key, value in self.files[0].attrs.items():
+            out[key] = value.decode() if isinstance(value, bytes) else value
+        return out
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved config the run was started with."""
+        return json.loads(self.attrs.get("config", "{}"))
+
+    def _columns(self, group: str, names: list[str] | None) -> dict[str, np.ndarray]:
+        per_file = []
+        for f, path in zip(self.files, self.paths):
+            g = f[group]
+            available = [n for n, obj in g.items() if isinstance(obj, h5py.Dataset)]
+            if group == "steps" and "reward_terms" in g:
+                available += [f"reward_terms/{n}" for n in g["reward_terms"]]
+            wanted = names or available
+            missing = [n for n in wanted if n not in available]
+            if missing:
+                raise StoreError(f"{path}: {group}/ has no dataset(s) {missing}; it has {available}")
+            n_rows = min(g[n].shape[0] for n in available)  # a live file may be mid-append: trim to complete rows
+            try:
+                per_file.append({n: g[n][:n_rows] for n in wanted})
+            except (OSError, RuntimeError) as exc:
+                raise StoreError(f"{path}: cannot read {group}/ ({str(exc).splitlines()[0]})") from None
+        return {n: np.concatenate([cols[n] for cols in per_file]) for n in per_file[0]}
+
+    def steps(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Step columns over all ranks (rank files in order, each in step order)."""
+        return self._columns("steps", names)
+
+    def episodes(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Episode-table columns over all ranks."""
+        return self._columns("episodes", names)
+
+    def episode(self, episode_id: int) -> dict[str, Any]:
+        """One episode: {"row": its table row, "steps": its steps in order}. Raises StoreError if unknown."""
+        for f, path in zip(self.files, self.paths):
+            ids = f["episodes/id"][:]
+            hits = np.flatnonzero(ids == episode_id)
+            if len(hits) == 0:
+                continue
+            i = int(hits[0])
+            row = {name: ds[i] for name, ds in f["episodes"].items()}
+            lo, hi = int(row["start_step"]), int(row["end_step"]) + 1
+            steps_group = f["steps"]
+            mask = steps_group["episode_id"][lo:hi] == episode_id
+            steps = {name: ds[lo:hi][mask] for name, ds in steps_group.items() if isinstance(ds, h5py.Dataset)}
+            for name, ds in steps_group["reward_terms"].items():
+                steps[f"reward_terms/{name}"] = ds[lo:hi][mask]
+            row["file"] = str(path)
+            return {"row": row, "steps": steps}
+        raise StoreError(f"{self.run_dir}: no finished episode with id {episode_id}")
+
+
+def write_master(run_dir: str | Path) -> Path:
+    """(Re)write trajectories/master.h5: virtual datasets that present every rank file's data as one.
+
+    Sizes are those of the rank files now; the master is rewritten at every checkpoint and at the end of a run.
+    Sources are named relative to the master, so the directory can be moved or copied as a whole.
+    """
+    run_dir = Path(run_dir)
+    paths = rank_files(run_dir)
+    if not paths:
+        raise StoreError(f"{run_dir}: no trajectory files to join")
+    directory = run_dir / DIRECTORY
+    sizes: list[dict[str, tuple]] = []
+    dtypes: dict[str, Any] = {}
+    attrs: dict[str, Any] = {}
+    for path in paths:
+        with open_h5(path) as f:
+            _check_open(f, path)
+            if not attrs:
+                attrs = dict(f.attrs)
+            shapes = {}
+            for group in ("steps", "episodes"):
+                lengths = []
+
+                def visit(name: str, obj: Any, group: str = group, lengths: list = lengths) -> None:
+                    if isinstance(obj, h5py.Dataset):
+                        shapes[f"{group}/{name}"] = obj.shape
+                        dtypes[f"{group}/{name}"] = obj.dtype
+                        lengths.append(obj.shape[0])
+
+                f[group].visititems(visit)
+                complete = min(lengths) if lengths else 0
+                for key in [k for k in shapes if k.startswith(group + "/")]:
+                    shapes[key] = (complete, *shapes[key][1:])
+            sizes.append(shapes)
+    tmp = directory / f".{MASTER_NAME}.tmp-{os.getpid()}"
+    with h5py.File(tmp, "w", libver="latest") as master:
+        for key, value in attrs.items():
+            master.attrs[key] = value
+        master.attrs["kind"] = "lrun-trajectories-master"
+        master.attrs["rank_files"] = json.dumps([p.name for p in paths])
+        for key in sizes[0]:
+            total = sum(s[key][0] for s in sizes)
+            layout = h5py.VirtualLayout(shape=(total, *sizes[0][key][1:]), dtype=dtypes[key])
+            offset = 0
+            for path, s in zip(paths, sizes):
+                n = s[key][0]
+                if n:
+                    layout[offset : offset + n] = h5py.VirtualSource(path.name, key, shape=s[key])[:n]
+                offset += n
+            master.create_virtual_dataset(key, layout)
+    target = directory / MASTER_NAME
+    os.replace(tmp, target)
+    return target

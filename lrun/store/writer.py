@@ -1,0 +1,159 @@
+"""Writing a simulator rank's trajectory file: chunked, compressed, SWMR (readable while it grows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from lrun.store.reader import StoreError, check_file
+from lrun.store.schema import (
+    EPISODE_FIELDS,
+    FILE_KIND,
+    REWARD_TERMS_GROUP,
+    SCHEMA_VERSION,
+    STEP_FIELDS,
+    row_shape,
+)
+
+CHUNK_ROWS = 1024
+COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+
+
+class TrajectoryWriter:
+    """Appends blocks of steps and episode rows to one rank's file; flushes make them visible to readers.
+
+    The file is opened in SWMR mode: another process can read it (`h5py.File(..., swmr=True)`) while it grows,
+    and after a crash (even `kill -9`) it still opens and holds everything up to the last flush.
+    """
+
+    def __init__(self, path: str | Path, obs_size: int, act_size: int, max_obstacles: int,
+                 reward_terms: tuple[str, ...], attrs: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        if not fresh:
+            check_file(self.path)
+        self.file = h5py.File(self.path, "a", libver="latest")
+        try:
+            if fresh:
+                self._create(obs_size, act_size, max_obstacles, reward_terms, attrs)
+            else:
+                self._check_fits(obs_size, act_size, reward_terms)
+            self.file.swmr_mode = True
+        except BaseException:
+            self.file.close()
+            raise
+        self.steps = self.file["steps"]
+        self.episodes = self.file["episodes"]
+        self.terms = list(reward_terms)
+
+    def _create(self, obs_size: int, act_size: int, max_obstacles: int, reward_terms: tuple[str, ...],
+                attrs: dict[str, Any]) -> None:
+        f = self.file
+        f.attrs["kind"] = FILE_KIND
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["obs_size"] = obs_size
+        f.attrs["act_size"] = act_size
+        f.attrs["max_obstacles"] = max_obstacles
+        f.attrs["reward_terms"] = json.dumps(list(reward_terms))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for group_name, fields in (("steps", STEP_FIELDS), ("episodes", EPISODE_FIELDS)):
+            group = f.create_group(group_name)
+            for name, (dtype, shape, meaning) in fields.items():
+                rest = row_shape(shape, obs_size, act_size, max_obstacles)
+                ds = group.create_dataset(name, shape=(0, *rest), maxshape=(None, *rest), dtype=dtype,
+                                          chunks=(CHUNK_ROWS, *rest), **COMPRESSION)
+                ds.attrs["meaning"] = meaning
+        terms = f["steps"].create_group(REWARD_TERMS_GROUP)
+        for name in reward_terms:
+            ds = terms.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f4", chunks=(CHUNK_ROWS,),
+                                      **COMPRESSION)
+            ds.attrs["meaning"] = f"reward component {name!r} of each step"
+
+    def _check_fits(self, obs_size: int, act_size: int, reward_terms: tuple[str, ...]) -> None:
+        a = self.file.attrs
+        stored_terms = json.loads(a["reward_terms"])
+        if (int(a["obs_size"]), int(a["act_size"]), stored_terms) != (obs_size, act_size, list(reward_terms)):
+            raise StoreError(f"{self.path}: written by a run with obs size {a['obs_size']}, action size "
+                             f"{a['act_size']}, reward terms {stored_terms}; cannot append obs size {obs_size}, "
+                             f"action size {act_size}, reward terms {list(reward_terms)}")
+
+    @property
+    def n_steps(self) -> int:
+        """Rows in steps/."""
+        return int(self.steps["reward"].shape[0])
+
+    def next_episode_counter(self, simulator_index: int) -> int:
+        """First unused episode counter of this simulator (ids continue after a resume)."""
+        ids = self.steps["episode_id"][:]
+        base = simulator_index * 2**32
+        mine = ids[(ids >= base) & (ids < base + 2**32)]
+        return int(mine.max() - base + 1) if mine.size else 0
+
+    @property
+    def n_episodes(self) -> int:
+        """Rows in episodes/."""
+        return int(self.episodes["id"].shape[0])
+
+    @staticmethod
+    def _append(group: h5py.Group, columns: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(columns.values())))
+        if n == 0:
+            return
+        for name, values in columns.items():
+            ds = group[name]
+            start = ds.shape[0]
+            ds.resize(start + n, axis=0)
+            ds[start:] = values
+
+    def append_steps(self, columns: dict[str, np.ndarray], reward_terms: dict[str, np.ndarray]) -> None:
+        """Append rows to every steps/ dataset (all columns the same length)."""
+        self._append(self.steps, columns)
+        if self.terms:
+            self._append(self.steps[REWARD_TERMS_GROUP], {k: reward_terms[k] for k in self.terms})
+
+    def append_episodes(self, columns: dict[str, np.ndarray]) -> None:
+        """Append finished-episode rows."""
+        self._append(self.episodes, columns)
+
+    def flush(self) -> None:
+        """Make everything appended so far durable and visible to SWMR readers."""
+        self.file.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        if self.file.id.valid:
+            self.file.flush()
+            self.file.close()
+
+
+def cut_back(path: str | Path, iteration: int) -> tuple[int, int]:
+    """Remove every step of policy version >= `iteration` and every episode that ended there or later.
+
+    Used on `--resume` from a checkpoint taken after `iteration` iterations, so the store holds exactly the
+    steps the checkpoint accounts for: a resumed run has no duplicated and no missing steps.
+    Returns the (steps, episodes) kept.
+    """
+    check_file(path)
+    with h5py.File(path, "a", libver="latest") as f:
+        versions = f["steps/policy_version"][:]
+        keep_steps = int(np.searchsorted(versions, iteration, side="left"))
+        end_steps = f["episodes/end_step"][:]
+        keep_episodes = int(np.count_nonzero(end_steps < keep_steps))
+        if not np.all(end_steps[:keep_episodes] < keep_steps):  # rows are in end order; be safe
+            raise StoreError(f"{path}: episode rows are not in step order")
+        for group, keep in (("steps", keep_steps), ("episodes", keep_episodes)):
+            for ds in _datasets(f[group]):
+                ds.resize(keep, axis=0)
+    return keep_steps, keep_episodes
+
+
+def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    out = []
+    group.visititems(lambda _, obj: out.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return out
