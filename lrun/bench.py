@@ -349,9 +349,9 @@ def format_train_bench(f: dict[str, float]) -> str:
             f"  {f['simulators']} x single-process env rate  {f['ideal_steps_per_s']:8.1f}   "
             f"(one env alone: {f['single_process_steps_per_s']:.1f})",
             f"  ratio                        {f['efficiency']:8.2f}   (goal >= 0.85)",
-        f"  {f['simulators']} bare env loops at once     {f['concurrent_steps_per_s']:8.1f}   (what the cores give "
-        f"together: {f['concurrent_steps_per_s'] / f['ideal_steps_per_s']:.2f} of {f['simulators']} x one alone)",
-        f"  training / loops at once     {f['efficiency_vs_concurrent']:8.2f}",
+            f"  {f['simulators']} bare env loops at once     {f['concurrent_steps_per_s']:8.1f}   (what the cores give "
+            f"together: {f['concurrent_steps_per_s'] / f['ideal_steps_per_s']:.2f} of {f['simulators']} x one alone)",
+            f"  training / loops at once     {f['efficiency_vs_concurrent']:8.2f}",
             f"  time split per iteration     {f['iteration_s']:.2f} s: simulate {f['simulate_s']:.2f} s, communicate "
             f"{f['communicate_s']:.2f} s, learn {f['learn_s']:.2f} s",
             f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of iteration wall time "

@@ -85,9 +85,11 @@ def _replay(args: argparse.Namespace) -> int:
 
     r = replay_episode(args.run_dir, args.episode, physics=args.physics)
     print(f"episode {r['episode']}: replayed {r['replayed_steps']} of {r['stored_steps']} stored steps")
-    print(f"max observation deviation {r['max_obs_deviation']:.3g}, max reward deviation "
-          f"{r['max_reward_deviation']:.3g}; distance stored {r['stored_distance']:.4f} m, replayed "
-          f"{r['replayed_distance']:.4f} m")
+    print(
+        f"max observation deviation {r['max_obs_deviation']:.3g}, max reward deviation "
+        f"{r['max_reward_deviation']:.3g}; distance stored {r['stored_distance']:.4f} m, replayed "
+        f"{r['replayed_distance']:.4f} m"
+    )
     return 0
 
 

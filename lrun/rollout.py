@@ -195,10 +195,15 @@ class RolloutCollector:
         if book is not None:
             n = steps * envs
             self.last_record = {
-                "obs": raw_obs.reshape(n, obs_size), "excitations": applied.reshape(n, act_size),
-                "reward": rewards.reshape(n), "terminated": terminated.reshape(n), "truncated": truncated.reshape(n),
-                "value": values.reshape(n), "logprob": logprobs.reshape(n),
-                "env_index": np.tile(np.arange(envs, dtype=np.int16), steps), "episode_id": episode_ids.reshape(n),
+                "obs": raw_obs.reshape(n, obs_size),
+                "excitations": applied.reshape(n, act_size),
+                "reward": rewards.reshape(n),
+                "terminated": terminated.reshape(n),
+                "truncated": truncated.reshape(n),
+                "value": values.reshape(n),
+                "logprob": logprobs.reshape(n),
+                "env_index": np.tile(np.arange(envs, dtype=np.int16), steps),
+                "episode_id": episode_ids.reshape(n),
                 "step_in_episode": steps_in_episode.reshape(n),
                 "policy_version": np.full(n, self.policy_version, np.int32),
             }

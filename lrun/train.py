@@ -204,15 +204,28 @@ def make_collector(
             from lrun.env.model import model_checksum
 
             checksum = model_checksum()
-        attrs = {"lrun_version": __version__, "config": config.to_json(), "model_checksum": checksum,
-                 "world_rank": world_rank, "simulator_index": simulator_index}
+        attrs = {
+            "lrun_version": __version__,
+            "config": config.to_json(),
+            "model_checksum": checksum,
+            "world_rank": world_rank,
+            "simulator_index": simulator_index,
+        }
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
-        writer = TrajectoryWriter(path, problem.obs_size, problem.act_size, facts["max_obstacles"],
-                                  facts["reward_terms"], attrs)
-        book = EpisodeBook(vec.num_envs, simulator_index, problem.obs_size, facts, first_row=writer.n_steps,
-                           first_counter=writer.next_episode_counter(simulator_index))
-    collector = RolloutCollector(vec, policy, normaliser, config.policy.normalise_observations,
-                                 problem.distance_index, book)
+        writer = TrajectoryWriter(
+            path, problem.obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
+        )
+        book = EpisodeBook(
+            vec.num_envs,
+            simulator_index,
+            problem.obs_size,
+            facts,
+            first_row=writer.n_steps,
+            first_counter=writer.next_episode_counter(simulator_index),
+        )
+    collector = RolloutCollector(
+        vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index, book
+    )
     return collector, writer
 
 
@@ -356,8 +369,9 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
     normaliser = RunningNormaliser(problem.obs_size)
     message = np.empty(message_size(policy, problem.obs_size))
     lmpi.Bcast(comm, message, 0, sleep)  # rank 0 has cut the store back (on resume) before this first broadcast
-    collector, writer = make_collector(config, problem, policy, normaliser, layout.simulator_index,
-                                       start_iteration, layout.world_rank)
+    collector, writer = make_collector(
+        config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
+    )
     waited = stored = 0.0
     try:
         while True:

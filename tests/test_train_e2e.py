@@ -170,10 +170,31 @@ def test_learning_improves_pendulum_clearly(tmp_path):
 def test_two_learners_average_gradients_and_stay_in_sync(tmp_path):
     """4 ranks: 2 learners (gradient Allreduce, parameter check every iteration) + 2 simulators."""
     run_dir = tmp_path / "two"
-    result = run([MPIEXEC, "-n", "4", LRUN, "train", "--set", "env.id=gymnasium:Pendulum-v1", "--set",
-                  "layout.learners=2", "--set", "layout.envs_per_rank=2", "--set", "ppo.steps_per_env=32",
-                  "--set", "ppo.minibatches=4", "--set", "run.iterations=3", "--set", "run.sync_check_every=1",
-                  "--set", f"run.run_dir={run_dir}"])
+    result = run(
+        [
+            MPIEXEC,
+            "-n",
+            "4",
+            LRUN,
+            "train",
+            "--set",
+            "env.id=gymnasium:Pendulum-v1",
+            "--set",
+            "layout.learners=2",
+            "--set",
+            "layout.envs_per_rank=2",
+            "--set",
+            "ppo.steps_per_env=32",
+            "--set",
+            "ppo.minibatches=4",
+            "--set",
+            "run.iterations=3",
+            "--set",
+            "run.sync_check_every=1",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ]
+    )
     assert result.returncode == 0, result.stderr
     assert "2 learners + 2 simulator ranks" in result.stdout
     rows = progress(run_dir)

@@ -40,8 +40,15 @@ def skeleton(obs: np.ndarray) -> dict[str, np.ndarray]:
     """Joint positions (x, y) for one observation of RunEnv."""
     tilt = float(obs[0])
     pelvis = obs[24:26]
-    points = {"head": obs[22:24], "pelvis": pelvis, "torso": obs[26:28], "toes_l": obs[28:30],
-              "toes_r": obs[30:32], "talus_l": obs[32:34], "talus_r": obs[34:36]}
+    points = {
+        "head": obs[22:24],
+        "pelvis": pelvis,
+        "torso": obs[26:28],
+        "toes_l": obs[28:30],
+        "toes_r": obs[30:32],
+        "talus_l": obs[32:34],
+        "talus_r": obs[34:36],
+    }
     hip = pelvis + _rotate(HIP_OFFSET, tilt)
     points["hip"] = hip
     points["knee_l"] = knee(hip, points["talus_l"])

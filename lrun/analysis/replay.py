@@ -25,9 +25,14 @@ def replay_episode(run_dir: str | Path, episode_id: int, physics: Any = None) ->
     env_id = env_config.get("id", "lrun/Run-v0")
     if physics is None and env_id == "lrun/Run-v0":
         physics = {"integrator": row["integrator"].decode(), "accuracy": float(row["accuracy"])}
-    env = make_env(env_id, int(row["difficulty"]) if int(row["difficulty"]) >= 0 else 0,
-                   int(env_config.get("max_obstacles", 3)), physics if physics is not None else "reference",
-                   int(row["frame_skip"]), env_config.get("kwargs", {}))
+    env = make_env(
+        env_id,
+        int(row["difficulty"]) if int(row["difficulty"]) >= 0 else 0,
+        int(env_config.get("max_obstacles", 3)),
+        physics if physics is not None else "reference",
+        int(row["frame_skip"]),
+        env_config.get("kwargs", {}),
+    )
     obs, info = env.reset(seed=int(row["seed"]))
     layout = info.get("layout")
     if layout is not None:

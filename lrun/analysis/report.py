@@ -15,8 +15,10 @@ def _progress(run_dir: Path) -> dict[int, dict[str, float]]:
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
-        return {int(float(r["iteration"])): {k: float(v) if v else np.nan for k, v in r.items()}
-                for r in csv.DictReader(handle)}
+        return {
+            int(float(r["iteration"])): {k: float(v) if v else np.nan for k, v in r.items()}
+            for r in csv.DictReader(handle)
+        }
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -33,8 +35,9 @@ def build_report(run_dir: str | Path) -> dict:
     """Per-iteration and per-difficulty summaries of every finished episode in the run (live runs too)."""
     run_dir = Path(run_dir)
     with RunStore(run_dir) as store:
-        ep = store.episodes(["policy_version", "return", "length", "distance", "fell", "integrator_failure",
-                             "difficulty"])
+        ep = store.episodes(
+            ["policy_version", "return", "length", "distance", "fell", "integrator_failure", "difficulty"]
+        )
         n_steps = len(store.steps(["policy_version"])["policy_version"])
     progress = _progress(run_dir)
     iterations = []
@@ -43,50 +46,73 @@ def build_report(run_dir: str | Path) -> dict:
         mask = ep["policy_version"] == v
         ret, dist = ep["return"][mask], ep["distance"][mask]
         log = progress.get(v + 1, {})
-        iterations.append({
-            "iteration": v + 1,
-            "env_steps": log.get("env_steps", np.nan),
-            "episodes": int(mask.sum()),
-            "mean_return": float(ret.mean()) if mask.any() else np.nan,
-            "median_return": float(np.median(ret)) if mask.any() else np.nan,
-            "mean_distance": float(np.nanmean(dist)) if mask.any() and not np.isnan(dist).all() else np.nan,
-            "fall_rate": float(ep["fell"][mask].mean()) if mask.any() else np.nan,
-            "steps_per_s": log.get("charts/steps_per_s", np.nan),
-        })
+        iterations.append(
+            {
+                "iteration": v + 1,
+                "env_steps": log.get("env_steps", np.nan),
+                "episodes": int(mask.sum()),
+                "mean_return": float(ret.mean()) if mask.any() else np.nan,
+                "median_return": float(np.median(ret)) if mask.any() else np.nan,
+                "mean_distance": float(np.nanmean(dist)) if mask.any() and not np.isnan(dist).all() else np.nan,
+                "fall_rate": float(ep["fell"][mask].mean()) if mask.any() else np.nan,
+                "steps_per_s": log.get("charts/steps_per_s", np.nan),
+            }
+        )
     by_difficulty = []
     for d in sorted(set(ep["difficulty"].tolist())):
         mask = ep["difficulty"] == d
         falls = int(ep["fell"][mask].sum())
-        by_difficulty.append({
-            "difficulty": int(d), "episodes": int(mask.sum()), "mean_return": float(ep["return"][mask].mean()),
-            "mean_distance": float(np.nanmean(ep["distance"][mask])) if not np.isnan(ep["distance"][mask]).all()
-            else np.nan,
-            "fall_rate": falls / int(mask.sum()), "fall_rate_ci95": wilson_interval(falls, int(mask.sum())),
-            "integrator_failures": int(ep["integrator_failure"][mask].sum()),
-        })
-    return {"iterations": iterations, "by_difficulty": by_difficulty, "stored_steps": n_steps,
-            "episodes": len(ep["return"])}
+        by_difficulty.append(
+            {
+                "difficulty": int(d),
+                "episodes": int(mask.sum()),
+                "mean_return": float(ep["return"][mask].mean()),
+                "mean_distance": float(np.nanmean(ep["distance"][mask]))
+                if not np.isnan(ep["distance"][mask]).all()
+                else np.nan,
+                "fall_rate": falls / int(mask.sum()),
+                "fall_rate_ci95": wilson_interval(falls, int(mask.sum())),
+                "integrator_failures": int(ep["integrator_failure"][mask].sum()),
+            }
+        )
+    return {
+        "iterations": iterations,
+        "by_difficulty": by_difficulty,
+        "stored_steps": n_steps,
+        "episodes": len(ep["return"]),
+    }
 
 
 def format_report(report: dict) -> str:
     """The report as aligned text tables."""
+
     def f(x: float, fmt: str) -> str:
         return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
-    lines = [f"{report['episodes']} finished episodes, {report['stored_steps']} stored steps", "",
-             f"{'iter':>5} {'env steps':>10} {'episodes':>8} {'mean ret':>9} {'median ret':>10} "
-             f"{'distance':>8} {'falls':>6} {'steps/s':>8}"]
+    lines = [
+        f"{report['episodes']} finished episodes, {report['stored_steps']} stored steps",
+        "",
+        f"{'iter':>5} {'env steps':>10} {'episodes':>8} {'mean ret':>9} {'median ret':>10} "
+        f"{'distance':>8} {'falls':>6} {'steps/s':>8}",
+    ]
     for r in report["iterations"]:
-        lines.append(f"{r['iteration']:>5} {f(r['env_steps'], '.0f'):>10} {r['episodes']:>8} "
-                     f"{f(r['mean_return'], '.3f'):>9} {f(r['median_return'], '.3f'):>10} "
-                     f"{f(r['mean_distance'], '.2f'):>8} {f(r['fall_rate'], '.0%'):>6} {f(r['steps_per_s'], '.0f'):>8}")
-    lines += ["", f"{'difficulty':>10} {'episodes':>8} {'mean ret':>9} {'distance':>8} {'falls (95% CI)':>22} "
-                  f"{'integrator failures':>20}"]
+        lines.append(
+            f"{r['iteration']:>5} {f(r['env_steps'], '.0f'):>10} {r['episodes']:>8} "
+            f"{f(r['mean_return'], '.3f'):>9} {f(r['median_return'], '.3f'):>10} "
+            f"{f(r['mean_distance'], '.2f'):>8} {f(r['fall_rate'], '.0%'):>6} {f(r['steps_per_s'], '.0f'):>8}"
+        )
+    lines += [
+        "",
+        f"{'difficulty':>10} {'episodes':>8} {'mean ret':>9} {'distance':>8} {'falls (95% CI)':>22} "
+        f"{'integrator failures':>20}",
+    ]
     for d in report["by_difficulty"]:
         lo, hi = d["fall_rate_ci95"]
         falls = f"{d['fall_rate']:.1%} ({lo:.1%}-{hi:.1%})"
-        lines.append(f"{d['difficulty']:>10} {d['episodes']:>8} {d['mean_return']:>9.3f} "
-                     f"{f(d['mean_distance'], '.2f'):>8} {falls:>22} {d['integrator_failures']:>20}")
+        lines.append(
+            f"{d['difficulty']:>10} {d['episodes']:>8} {d['mean_return']:>9.3f} "
+            f"{f(d['mean_distance'], '.2f'):>8} {falls:>22} {d['integrator_failures']:>20}"
+        )
     return "\n".join(lines)
 
 
@@ -103,8 +129,11 @@ def plot_report(report: dict, path: str | Path) -> Path:
     if len(x) == 0 or np.isnan(x).any():
         x, label = np.array([r["iteration"] for r in rows], dtype=float), "iteration"
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    series = [("mean_return", "mean episodic return"), ("mean_distance", "mean distance (m)"),
-              ("fall_rate", "fall rate")]
+    series = [
+        ("mean_return", "mean episodic return"),
+        ("mean_distance", "mean distance (m)"),
+        ("fall_rate", "fall rate"),
+    ]
     for ax, (key, title) in zip(axes, series):
         ax.plot(x, [r[key] for r in rows], marker="o", ms=3, lw=1.2, label="mean")
         if key == "fall_rate":

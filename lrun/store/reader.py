@@ -67,6 +67,13 @@ def _check_open(f: h5py.File, path: Path) -> None:
         raise StoreError(f"{path}: damaged {group}/ group ({exc})") from None
 
 
+def datasets_in(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """Every dataset below `group`, by path relative to it (e.g. 'reward_terms/delta_x')."""
+    found: dict[str, h5py.Dataset] = {}
+    group.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
 def rank_files(run_dir: str | Path) -> list[Path]:
     """The run's rank files, sorted."""
     directory = Path(run_dir) / DIRECTORY
@@ -115,7 +122,8 @@ class RunStore:
         """See rows appended since opening (SWMR)."""
         for f in self.files:
             for group in ("steps", "episodes"):
-                f[group].visititems(lambda _, obj: obj.refresh() if isinstance(obj, h5py.Dataset) else None)
+                for ds in datasets_in(f[group]).values():
+                    ds.refresh()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -197,18 +205,11 @@ def write_master(run_dir: str | Path) -> Path:
                 attrs = dict(f.attrs)
             shapes = {}
             for group in ("steps", "episodes"):
-                lengths = []
-
-                def visit(name: str, obj: Any, group: str = group, lengths: list = lengths) -> None:
-                    if isinstance(obj, h5py.Dataset):
-                        shapes[f"{group}/{name}"] = obj.shape
-                        dtypes[f"{group}/{name}"] = obj.dtype
-                        lengths.append(obj.shape[0])
-
-                f[group].visititems(visit)
-                complete = min(lengths) if lengths else 0
-                for key in [k for k in shapes if k.startswith(group + "/")]:
-                    shapes[key] = (complete, *shapes[key][1:])
+                datasets = datasets_in(f[group])
+                complete = min((ds.shape[0] for ds in datasets.values()), default=0)  # a live file: whole rows
+                for name, ds in datasets.items():
+                    shapes[f"{group}/{name}"] = (complete, *ds.shape[1:])
+                    dtypes[f"{group}/{name}"] = ds.dtype
             sizes.append(shapes)
     tmp = directory / f".{MASTER_NAME}.tmp-{os.getpid()}"
     with h5py.File(tmp, "w", libver="latest") as master:

@@ -27,8 +27,15 @@ def env_facts(env: Any) -> dict[str, Any]:
 class EpisodeBook:
     """Tracks the episode each env is in (id, step counter, start row and time) and builds episode rows."""
 
-    def __init__(self, n_envs: int, simulator_index: int, obs_size: int, facts: dict[str, Any],
-                 first_row: int = 0, first_counter: int = 0) -> None:
+    def __init__(
+        self,
+        n_envs: int,
+        simulator_index: int,
+        obs_size: int,
+        facts: dict[str, Any],
+        first_row: int = 0,
+        first_counter: int = 0,
+    ) -> None:
         self.n_envs = n_envs
         self.obs_size = obs_size
         self.facts = facts
@@ -62,8 +69,9 @@ class EpisodeBook:
         self.row += self.n_envs
         return ids, steps, rows
 
-    def finish(self, env_index: int, info: dict, terminated: bool, final_obs: np.ndarray, row: int,
-               policy_version: int) -> None:
+    def finish(
+        self, env_index: int, info: dict, terminated: bool, final_obs: np.ndarray, row: int, policy_version: int
+    ) -> None:
         """The episode in env `env_index` ended at file row `row`; queue its table row."""
         episode = info["episode"]
         layout = self.layouts[env_index]
@@ -78,16 +86,31 @@ class EpisodeBook:
         failure = bool(info.get("integrator_failure", False))
         final = np.asarray(final_obs, dtype=np.float32).reshape(-1)
         distance = float(final[1]) if self.facts["difficulty"] >= 0 else float("nan")
-        self.finished.append({
-            "id": self.ids[env_index], "env_index": env_index, "seed": self.seeds[env_index],
-            "difficulty": self.facts["difficulty"], "n_obstacles": n_obstacles, "obstacles": obstacles,
-            "psoas": psoas, "integrator": self.facts["integrator"].encode(), "accuracy": self.facts["accuracy"],
-            "frame_skip": self.facts["frame_skip"], "return": episode["return"], "length": episode["length"],
-            "distance": distance, "fell": bool(terminated and not failure and self.facts["difficulty"] >= 0),
-            "integrator_failure": failure, "start_step": self.start_rows[env_index], "end_step": row,
-            "policy_version": policy_version,
-            "wall_time_s": time.time() - self.start_times[env_index], "end_time": time.time(), "final_obs": final,
-        })
+        self.finished.append(
+            {
+                "id": self.ids[env_index],
+                "env_index": env_index,
+                "seed": self.seeds[env_index],
+                "difficulty": self.facts["difficulty"],
+                "n_obstacles": n_obstacles,
+                "obstacles": obstacles,
+                "psoas": psoas,
+                "integrator": self.facts["integrator"].encode(),
+                "accuracy": self.facts["accuracy"],
+                "frame_skip": self.facts["frame_skip"],
+                "return": episode["return"],
+                "length": episode["length"],
+                "distance": distance,
+                "fell": bool(terminated and not failure and self.facts["difficulty"] >= 0),
+                "integrator_failure": failure,
+                "start_step": self.start_rows[env_index],
+                "end_step": row,
+                "policy_version": policy_version,
+                "wall_time_s": time.time() - self.start_times[env_index],
+                "end_time": time.time(),
+                "final_obs": final,
+            }
+        )
 
     def take_finished(self) -> dict[str, np.ndarray]:
         """Episode rows queued since the last call, as column arrays."""

@@ -20,8 +20,11 @@ DIRECTORY = "trajectories"
 #: step dataset -> (dtype, per-row shape key or (), meaning). Shape keys: "obs", "act".
 STEP_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
     "obs": ("f4", "obs", "observation the policy acted on (raw, not normalised)"),
-    "excitations": ("f4", "act", "action applied to the env (after mapping and clipping; for RunEnv the 18 "
-                                  "muscle excitations)"),
+    "excitations": (
+        "f4",
+        "act",
+        "action applied to the env (after mapping and clipping; for RunEnv the 18 muscle excitations)",
+    ),
     "reward": ("f4", (), "reward the env returned for this step"),
     "terminated": ("u1", (), "1 if the episode ended in a terminal state (fall, integrator failure)"),
     "truncated": ("u1", (), "1 if the episode hit its time limit"),
@@ -74,5 +77,7 @@ def row_shape(shape: str | tuple, obs_size: int, act_size: int, max_obstacles: i
 
 def empty_rows(fields: dict, n: int, obs_size: int, act_size: int, max_obstacles: int) -> dict[str, np.ndarray]:
     """Zero-filled arrays for `n` rows of every field."""
-    return {name: np.zeros((n, *row_shape(shape, obs_size, act_size, max_obstacles)), dtype=dtype)
-            for name, (dtype, shape, _) in fields.items()}
+    return {
+        name: np.zeros((n, *row_shape(shape, obs_size, act_size, max_obstacles)), dtype=dtype)
+        for name, (dtype, shape, _) in fields.items()
+    }

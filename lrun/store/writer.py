@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lrun.store.reader import StoreError, check_file
+from lrun.store.reader import StoreError, check_file, datasets_in
 from lrun.store.schema import (
     EPISODE_FIELDS,
     FILE_KIND,
@@ -30,8 +30,15 @@ class TrajectoryWriter:
     and after a crash (even `kill -9`) it still opens and holds everything up to the last flush.
     """
 
-    def __init__(self, path: str | Path, obs_size: int, act_size: int, max_obstacles: int,
-                 reward_terms: tuple[str, ...], attrs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        obs_size: int,
+        act_size: int,
+        max_obstacles: int,
+        reward_terms: tuple[str, ...],
+        attrs: dict[str, Any],
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.path.exists()
@@ -51,8 +58,9 @@ class TrajectoryWriter:
         self.episodes = self.file["episodes"]
         self.terms = list(reward_terms)
 
-    def _create(self, obs_size: int, act_size: int, max_obstacles: int, reward_terms: tuple[str, ...],
-                attrs: dict[str, Any]) -> None:
+    def _create(
+        self, obs_size: int, act_size: int, max_obstacles: int, reward_terms: tuple[str, ...], attrs: dict[str, Any]
+    ) -> None:
         f = self.file
         f.attrs["kind"] = FILE_KIND
         f.attrs["schema_version"] = SCHEMA_VERSION
@@ -66,22 +74,31 @@ class TrajectoryWriter:
             group = f.create_group(group_name)
             for name, (dtype, shape, meaning) in fields.items():
                 rest = row_shape(shape, obs_size, act_size, max_obstacles)
-                ds = group.create_dataset(name, shape=(0, *rest), maxshape=(None, *rest), dtype=dtype,
-                                          chunks=(CHUNK_ROWS, *rest), **COMPRESSION)
+                ds = group.create_dataset(
+                    name,
+                    shape=(0, *rest),
+                    maxshape=(None, *rest),
+                    dtype=dtype,
+                    chunks=(CHUNK_ROWS, *rest),
+                    **COMPRESSION,
+                )
                 ds.attrs["meaning"] = meaning
         terms = f["steps"].create_group(REWARD_TERMS_GROUP)
         for name in reward_terms:
-            ds = terms.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f4", chunks=(CHUNK_ROWS,),
-                                      **COMPRESSION)
+            ds = terms.create_dataset(
+                name, shape=(0,), maxshape=(None,), dtype="f4", chunks=(CHUNK_ROWS,), **COMPRESSION
+            )
             ds.attrs["meaning"] = f"reward component {name!r} of each step"
 
     def _check_fits(self, obs_size: int, act_size: int, reward_terms: tuple[str, ...]) -> None:
         a = self.file.attrs
         stored_terms = json.loads(a["reward_terms"])
         if (int(a["obs_size"]), int(a["act_size"]), stored_terms) != (obs_size, act_size, list(reward_terms)):
-            raise StoreError(f"{self.path}: written by a run with obs size {a['obs_size']}, action size "
-                             f"{a['act_size']}, reward terms {stored_terms}; cannot append obs size {obs_size}, "
-                             f"action size {act_size}, reward terms {list(reward_terms)}")
+            raise StoreError(
+                f"{self.path}: written by a run with obs size {a['obs_size']}, action size "
+                f"{a['act_size']}, reward terms {stored_terms}; cannot append obs size {obs_size}, "
+                f"action size {act_size}, reward terms {list(reward_terms)}"
+            )
 
     @property
     def n_steps(self) -> int:
@@ -148,12 +165,6 @@ def cut_back(path: str | Path, iteration: int) -> tuple[int, int]:
         if not np.all(end_steps[:keep_episodes] < keep_steps):  # rows are in end order; be safe
             raise StoreError(f"{path}: episode rows are not in step order")
         for group, keep in (("steps", keep_steps), ("episodes", keep_episodes)):
-            for ds in _datasets(f[group]):
+            for ds in datasets_in(f[group]).values():
                 ds.resize(keep, axis=0)
     return keep_steps, keep_episodes
-
-
-def _datasets(group: h5py.Group) -> list[h5py.Dataset]:
-    out = []
-    group.visititems(lambda _, obj: out.append(obj) if isinstance(obj, h5py.Dataset) else None)
-    return out
