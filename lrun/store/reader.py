@@ -17,6 +17,29 @@ class StoreError(RuntimeError):
     """A trajectory file is missing, corrupt, truncated, foreign or from an incompatible schema."""
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_superblock(path: Path) -> None:
+    """Raise `StoreError` for a non-HDF5 or truncated file, from the superblock alone.
+
+    Needed because a SWMR reader does not check the file's end (the file may legitimately grow) and reading a
+    truncated file in SWMR mode retries without end. A version 2/3 superblock (what lrun writes) records the
+    end-of-file address; a live file is never shorter than it, a truncated one is.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(48)
+    if not head.startswith(HDF5_SIGNATURE):
+        raise StoreError(f"{path}: not an HDF5 file")
+    version, offset_size = head[8], head[9]
+    if version >= 2 and offset_size in (4, 8) and len(head) >= 12 + 3 * offset_size:
+        start = 12 + 2 * offset_size  # signature, version, sizes, flags, base address, extension address
+        eof = int.from_bytes(head[start : start + offset_size], "little")
+        size = path.stat().st_size
+        if size < eof:
+            raise StoreError(f"{path}: truncated HDF5 file ({size} of {eof} bytes)")
+
+
 def open_h5(path: str | Path) -> h5py.File:
     """Open an lrun HDF5 file for reading (SWMR where possible), or raise `StoreError` naming the problem."""
     path = Path(path)
@@ -24,6 +47,7 @@ def open_h5(path: str | Path) -> h5py.File:
         raise StoreError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise StoreError(f"{path}: empty file")
+    _check_superblock(path)
     try:
         try:
             f = h5py.File(path, "r", libver="latest", swmr=True)
