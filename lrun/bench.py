@@ -335,6 +335,10 @@ def bench_train(
         "simulator_wait_cpu_fraction": wait_cpu("simulator"),
         "learner_wait_wall_s": sum(s["wait_wall_s"] for s in ranks_stats if s["role"] == "learner"),
     }
+    figures["store_s"] = mean("time/store_s")
+    figures["store_fraction"] = figures["store_s"] / figures["simulate_s"]
+    stored_bytes = sum(p.stat().st_size for p in (Path(run_dir) / "trajectories").glob("rank-*.h5"))
+    figures["store_bytes_per_million_steps"] = stored_bytes / float(rows[-1]["env_steps"]) * 1e6
     figures["efficiency"] = figures["train_steps_per_s"] / figures["ideal_steps_per_s"]
     figures["efficiency_vs_concurrent"] = figures["train_steps_per_s"] / concurrent
     return figures
@@ -356,7 +360,9 @@ def format_train_bench(f: dict[str, float]) -> str:
             f"{f['communicate_s']:.2f} s, learn {f['learn_s']:.2f} s",
             f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of iteration wall time "
             "(goal < 10 %)",
-            f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "
+            f"  HDF5 trajectory writing      {f['store_s']:.3f} s per iteration = {100 * f['store_fraction']:.2f} % of "
+        f"rollout time (goal < 2 %); {f['store_bytes_per_million_steps'] / 1e6:.0f} MB per million steps",
+        f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "
             f"{100 * f['simulator_wait_cpu_fraction']:.1f} % of their waiting wall time (goal < 10 %)",
         ]
     )
