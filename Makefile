@@ -42,7 +42,8 @@ bench-train: install
 RUN_DIR ?= runs/tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun train experiments/tiny.toml --set run.run_dir=$(RUN_DIR)
-	@echo "run directory: $(RUN_DIR) (checkpoints/, progress.csv, config.json, ranks/)"
+	$(BIN)/lrun report $(RUN_DIR)
+	@echo "run directory: $(RUN_DIR) (checkpoints/, trajectories/, report/, progress.csv, config.json, ranks/)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

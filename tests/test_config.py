@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,28 @@ def test_train_config_is_a_dataclass_with_help_everywhere():
     for section in dataclasses.fields(config):
         for f in dataclasses.fields(getattr(config, section.name)):
             assert f.metadata.get("help"), f"{section.name}.{f.name} has no help text"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_logger_writes_csv_and_a_live_bar_on_a_terminal(tmp_path):
+    from lrun.logger import ProgressLogger
+
+    scalars = {"iteration": 1, "env_steps": 100, "charts/steps_per_s": 50.0, "losses/entropy": 1.5}
+    terminal = FakeTerminal()
+    logger = ProgressLogger(tmp_path, total_iterations=2, stream=terminal)
+    logger.log(scalars)
+    logger.log({**scalars, "iteration": 2, "env_steps": 200})
+    assert terminal.getvalue().startswith("\r[##########..........] iter 1/2")
+    assert "\r[####################] iter 2/2" in terminal.getvalue() and terminal.getvalue().endswith("\n")
+    plain = io.StringIO()  # not a terminal: plain lines, as under Slurm
+    (tmp_path / "b").mkdir()
+    ProgressLogger(tmp_path / "b", 2, plain).log(scalars)
+    assert plain.getvalue().startswith("iter 1/2 | steps 100") and "\r" not in plain.getvalue()
+    rows = (tmp_path / "progress.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration,env_steps") and len(rows) == 3
+    logger.truncate_after(1)
+    assert len((tmp_path / "progress.csv").read_text().splitlines()) == 2
