@@ -22,13 +22,12 @@ def _bench_env(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from lrun.config import ConfigError, load_config
     from lrun.mpi import comm_world
+    from lrun.train import StartupError, train
 
     comm = comm_world()
     rank = comm.Get_rank()
     try:
         config = load_config(args.config, args.set)
-        from lrun.train import StartupError, train
-
         train(config, resume=args.resume, comm=comm)
     except (ConfigError, StartupError) as exc:
         # Raised before any collective and alike on every rank: each rank exits; one speaks.
