@@ -361,8 +361,8 @@ def format_train_bench(f: dict[str, float]) -> str:
             f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of iteration wall time "
             "(goal < 10 %)",
             f"  HDF5 trajectory writing      {f['store_s']:.3f} s per iteration = {100 * f['store_fraction']:.2f} % of "
-        f"rollout time (goal < 2 %); {f['store_bytes_per_million_steps'] / 1e6:.0f} MB per million steps",
-        f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "
+            f"rollout time (goal < 2 %); {f['store_bytes_per_million_steps'] / 1e6:.0f} MB per million steps",
+            f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "
             f"{100 * f['simulator_wait_cpu_fraction']:.1f} % of their waiting wall time (goal < 10 %)",
         ]
     )

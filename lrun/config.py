@@ -41,6 +41,20 @@ class EnvConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Reward shaping (lrun/Run-v0): the reward is sum(weight * term); the task reward is always logged too."""
+
+    weights: dict = doc(
+        "term -> weight; empty: the task's own reward. Terms: progress, ligament, capped_progress, "
+        "knee_bend, speed_target, alive, upright",
+        default_factory=dict,
+    )
+    speed_cap: float = doc("m/s up to which capped_progress counts pelvis progress", 1.5)
+    speed_target: float = doc("m/s the speed_target term aims at", 3.0)
+    knee_bend_max: float = doc("rad of knee flexion up to which knee_bend counts", 0.6)
+
+
+@dataclass
 class LayoutConfig:
     """How the MPI ranks are used."""
 
@@ -98,6 +112,7 @@ class TrainConfig:
     """Everything `lrun train` needs."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -249,6 +264,14 @@ def validate(config: TrainConfig) -> None:
     from lrun.env.physics import PRESETS
 
     checks.append((config.env.physics in PRESETS, f"env.physics must be one of {sorted(PRESETS)}"))
+    if config.reward.weights:
+        from lrun.env.shaping import check_weights
+
+        try:
+            check_weights(config.reward.weights)
+        except ValueError as exc:
+            raise ConfigError(f"reward.weights: {exc}") from None
+        checks.append((config.env.id == "lrun/Run-v0", "reward.weights: reward shaping needs env.id = lrun/Run-v0"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -54,7 +54,7 @@ class Problem:
 
 def probe_env(config: TrainConfig) -> Problem:
     """Build one env to learn the spaces (and to fail early, on every rank, on a bad env config)."""
-    env = env_factory(config.env)()
+    env = env_factory(config.env, config.reward)()
     try:
         obs_size = int(np.prod(env.observation_space.shape))
         act_size = int(np.prod(env.action_space.shape))
@@ -193,7 +193,7 @@ def make_collector(
 
     Episode seeds derive from (run seed, simulator, start iteration), so a resumed run never repeats them.
     """
-    factory = env_factory(config.env)
+    factory = env_factory(config.env, config.reward)
     seed = int(np.random.SeedSequence([config.run.seed, simulator_index, start_iteration]).generate_state(1)[0])
     vec = SerialVectorEnv([factory] * config.layout.envs_per_rank, seed=seed)
     writer = book = None
@@ -250,7 +250,7 @@ def summarise(
     losses: dict[str, float],
 ) -> dict[str, float]:
     """The scalars logged per iteration (CleanRL-style names)."""
-    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 3))
+    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 4))
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
     store = float(np.mean([r.store_s for r in rollouts]))
@@ -263,6 +263,7 @@ def summarise(
         "charts/episodic_return": float(episodes[:, 0].mean()) if len(episodes) else nan,
         "charts/episodic_return_median": float(np.median(episodes[:, 0])) if len(episodes) else nan,
         "charts/episodic_length": float(episodes[:, 1].mean()) if len(episodes) else nan,
+        "charts/episodic_task_return": float(episodes[:, 3].mean()) if len(episodes) else nan,
         "charts/distance": float(np.nanmean(episodes[:, 2]))
         if len(episodes) and not np.isnan(episodes[:, 2]).all()
         else nan,

@@ -19,6 +19,8 @@ def make_env(
     physics: Any = "reference",
     frame_skip: int = 1,
     kwargs: dict | None = None,
+    reward_weights: dict[str, float] | None = None,
+    shaping: Any = None,
 ) -> gym.Env:
     """One env. Raises ValueError naming the id if it is unknown."""
     kwargs = dict(kwargs or {})
@@ -34,12 +36,25 @@ def make_env(
             raise ValueError(f"env.id {env_id!r}: gymnasium cannot make {name!r}: {exc}") from exc
     else:
         raise ValueError(f"env.id {env_id!r}: use lrun/Run-v0 or gymnasium:<id> (e.g. gymnasium:Pendulum-v1)")
+    if reward_weights:
+        if env_id != "lrun/Run-v0":
+            raise ValueError(f"reward.weights: reward shaping needs lrun/Run-v0, not {env_id!r}")
+        from lrun.env.shaping import ShapedReward
+
+        env = ShapedReward(env, reward_weights, shaping)
     if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(f"env.id {env_id!r}: lrun trains box (continuous) action spaces only")
     return FrameSkip(env, frame_skip) if frame_skip > 1 else env
 
 
-def env_factory(env_config) -> Callable[[], gym.Env]:
-    """A zero-argument constructor for the env an `EnvConfig` describes."""
+def env_factory(env_config, reward_config=None) -> Callable[[], gym.Env]:
+    """A zero-argument constructor for the env an `EnvConfig` (and optional `RewardConfig`) describes."""
     c = env_config
-    return lambda: make_env(c.id, c.difficulty, c.max_obstacles, c.physics, c.frame_skip, c.kwargs)
+    weights = dict(reward_config.weights) if reward_config is not None else {}
+    shaping = None
+    if weights:
+        from lrun.env.shaping import ShapingParams
+
+        r = reward_config
+        shaping = ShapingParams(r.speed_cap, r.speed_target, r.knee_bend_max)
+    return lambda: make_env(c.id, c.difficulty, c.max_obstacles, c.physics, c.frame_skip, c.kwargs, weights, shaping)

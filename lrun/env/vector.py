@@ -32,6 +32,7 @@ class SerialVectorEnv:
         self._seed_streams = [np.random.default_rng(child) for child in children]
         self.episode_seeds = np.zeros(self.num_envs, dtype=np.int64)
         self.episode_returns = np.zeros(self.num_envs)
+        self.episode_task_returns = np.zeros(self.num_envs)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._obs: np.ndarray | None = None
 
@@ -42,6 +43,7 @@ class SerialVectorEnv:
         seed = self._next_seed(i)
         self.episode_seeds[i] = seed
         self.episode_returns[i] = 0.0
+        self.episode_task_returns[i] = 0.0
         self.episode_lengths[i] = 0
         obs, info = self.envs[i].reset(seed=seed)
         info = dict(info, episode_seed=seed)
@@ -67,6 +69,7 @@ class SerialVectorEnv:
             obs, reward, term, trunc, info = env.step(actions[i])
             rewards[i], terminated[i], truncated[i] = reward, term, trunc
             self.episode_returns[i] += reward
+            self.episode_task_returns[i] += info.get("task_reward", reward)  # unshaped, where a wrapper shapes
             self.episode_lengths[i] += 1
             if term or trunc:
                 info = dict(
@@ -74,6 +77,7 @@ class SerialVectorEnv:
                     final_observation=obs,
                     episode={
                         "return": float(self.episode_returns[i]),
+                        "task_return": float(self.episode_task_returns[i]),
                         "length": int(self.episode_lengths[i]),
                         "seed": int(self.episode_seeds[i]),
                     },

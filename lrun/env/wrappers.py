@@ -16,6 +16,10 @@ class FrameSkip(gym.Wrapper):
         if skip < 1:
             raise ValueError(f"frame skip must be >= 1, got {skip}")
         self.skip = skip
+        try:
+            self.summed_terms = tuple(env.get_wrapper_attr("reward_terms"))
+        except AttributeError:
+            self.summed_terms = ()
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict]:
         """Step the wrapped env up to `skip` times with the same action."""
@@ -24,7 +28,7 @@ class FrameSkip(gym.Wrapper):
         for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
-            for key in ("delta_x", "ligament_penalty"):
+            for key in self.summed_terms:
                 if key in info:
                     summed[key] = summed.get(key, 0.0) + info[key]
             if terminated or truncated:

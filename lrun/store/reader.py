@@ -166,9 +166,7 @@ class RunStore:
         per_file = []
         for f, path in zip(self.files, self.paths):
             g = f[group]
-            available = [n for n, obj in g.items() if isinstance(obj, h5py.Dataset)]
-            if group == "steps" and "reward_terms" in g:
-                available += [f"reward_terms/{n}" for n in g["reward_terms"]]
+            available = list(datasets_in(g))
             wanted = names or available
             missing = [n for n in wanted if n not in available]
             if missing:
@@ -200,9 +198,7 @@ class RunStore:
             lo, hi = int(row["start_step"]), int(row["end_step"]) + 1
             steps_group = f["steps"]
             mask = steps_group["episode_id"][lo:hi] == episode_id
-            steps = {name: ds[lo:hi][mask] for name, ds in steps_group.items() if isinstance(ds, h5py.Dataset)}
-            for name, ds in steps_group["reward_terms"].items():
-                steps[f"reward_terms/{name}"] = ds[lo:hi][mask]
+            steps = {name: ds[lo:hi][mask] for name, ds in datasets_in(steps_group).items()}
             row["file"] = str(path)
             return {"row": row, "steps": steps}
         raise StoreError(f"{self.run_dir}: no finished episode with id {episode_id}")

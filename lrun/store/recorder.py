@@ -20,8 +20,16 @@ def env_facts(env: Any) -> dict[str, Any]:
         "integrator": physics.integrator if physics is not None else "",
         "accuracy": float(physics.accuracy) if physics is not None else float("nan"),
         "frame_skip": int(getattr(env, "skip", 1)),
-        "reward_terms": tuple(getattr(inner, "reward_terms", ())),
+        "reward_terms": tuple(_wrapper_attr(env, "reward_terms", ())),
     }
+
+
+def _wrapper_attr(env: Any, name: str, default: Any) -> Any:
+    """An attribute from the outermost wrapper that has it (gymnasium no longer forwards attributes)."""
+    try:
+        return env.get_wrapper_attr(name)
+    except AttributeError:
+        return default
 
 
 class EpisodeBook:
@@ -99,6 +107,7 @@ class EpisodeBook:
                 "accuracy": self.facts["accuracy"],
                 "frame_skip": self.facts["frame_skip"],
                 "return": episode["return"],
+                "task_return": episode.get("task_return", episode["return"]),
                 "length": episode["length"],
                 "distance": distance,
                 "fell": bool(terminated and not failure and self.facts["difficulty"] >= 0),

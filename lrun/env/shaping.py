@@ -1,0 +1,104 @@
+"""Reward shaping for Learning to Run: named, composable terms with weights (numpy only, no opensim).
+
+The shaped reward is sum(weight[name] * term[name]). Every term is reported in `info` (and stored per step),
+and the task's own reward (pelvis progress minus the ligament penalty) is always reported as
+`info["task_reward"]`, so shaped runs stay comparable with each other and with the 2017 results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+STEP_SECONDS = 0.01
+KNEE_ANGLES = (7, 10)  # observation indices of knee_angle_r, knee_angle_l (negative = flexed)
+
+
+@dataclass(frozen=True)
+class ShapingParams:
+    """Parameters of the terms that need one."""
+
+    speed_cap: float = 1.5
+    """m/s: `capped_progress` counts pelvis progress only up to this speed (a walk stage)."""
+    speed_target: float = 3.0
+    """m/s: `speed_target` rewards pelvis speed close to this (a fast stage)."""
+    knee_bend_max: float = 0.6
+    """rad: `knee_bend` counts knee flexion up to this much (more is not better)."""
+
+
+def term_values(prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: ShapingParams) -> dict[str, float]:
+    """Every available term for one step (RunEnv observations before and after it)."""
+    delta_x = float(info["delta_x"])
+    speed = delta_x / STEP_SECONDS
+    flexion = np.clip(-obs[list(KNEE_ANGLES)], 0.0, p.knee_bend_max)
+    return {
+        # the task's own terms
+        "progress": delta_x,
+        "ligament": -float(info["ligament_penalty"]),
+        # shaping
+        "capped_progress": min(delta_x, p.speed_cap * STEP_SECONDS),
+        "knee_bend": float(flexion.mean()) * STEP_SECONDS,
+        "speed_target": -abs(speed - p.speed_target) * STEP_SECONDS,
+        "alive": STEP_SECONDS,
+        "upright": -abs(float(obs[0])) * STEP_SECONDS,
+    }
+
+
+TERMS = ("progress", "ligament", "capped_progress", "knee_bend", "speed_target", "alive", "upright")
+#: What each term rewards, for `lrun config-keys` and the README.
+TERM_HELP = {
+    "progress": "pelvis x advance this step (m): the task's reward",
+    "ligament": "minus the task's ligament penalty (1e-7 * sqrt(sum of squared ligament forces))",
+    "capped_progress": "pelvis advance, counted only up to speed_cap (a steady walk)",
+    "knee_bend": "mean knee flexion up to knee_bend_max (rad), per second: the deepsense.ai knee-bend bonus",
+    "speed_target": "minus |pelvis speed - speed_target| (m/s), per second",
+    "alive": "1 per second of not having fallen",
+    "upright": "minus |pelvis tilt| (rad), per second",
+}
+TASK_WEIGHTS = {"progress": 1.0, "ligament": 1.0}
+
+
+def check_weights(weights: dict[str, float]) -> None:
+    """Raise ValueError naming any unknown term or non-numeric weight."""
+    for name, weight in weights.items():
+        if name not in TERMS:
+            raise ValueError(f"unknown reward term {name!r}; terms: {', '.join(TERMS)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"reward term {name!r}: weight must be a number, got {weight!r}")
+
+
+class ShapedReward(gym.Wrapper):
+    """Replace RunEnv's reward by a weighted sum of named terms; report every term and the task reward."""
+
+    task_terms: ClassVar[tuple[str, ...]] = ("delta_x", "ligament_penalty")
+
+    def __init__(self, env: gym.Env, weights: dict[str, float], params: ShapingParams | None = None) -> None:
+        super().__init__(env)
+        check_weights(weights)
+        self.weights = dict(weights)
+        self.params = params or ShapingParams()
+        self._obs: np.ndarray | None = None
+        # what the trajectory store records per step: the env's own terms, the task reward, each shaping term
+        self.reward_terms = (*self.task_terms, "task_reward", *(f"shaping_{n}" for n in self.weights))
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        """Reset the wrapped env."""
+        obs, info = self.env.reset(**kwargs)
+        self._obs = np.asarray(obs)
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """Step and reshape the reward."""
+        obs, task_reward, terminated, truncated, info = self.env.step(action)
+        terms = term_values(self._obs, np.asarray(obs), info, self.params)
+        shaped = 0.0
+        for name, weight in self.weights.items():
+            value = terms[name] if not info.get("integrator_failure") else 0.0
+            info[f"shaping_{name}"] = value
+            shaped += weight * value
+        info["task_reward"] = float(task_reward)
+        self._obs = np.asarray(obs)
+        return obs, shaped, terminated, truncated, info

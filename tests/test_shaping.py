@@ -1,0 +1,128 @@
+"""Reward shaping: named terms, the wrapper on real OpenSim, config checks, and what a shaped run stores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrun.config import ConfigError, build_config
+from lrun.env.factory import make_env
+from lrun.env.shaping import STEP_SECONDS, TERMS, ShapingParams, term_values
+from lrun.store.reader import RunStore
+
+LRUN = str(Path(sys.executable).parent / "lrun")
+
+
+def obs_with(knee_r: float = 0.0, knee_l: float = 0.0, tilt: float = 0.0) -> np.ndarray:
+    obs = np.zeros(41)
+    obs[0], obs[7], obs[10] = tilt, knee_r, knee_l
+    return obs
+
+
+def test_terms():
+    p = ShapingParams(speed_cap=1.0, speed_target=2.0, knee_bend_max=0.5)
+    info = {"delta_x": 0.03, "ligament_penalty": 0.002}  # 3 m/s
+    t = term_values(obs_with(), obs_with(knee_r=-0.2, knee_l=-0.9, tilt=0.1), info, p)
+    assert set(t) == set(TERMS)
+    assert t["progress"] == 0.03 and t["ligament"] == -0.002
+    assert t["capped_progress"] == pytest.approx(1.0 * STEP_SECONDS)  # 3 m/s counted as 1 m/s
+    assert t["knee_bend"] == pytest.approx((0.2 + 0.5) / 2 * STEP_SECONDS)  # flexion, the left one capped
+    assert t["speed_target"] == pytest.approx(-1.0 * STEP_SECONDS)
+    assert t["alive"] == STEP_SECONDS and t["upright"] == pytest.approx(-0.1 * STEP_SECONDS)
+    slow = term_values(obs_with(), obs_with(knee_r=0.1), {"delta_x": 0.005, "ligament_penalty": 0.0}, p)
+    assert slow["capped_progress"] == 0.005 and slow["knee_bend"] == 0.0  # hyperextension earns nothing
+
+
+def test_shaped_env_reports_every_term_and_the_task_reward():
+    weights = {"progress": 1.0, "ligament": 1.0, "knee_bend": 2.0, "alive": 0.5}
+    shaped = make_env("lrun/Run-v0", physics="fast", reward_weights=weights, shaping=ShapingParams())
+    plain = make_env("lrun/Run-v0", physics="fast")
+    shaped.reset(seed=3), plain.reset(seed=3)
+    assert shaped.get_wrapper_attr("reward_terms") == (
+        "delta_x",
+        "ligament_penalty",
+        "task_reward",
+        "shaping_progress",
+        "shaping_ligament",
+        "shaping_knee_bend",
+        "shaping_alive",
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        a = rng.uniform(0, 1, 18)
+        _, reward, *_, info = shaped.step(a)
+        _, task_reward, *_ = plain.step(a)
+        assert info["task_reward"] == task_reward  # the physics is untouched
+        expected = sum(w * info[f"shaping_{n}"] for n, w in weights.items())
+        assert reward == pytest.approx(expected, abs=1e-12)
+        assert info["shaping_alive"] == STEP_SECONDS and reward > task_reward
+
+
+def test_frame_skip_sums_the_terms():
+    env = make_env("lrun/Run-v0", physics="fast", frame_skip=3, reward_weights={"alive": 1.0}, shaping=ShapingParams())
+    env.reset(seed=0)
+    _, reward, *_, info = env.step(np.full(18, 0.1))
+    assert reward == pytest.approx(3 * STEP_SECONDS) and info["shaping_alive"] == pytest.approx(3 * STEP_SECONDS)
+    assert "task_reward" in info
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["reward.weights={knees = 1.0}"], "reward.weights: unknown reward term 'knees'"),
+        (["reward.weights={alive = 'lots'}"], "weight must be a number"),
+        (["env.id=gymnasium:Pendulum-v1", "reward.weights={alive = 1.0}"], "needs env.id = lrun/Run-v0"),
+    ],
+)
+def test_bad_shaping_config(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({}, overrides)
+
+
+def test_a_shaped_run_logs_and_stores_task_and_shaped_rewards(tmp_path):
+    run_dir = tmp_path / "shaped"
+    result = subprocess.run(
+        [
+            LRUN,
+            "train",
+            "--set",
+            "env.physics=fast",
+            "--set",
+            "layout.envs_per_rank=2",
+            "--set",
+            "ppo.steps_per_env=100",
+            "--set",
+            "ppo.minibatches=4",
+            "--set",
+            "ppo.epochs=1",
+            "--set",
+            "run.iterations=2",
+            "--set",
+            "reward.weights={progress = 1.0, ligament = 1.0, alive = 0.2}",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    with RunStore(run_dir) as store:
+        steps = store.steps()
+        episodes = store.episodes(["return", "task_return", "length"])
+    shaped = (
+        steps["reward_terms/shaping_progress"]
+        + steps["reward_terms/shaping_ligament"]
+        + 0.2 * steps["reward_terms/shaping_alive"]
+    )
+    assert np.allclose(steps["reward"], shaped, atol=1e-6)
+    task = steps["reward_terms/delta_x"] - steps["reward_terms/ligament_penalty"]
+    assert np.allclose(steps["reward_terms/task_reward"], task, atol=1e-6)
+    assert len(episodes["return"]) > 0
+    assert np.allclose(episodes["return"] - episodes["task_return"], 0.2 * STEP_SECONDS * episodes["length"])
+    header = (run_dir / "progress.csv").read_text().splitlines()[0]
+    assert "charts/episodic_task_return" in header
