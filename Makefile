@@ -39,11 +39,11 @@ bench-train: install
 	$(BIN)/lrun bench train --json bench-results/train.json
 
 # The main job: a short local training run under the pip MPICH's mpiexec.
-RUN_DIR ?= runs/tiny-$(shell date +%Y%m%d-%H%M%S)
+RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
-	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun train experiments/tiny.toml --set run.run_dir=$(RUN_DIR)
-	$(BIN)/lrun report $(RUN_DIR)
-	@echo "run directory: $(RUN_DIR) (checkpoints/, trajectories/, report/, progress.csv, config.json, ranks/)"
+	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR)
+	$(BIN)/lrun report $(RUN_DIR)/fast
+	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -104,6 +104,27 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curriculum(args: argparse.Namespace) -> int:
+    from lrun.config import ConfigError
+    from lrun.curriculum import run_curriculum
+    from lrun.mpi import comm_world
+    from lrun.train import StartupError
+
+    comm = comm_world()
+    try:
+        run_curriculum(args.curriculum, args.set, root=args.root, comm=comm)
+    except (ConfigError, StartupError) as exc:
+        if comm.Get_rank() == 0:
+            print(f"lrun curriculum: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as exc:
+        if comm.Get_size() > 1:
+            print(f"lrun curriculum: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            comm.Abort(1)
+        raise
+    return 0
+
+
 def _config_keys(args: argparse.Namespace) -> int:
     from lrun.config import describe_keys
 
@@ -158,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--stride", type=int, default=2, help="GIF: draw every n-th step (default 2)")
     render.add_argument("--frames", type=int, default=8, help="PNG strip: number of snapshots (default 8)")
     render.set_defaults(func=_render)
+
+    cur = commands.add_parser("curriculum", help="run curriculum stages in order, each from its parent's checkpoint")
+    cur.add_argument("curriculum", help="curriculum TOML (e.g. experiments/curriculum.toml)")
+    cur.add_argument("--root", help="directory for the stages' runs (default: the file's root)")
+    cur.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key in every stage (repeatable)",
+    )
+    cur.set_defaults(func=_curriculum)
 
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)

@@ -101,6 +101,11 @@ class RunConfig:
     iterations: int = doc("PPO iterations (the run ends after this many in total, resumes included)", 100)
     seed: int = doc("base seed of networks, minibatch order and every env's episode seeds", 0)
     run_dir: str = doc("directory for checkpoints, logs and the resolved config", "runs/default")
+    init_from: str = doc(
+        "start a fresh run from this checkpoint's policy and normaliser (a curriculum's parent "
+        "stage); empty: random initialisation",
+        "",
+    )
     checkpoint_every: int = doc("write a checkpoint every this many iterations (and always at the end)", 10)
     store_trajectories: bool = doc("record every step and episode in trajectories/rank-NNNN.h5 (HDF5)", True)
     sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)

@@ -124,6 +124,7 @@ class TrainingState:
         )
         self.iteration = 0
         self.env_steps = 0
+        self.lineage: list[dict[str, Any]] = []  # the checkpoints this run descends from (curriculum stages)
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -144,6 +145,7 @@ class TrainingState:
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": json.dumps(self.learner.rng.bit_generator.state),
             "config": self.config.to_dict(),
+            "lineage": self.lineage,
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -155,6 +157,20 @@ class TrainingState:
         self.learner.rng.bit_generator.state = json.loads(payload["numpy_rng"])
         self.iteration = int(payload["iteration"])
         self.env_steps = int(payload["env_steps"])
+        self.lineage = list(payload.get("lineage", []))
+
+    def start_from(self, parent: dict[str, Any]) -> None:
+        """Begin a new run with a parent checkpoint's policy and normaliser (fresh optimiser and counters)."""
+        self.policy.load_state_dict(parent["policy"])
+        self.normaliser.load_state_vector(parent["normaliser"].numpy())
+        self.lineage = [
+            *parent.get("lineage", []),
+            {
+                "checkpoint": parent["path"],
+                "iteration": parent["iteration"],
+                "run_dir": parent["config"]["run"]["run_dir"],
+            },
+        ]
 
     def message(self, stop: bool) -> np.ndarray:
         """The broadcast: [iteration, stop, parameters, normaliser state] as float64."""
@@ -300,7 +316,7 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
     if comm is None:
         comm = lmpi.comm_world()
     try:
-        problem, payload = startup_checks(config, resume, comm.Get_size())
+        problem, payload, parent = startup_checks(config, resume, comm.Get_size())
     except (ConfigError, lmpi.LayoutError, CheckpointError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from exc
     layout = lmpi.split_roles(comm, config.layout.learners)
@@ -309,8 +325,10 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
         result: dict = {}
     else:
-        result = learn(config, problem, comm, layout, payload, stream)
+        result = learn(config, problem, comm, layout, payload, stream, parent)
     write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
+    if layout.learner_comm is not None:
+        layout.learner_comm.Free()  # a curriculum splits the world again for every stage
     return result
 
 
@@ -318,12 +336,26 @@ class StartupError(RuntimeError):
     """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
 
 
-def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> tuple[Problem, dict | None]:
+def startup_checks(
+    config: TrainConfig, resume: str | None, world_size: int
+) -> tuple[Problem, dict | None, dict | None]:
     """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
     layout_cfg = config.layout
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
-    payload = None
+    payload = parent = None
+    if config.run.init_from and resume is None:
+        parent_path = resolve_checkpoint(config.run.init_from)
+        parent = load_checkpoint(parent_path)
+        check_compatible(
+            parent,
+            parent_path,
+            problem.obs_size,
+            problem.act_size,
+            config.policy.hidden_sizes,
+            config.policy.distribution,
+        )
+        parent["path"] = str(parent_path)
     existing = Path(config.run.run_dir) / "checkpoints" / "checkpoint.pt"
     if resume is None and existing.exists():
         raise CheckpointError(
@@ -341,7 +373,7 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             config.policy.hidden_sizes,
             config.policy.distribution,
         )
-    return problem, payload
+    return problem, payload, parent
 
 
 def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
@@ -393,7 +425,13 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
 
 
 def learn(
-    config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, payload: dict | None, stream: TextIO
+    config: TrainConfig,
+    problem: Problem,
+    comm: Any,
+    layout: lmpi.RankLayout,
+    payload: dict | None,
+    stream: TextIO,
+    parent: dict | None = None,
 ) -> dict:
     """A learner rank (or the whole run in serial mode)."""
     sleep = config.run.wait_sleep
@@ -405,6 +443,8 @@ def learn(
     state = TrainingState(config, problem, 0 if serial else learner_comm.Get_rank(), reduce)
     if payload is not None:
         state.restore(payload)
+    elif parent is not None:
+        state.start_from(parent)
     start_iteration = state.iteration
     logger = None
     if layout.is_root:
@@ -416,6 +456,8 @@ def learn(
             else (f"{world_description(layout)}")
         )
         print(f"lrun train: {mode}; run directory {run_dir}", file=stream, flush=True)
+        if parent is not None and payload is None:
+            print(f"starting from {parent['path']} (iteration {parent['iteration']})", file=stream, flush=True)
         if payload is not None:
             logger.truncate_after(state.iteration)
             print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)

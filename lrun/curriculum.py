@@ -1,0 +1,128 @@
+"""`lrun curriculum`: run training stages in order, each starting from its parent stage's final checkpoint.
+
+A curriculum file (TOML) names a root directory and its stages:
+
+    root = "runs/curriculum"
+    [[stage]]
+    name = "walk"
+    config = "stages/walk.toml"          # relative to the curriculum file
+    set = ["run.iterations=2"]           # optional overrides (tiny variants)
+    [[stage]]
+    name = "run"
+    config = "stages/run.toml"
+    parent = "walk"
+
+Stage S runs in ROOT/S. A stage whose final checkpoint exists is skipped; one with an earlier checkpoint is
+resumed; a new one starts from its parent's final checkpoint (`run.init_from`). So re-running the same command
+continues where it stopped. Every rank of the MPI world runs every stage in turn.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from lrun.checkpoint import checkpoint_dir, load_checkpoint
+from lrun.config import ConfigError, TrainConfig, load_config
+
+
+@dataclass
+class Stage:
+    """One stage of a curriculum."""
+
+    name: str
+    config: Path
+    parent: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Curriculum:
+    """Stages in order and the directory their runs live in."""
+
+    root: Path
+    stages: list[Stage]
+
+
+def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
+    """Read and check a curriculum file (unknown keys, unknown parents, parents after children are errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"curriculum file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = set(data) - {"root", "stage"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a curriculum has root and [[stage]] tables")
+    stages: list[Stage] = []
+    for i, entry in enumerate(data.get("stage", [])):
+        bad = set(entry) - {"name", "config", "parent", "set"}
+        if bad or "name" not in entry or "config" not in entry:
+            raise ConfigError(
+                f"{path}: stage {i + 1}: needs name and config (and may have parent, set); unknown: {sorted(bad)}"
+            )
+        parent = entry.get("parent")
+        if parent is not None and parent not in [s.name for s in stages]:
+            raise ConfigError(f"{path}: stage {entry['name']!r}: parent {parent!r} is not an earlier stage")
+        stages.append(Stage(entry["name"], path.parent / entry["config"], parent, list(entry.get("set", []))))
+    if not stages:
+        raise ConfigError(f"{path}: no [[stage]] tables")
+    return Curriculum(Path(root or data.get("root", "runs/curriculum")), stages)
+
+
+def stage_config(curriculum: Curriculum, stage: Stage, overrides: list[str]) -> TrainConfig:
+    """The stage's training config with its run directory and parent checkpoint filled in."""
+    extra = [f"run.run_dir={curriculum.root / stage.name}"]
+    if stage.parent is not None:
+        extra.append(f"run.init_from={checkpoint_dir(curriculum.root / stage.parent) / 'checkpoint.pt'}")
+    return load_config(stage.config, [*stage.overrides, *overrides, *extra])
+
+
+def stage_status(config: TrainConfig) -> tuple[str, int]:
+    """('done' | 'resume' | 'new', completed iterations) from the stage's latest checkpoint."""
+    latest = checkpoint_dir(config.run.run_dir) / "checkpoint.pt"
+    if not latest.is_file():
+        return "new", 0
+    iteration = int(load_checkpoint(latest)["iteration"])
+    return ("done" if iteration >= config.run.iterations else "resume"), iteration
+
+
+def run_curriculum(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    root: str | None = None,
+    comm: Any = None,
+    stream: TextIO | None = None,
+) -> list[dict[str, Any]]:
+    """Run every stage in order (collective over `comm`); returns per-stage summaries."""
+    from lrun import mpi as lmpi
+    from lrun.train import train
+
+    stream = stream or sys.stdout
+    comm = comm if comm is not None else lmpi.comm_world()
+    speak = comm.Get_rank() == 0
+    curriculum = load_curriculum(path, root)
+    configs = [stage_config(curriculum, s, overrides or []) for s in curriculum.stages]  # all checked up front
+    summaries = []
+    for stage, config in zip(curriculum.stages, configs):
+        status, done = stage_status(config)
+        if speak:
+            what = {
+                "done": f"already complete ({done} iterations): skipped",
+                "resume": f"resuming at iteration {done}",
+                "new": "starting",
+            }[status]
+            origin = f" from {stage.parent}'s final checkpoint" if status == "new" and stage.parent else ""
+            print(f"== stage {stage.name}: {what}{origin}", file=stream, flush=True)
+        if status == "done":
+            summaries.append({"stage": stage.name, "status": "skipped", "iterations": done})
+            continue
+        resume = config.run.run_dir if status == "resume" else None
+        last = train(config, resume=resume, comm=comm, stream=stream)
+        summaries.append({"stage": stage.name, "status": "trained", "iterations": config.run.iterations, "last": last})
+    return summaries

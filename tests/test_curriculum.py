@@ -1,0 +1,115 @@
+"""Curriculum stages run in order, each from its parent's final checkpoint; re-runs continue (real MPI)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lrun.checkpoint import load_checkpoint
+from lrun.config import ConfigError
+from lrun.curriculum import load_curriculum
+
+BIN = Path(sys.executable).parent
+LRUN = str(BIN / "lrun")
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+TINY = (
+    '["run.iterations=2", "ppo.steps_per_env=30", "layout.envs_per_rank=2", "ppo.minibatches=4", '
+    '"ppo.epochs=1", "policy.hidden_sizes=[32, 32]", "run.checkpoint_every=1"]'
+)
+
+
+def two_stages(tmp_path: Path) -> Path:
+    path = tmp_path / "two.toml"
+    path.write_text(f'''
+root = "{tmp_path / "runs"}"
+[[stage]]
+name = "walk"
+config = "{EXPERIMENTS / "stages" / "walk.toml"}"
+set = {TINY}
+[[stage]]
+name = "run"
+config = "{EXPERIMENTS / "stages" / "run.toml"}"
+parent = "walk"
+set = {TINY}
+''')
+    return path
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_stages_chain_and_a_rerun_continues(tmp_path):
+    curriculum = two_stages(tmp_path)
+    result = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(curriculum)])
+    assert result.returncode == 0, result.stderr
+    walk_ckpt = tmp_path / "runs" / "walk" / "checkpoints" / "checkpoint.pt"
+    assert "== stage run: starting from walk's final checkpoint" in result.stdout
+    assert f"starting from {walk_ckpt} (iteration 2)" in result.stdout
+    walk, second = load_checkpoint(walk_ckpt), load_checkpoint(tmp_path / "runs" / "run")
+    assert second["lineage"] == [
+        {"checkpoint": str(walk_ckpt), "iteration": 2, "run_dir": str(tmp_path / "runs" / "walk")}
+    ]
+    assert second["iteration"] == 2 and second["env_steps"] == 2 * 2 * 2 * 30  # counters start afresh
+    # stage 2 really started from stage 1's weights: its normaliser continued from stage 1's statistics
+    assert second["normaliser"][-1] == walk["normaliser"][-1] + 2 * 2 * 2 * 30
+    assert second["config"]["reward"]["weights"] == {"progress": 1.0, "ligament": 1.0, "knee_bend": 0.1}
+
+    again = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(curriculum)])
+    assert again.returncode == 0
+    assert "stage walk: already complete (2 iterations): skipped" in again.stdout
+    assert "stage run: already complete (2 iterations): skipped" in again.stdout
+
+    longer = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(curriculum), "--set", "run.iterations=3"])
+    assert longer.returncode == 0, longer.stderr
+    assert "stage walk: resuming at iteration 2" in longer.stdout
+    assert load_checkpoint(tmp_path / "runs" / "run")["iteration"] == 3
+
+
+def test_policy_carries_over_exactly(tmp_path):
+    """Serial: stage 2's first broadcast policy is stage 1's final one (weights compared)."""
+    curriculum = two_stages(tmp_path)
+    text = curriculum.read_text().replace("run.iterations=2", "run.iterations=1")
+    curriculum.write_text(text)
+    assert run([LRUN, "curriculum", str(curriculum), "--set", "ppo.learning_rate=1e-12"]).returncode == 0
+    walk = load_checkpoint(tmp_path / "runs" / "walk")["policy"]
+    second = load_checkpoint(tmp_path / "runs" / "run")["policy"]
+    for name, tensor in walk.items():  # a 1e-12 learning rate leaves the inherited weights all but unchanged
+        assert torch.allclose(tensor, second[name], atol=1e-8), name
+    torch.manual_seed(0)  # and they are not what a fresh initialisation gives
+    assert not np.allclose(
+        walk["actor.0.weight"].numpy(),
+        torch.nn.init.orthogonal_(torch.empty_like(walk["actor.0.weight"]), gain=np.sqrt(2.0)).numpy(),
+    )
+
+
+def test_bad_curricula_and_missing_parent_checkpoint(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[stage]]\nname = "run"\nconfig = "x.toml"\nparent = "walk"\n')
+    with pytest.raises(ConfigError, match="parent 'walk' is not an earlier stage"):
+        load_curriculum(bad)
+    bad.write_text('roots = "x"\n[[stage]]\nname = "a"\nconfig = "x.toml"\n')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['roots'\]"):
+        load_curriculum(bad)
+    result = run(
+        [
+            LRUN,
+            "train",
+            "--set",
+            f"run.run_dir={tmp_path / 'child'}",
+            "--set",
+            f"run.init_from={tmp_path / 'no-parent'}",
+        ]
+    )
+    assert result.returncode == 2 and f"no checkpoint at {tmp_path / 'no-parent'}" in result.stderr
+    assert load_curriculum(EXPERIMENTS / "curriculum.toml").stages[-1].parent == "obstacles"
