@@ -19,6 +19,10 @@ def _bench_env(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Exit code of a run stopped early by a signal, after its checkpoint: resume it (a Slurm job script requeues).
+EXIT_STOPPED = 3
+
+
 def _train(args: argparse.Namespace) -> int:
     from lrun.config import ConfigError, load_config
     from lrun.mpi import comm_world
@@ -28,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
     rank = comm.Get_rank()
     try:
         config = load_config(args.config, args.set)
-        train(config, resume=args.resume, comm=comm)
+        result = train(config, resume=args.resume, comm=comm)
     except (ConfigError, StartupError) as exc:
         # Raised before any collective and alike on every rank: each rank exits; one speaks.
         if rank == 0:
@@ -43,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
             traceback.print_exc()
             comm.Abort(1)
         raise
-    return 0
+    return EXIT_STOPPED if result.get("stopped_early") else 0
 
 
 def _store_command(func):
@@ -112,7 +116,7 @@ def _curriculum(args: argparse.Namespace) -> int:
 
     comm = comm_world()
     try:
-        run_curriculum(args.curriculum, args.set, root=args.root, comm=comm)
+        summaries = run_curriculum(args.curriculum, args.set, root=args.root, comm=comm)
     except (ConfigError, StartupError) as exc:
         if comm.Get_rank() == 0:
             print(f"lrun curriculum: error: {exc}", file=sys.stderr, flush=True)
@@ -122,7 +126,7 @@ def _curriculum(args: argparse.Namespace) -> int:
             print(f"lrun curriculum: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             comm.Abort(1)
         raise
-    return 0
+    return EXIT_STOPPED if summaries and summaries[-1]["status"] == "stopped" else 0
 
 
 def _config_keys(args: argparse.Namespace) -> int:

@@ -124,5 +124,10 @@ def run_curriculum(
             continue
         resume = config.run.run_dir if status == "resume" else None
         last = train(config, resume=resume, comm=comm, stream=stream)
+        if last.get("stopped_early"):
+            summaries.append({"stage": stage.name, "status": "stopped", "last": last})
+            if speak:
+                print(f"== stage {stage.name}: stopped by a signal; re-run to continue", file=stream, flush=True)
+            break
         summaries.append({"stage": stage.name, "status": "trained", "iterations": config.run.iterations, "last": last})
     return summaries

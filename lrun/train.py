@@ -17,7 +17,9 @@ A world of size 1 runs all roles in one process (serial mode) with the same math
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +174,8 @@ class TrainingState:
             },
         ]
 
-    def message(self, stop: bool) -> np.ndarray:
-        """The broadcast: [iteration, stop, parameters, normaliser state] as float64."""
+    def message(self, stop: int) -> np.ndarray:
+        """The broadcast: [iteration, stop code, parameters, normaliser state] as float64."""
         return np.concatenate(
             [
                 [float(self.iteration), float(stop)],
@@ -188,12 +190,12 @@ def message_size(policy: ActorCritic, obs_size: int) -> int:
     return 2 + sum(p.numel() for p in policy.parameters()) + 2 * obs_size + 1
 
 
-def load_message(message: np.ndarray, policy: ActorCritic, normaliser: RunningNormaliser) -> tuple[int, bool]:
-    """Apply a broadcast message to a simulator's policy copy; returns (iteration, stop)."""
+def load_message(message: np.ndarray, policy: ActorCritic, normaliser: RunningNormaliser) -> tuple[int, int]:
+    """Apply a broadcast message to a simulator's policy copy; returns (iteration, stop code)."""
     n_params = sum(p.numel() for p in policy.parameters())
     load_flat_parameters(policy, message[2 : 2 + n_params].astype(np.float32))
     normaliser.load_state_vector(message[2 + n_params :])
-    return int(message[0]), bool(message[1])
+    return int(message[0]), int(message[1])
 
 
 def make_collector(
@@ -321,15 +323,45 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         raise StartupError(str(exc)) from exc
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    previous = install_stop_handlers(comm.Get_rank() == 0)
     if layout.role == "simulator":
-        simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
-        result: dict = {}
+        stop = simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
+        result: dict = {"stopped_early": stop == STOP_SIGNAL}
     else:
         result = learn(config, problem, comm, layout, payload, stream, parent)
+    restore_handlers(previous)
     write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
     if layout.learner_comm is not None:
         layout.learner_comm.Free()  # a curriculum splits the world again for every stage
     return result
+
+
+STOP_NONE, STOP_DONE, STOP_SIGNAL = 0, 1, 2
+#: Signals that ask a run to stop early (Slurm: `--signal=B:USR1@120` forwarded by the job script, `scancel`'s
+#: SIGTERM, Ctrl-C's SIGINT under mpiexec): rank 0 finishes the iteration, checkpoints, and all ranks exit.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+STOP_REQUEST: dict[str, int | None] = {"signal": None}
+
+
+def install_stop_handlers(is_root: bool) -> dict:
+    """Rank 0 records a stop request; other ranks ignore the signal and wait for rank 0's decision."""
+    STOP_REQUEST["signal"] = None
+
+    def record(signum: int, frame: Any) -> None:
+        STOP_REQUEST["signal"] = signum
+
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous  # embedded in a thread: signals are the host's business
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, record if is_root else signal.SIG_IGN)
+    return previous
+
+
+def restore_handlers(previous: dict) -> None:
+    """Put back the handlers `install_stop_handlers` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 class StartupError(RuntimeError):
@@ -391,7 +423,7 @@ def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float
     (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
 
 
-def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, start_iteration: int) -> None:
+def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, start_iteration: int) -> int:
     """A simulator rank: receive the policy, collect, send, until told to stop."""
     sleep = config.run.wait_sleep
     policy = build_policy(config, problem)
@@ -422,6 +454,7 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
         if writer is not None:
             writer.close()
     lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # tell rank 0 the rank file is closed
+    return stop
 
 
 def learn(
@@ -470,14 +503,26 @@ def learn(
     stored = 0.0
     steps = config.ppo.steps_per_env
     envs = config.layout.envs_per_rank
-    last: dict = {}
+    last: dict = {"stopped_early": False}
     while True:
-        stop = state.iteration >= config.run.iterations
+        stop = STOP_DONE if state.iteration >= config.run.iterations else STOP_NONE
+        if stop == STOP_NONE and layout.is_root and STOP_REQUEST["signal"] is not None:
+            stop = STOP_SIGNAL  # rank 0 alone decides, between iterations, so no rank is left in a collective
+            if state.iteration > start_iteration and state.iteration % config.run.checkpoint_every:
+                save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
+            print(
+                f"lrun train: signal {STOP_REQUEST['signal']} received: checkpoint at iteration "
+                f"{state.iteration} written; stopping (resume with --resume {config.run.run_dir})",
+                file=stream,
+                flush=True,
+            )
         t0 = time.perf_counter()
         if not serial:
             message = state.message(stop)
             lmpi.Bcast(comm, message, 0, sleep)
+            stop = int(message[1])  # rank 0's decision
         if stop:
+            last["stopped_early"] = stop == STOP_SIGNAL
             break
         if serial:
             collector.policy_version = state.iteration
