@@ -116,7 +116,15 @@ def _curriculum(args: argparse.Namespace) -> int:
 
     comm = comm_world()
     try:
-        summaries = run_curriculum(args.curriculum, args.set, root=args.root, comm=comm)
+        if args.list:
+            from lrun.curriculum import load_curriculum
+
+            if comm.Get_rank() == 0:
+                stages = load_curriculum(args.curriculum, args.root).stages
+                lines = [f"{s.name} {s.parent or '-'}" if args.with_parents else s.name for s in stages]
+                print("\n".join(lines))
+            return 0
+        summaries = run_curriculum(args.curriculum, args.set, root=args.root, comm=comm, only=args.stage)
     except (ConfigError, StartupError) as exc:
         if comm.Get_rank() == 0:
             print(f"lrun curriculum: error: {exc}", file=sys.stderr, flush=True)
@@ -187,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     cur = commands.add_parser("curriculum", help="run curriculum stages in order, each from its parent's checkpoint")
     cur.add_argument("curriculum", help="curriculum TOML (e.g. experiments/curriculum.toml)")
     cur.add_argument("--root", help="directory for the stages' runs (default: the file's root)")
+    cur.add_argument("--stage", help="run only this stage (its parent must be complete): one Slurm job per stage")
+    cur.add_argument("--list", action="store_true", help="print the stage names in order and exit")
+    cur.add_argument("--with-parents", action="store_true", help="with --list: 'stage parent' per line ('-': none)")
     cur.add_argument(
         "--set",
         action="append",

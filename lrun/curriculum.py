@@ -98,8 +98,13 @@ def run_curriculum(
     root: str | None = None,
     comm: Any = None,
     stream: TextIO | None = None,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every stage in order (collective over `comm`); returns per-stage summaries."""
+    """Run every stage in order, or just stage `only` (collective over `comm`); returns per-stage summaries.
+
+    With `only` (a Slurm job per stage), the stage's parent must be complete: its final checkpoint is where the
+    stage starts.
+    """
     from lrun import mpi as lmpi
     from lrun.train import train
 
@@ -108,8 +113,20 @@ def run_curriculum(
     speak = comm.Get_rank() == 0
     curriculum = load_curriculum(path, root)
     configs = [stage_config(curriculum, s, overrides or []) for s in curriculum.stages]  # all checked up front
+    names = [s.name for s in curriculum.stages]
+    if only is not None and only not in names:
+        raise ConfigError(f"{path}: no stage {only!r}; stages: {', '.join(names)}")
     summaries = []
     for stage, config in zip(curriculum.stages, configs):
+        if only is not None and stage.name != only:
+            continue
+        if only is not None and stage.parent is not None:
+            parent_config = configs[names.index(stage.parent)]
+            if stage_status(parent_config)[0] != "done" and stage_status(config)[0] == "new":
+                raise ConfigError(
+                    f"stage {stage.name!r} starts from stage {stage.parent!r}, which has no final "
+                    f"checkpoint in {parent_config.run.run_dir}"
+                )
         status, done = stage_status(config)
         if speak:
             what = {
