@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slurm_cluster import SlurmCluster, unavailable
 
 from lrun.checkpoint import load_checkpoint
 from lrun.store.reader import RunStore
-from slurm_cluster import SlurmCluster, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
