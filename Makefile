@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test lint bench bench-env bench-train run clean
+.PHONY: install test lint bench bench-env bench-train run submit clean
 
 RANKS ?= 3
 
@@ -44,6 +44,14 @@ run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR)
 	$(BIN)/lrun report $(RUN_DIR)/fast
 	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
+
+# Submit the full curriculum to Slurm: one job per stage, chained with afterok (see README, "Cluster recipe").
+CURRICULUM ?= experiments/curriculum.toml
+SUBMIT_ROOT ?= runs/curriculum-$(shell date +%Y%m%d-%H%M%S)
+SEEDS ?= 0
+NTASKS ?= 64
+submit: install
+	PATH=$(abspath $(BIN)):$$PATH slurm/submit-curriculum.sh $(CURRICULUM) $(SUBMIT_ROOT) --seeds $(SEEDS) --ntasks $(NTASKS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
