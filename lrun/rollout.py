@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lrun.env.factory import reward_terms_of
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic
@@ -38,6 +39,7 @@ class Rollout:
     simulate_s: float = 0.0
     wait_s: float = 0.0
     store_s: float = 0.0
+    term_sums: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per named reward term, summed over steps
 
     @property
     def n_steps(self) -> int:
@@ -45,10 +47,10 @@ class Rollout:
         return int(self.rewards.size)
 
 
-def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int) -> int:
+def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int, n_terms: int = 0) -> int:
     """Length of the packed buffer."""
     per_step = obs_size + act_size + 6
-    return len(HEADER) + steps * envs * per_step + envs + n_episodes * len(EPISODE_FIELDS)
+    return len(HEADER) + steps * envs * per_step + envs + n_episodes * len(EPISODE_FIELDS) + n_terms
 
 
 def pack_rollout(r: Rollout) -> np.ndarray:
@@ -66,14 +68,17 @@ def pack_rollout(r: Rollout) -> np.ndarray:
         r.final_values,
         r.next_value,
         r.episodes,
+        r.term_sums,
     ]
     return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1) for p in parts])
 
 
-def unpack_rollout(buffer: np.ndarray, steps: int, envs: int, obs_size: int, act_size: int) -> Rollout:
+def unpack_rollout(
+    buffer: np.ndarray, steps: int, envs: int, obs_size: int, act_size: int, n_terms: int = 0
+) -> Rollout:
     """Inverse of `pack_rollout`; raises ValueError if the buffer's size does not fit the shapes."""
     n_episodes = int(buffer[1]) if len(buffer) >= len(HEADER) else -1
-    expected = rollout_size(steps, envs, obs_size, act_size, max(n_episodes, 0))
+    expected = rollout_size(steps, envs, obs_size, act_size, max(n_episodes, 0), n_terms)
     if n_episodes < 0 or len(buffer) != expected:
         raise ValueError(
             f"rollout buffer of {len(buffer)} values does not match {steps} steps x {envs} envs "
@@ -93,6 +98,7 @@ def unpack_rollout(buffer: np.ndarray, steps: int, envs: int, obs_size: int, act
     logprobs, rewards, terminated, truncated, values, final_values = (take(steps, envs) for _ in range(6))
     next_value = take(envs)
     episodes = take(n_episodes, len(EPISODE_FIELDS))
+    term_sums = take(n_terms)
     return Rollout(
         obs,
         actions,
@@ -108,6 +114,7 @@ def unpack_rollout(buffer: np.ndarray, steps: int, envs: int, obs_size: int, act
         float(buffer[2]),
         float(buffer[3]),
         float(buffer[4]),
+        term_sums,
     )
 
 
@@ -133,7 +140,7 @@ class RolloutCollector:
         self.normaliser = normaliser
         self.normalise_observations = normalise_observations
         self.book = book
-        self.reward_terms = book.facts["reward_terms"] if book is not None else ()
+        self.reward_terms = reward_terms_of(vec.envs[0])
         space = vec.single_action_space
         self.low = np.asarray(space.low, dtype=np.float64)
         self.high = np.asarray(space.high, dtype=np.float64)
@@ -223,5 +230,6 @@ class RolloutCollector:
             np.array(episodes, dtype=np.float64).reshape(-1, len(EPISODE_FIELDS)),
             self.policy_version,
             time.perf_counter() - start,
+            term_sums=np.array([float(np.nansum(terms[name])) for name in self.reward_terms]),
         )
         return rollout, moments

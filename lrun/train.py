@@ -32,7 +32,7 @@ from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.checkpoint import CheckpointError, check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
 from lrun.config import ConfigError, TrainConfig
-from lrun.env.factory import env_factory
+from lrun.env.factory import env_factory, reward_terms_of
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
@@ -52,6 +52,7 @@ class Problem:
     obs_size: int
     act_size: int
     distance_index: int | None
+    reward_terms: tuple[str, ...] = ()
 
 
 def probe_env(config: TrainConfig) -> Problem:
@@ -60,9 +61,10 @@ def probe_env(config: TrainConfig) -> Problem:
     try:
         obs_size = int(np.prod(env.observation_space.shape))
         act_size = int(np.prod(env.action_space.shape))
+        terms = reward_terms_of(env)
     finally:
         env.close()
-    return Problem(obs_size, act_size, 1 if config.env.id == "lrun/Run-v0" else None)
+    return Problem(obs_size, act_size, 1 if config.env.id == "lrun/Run-v0" else None, terms)
 
 
 def build_policy(config: TrainConfig, problem: Problem) -> ActorCritic:
@@ -266,8 +268,9 @@ def summarise(
     learn_s: float,
     rollouts: list[Rollout],
     losses: dict[str, float],
+    reward_terms: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """The scalars logged per iteration (CleanRL-style names)."""
+    """The scalars logged per iteration (CleanRL-style names); `reward/<term>` is a term's mean per step."""
     episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 4))
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
@@ -297,6 +300,10 @@ def summarise(
         "time/learn_s": learn_s,
         "time/simulator_wait_fraction": wait / wall_s,
         "time/store_s": store,
+        **{
+            f"reward/{name}": float(sum(r.term_sums[i] for r in rollouts)) / max(new_steps, 1)
+            for i, name in enumerate(reward_terms)
+        },
     }
 
 
@@ -538,6 +545,7 @@ def learn(
                     envs,
                     problem.obs_size,
                     problem.act_size,
+                    len(problem.reward_terms),
                 )
                 for source in layout.simulator_ranks
             ]
@@ -564,7 +572,14 @@ def learn(
         state.env_steps += new_steps if layout.is_root else 0
         if layout.is_root:
             last = summarise(
-                state.iteration, state.env_steps, time.perf_counter() - t0, new_steps, learn_s, rollouts, losses
+                state.iteration,
+                state.env_steps,
+                time.perf_counter() - t0,
+                new_steps,
+                learn_s,
+                rollouts,
+                losses,
+                problem.reward_terms,
             )
             logger.log(last)
             if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
@@ -599,6 +614,7 @@ def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
             r.simulate_s,
             r.wait_s,
             r.store_s,
+            r.term_sums,
         )
         for r in rollouts
     ]

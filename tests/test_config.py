@@ -120,7 +120,8 @@ def test_rollout_pack_round_trip():
         simulate_s=1.25,
         wait_s=0.5,
     )
-    back = unpack_rollout(pack_rollout(r), steps, envs, obs, act)
+    r.term_sums = np.array([0.5, -2.0, 3.0])
+    back = unpack_rollout(pack_rollout(r), steps, envs, obs, act, n_terms=3)
     for name in (
         "obs",
         "actions",
@@ -132,11 +133,12 @@ def test_rollout_pack_round_trip():
         "final_values",
         "next_value",
         "episodes",
+        "term_sums",
     ):
         assert np.array_equal(getattr(back, name), getattr(r, name)), name
     assert (back.policy_version, back.simulate_s, back.wait_s) == (17, 1.25, 0.5)
     with pytest.raises(ValueError, match="does not match"):
-        unpack_rollout(pack_rollout(r), steps, envs, obs + 1, act)
+        unpack_rollout(pack_rollout(r), steps, envs, obs + 1, act, n_terms=3)
 
 
 def test_train_config_is_a_dataclass_with_help_everywhere():

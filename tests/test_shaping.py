@@ -124,5 +124,13 @@ def test_a_shaped_run_logs_and_stores_task_and_shaped_rewards(tmp_path):
     assert np.allclose(steps["reward_terms/task_reward"], task, atol=1e-6)
     assert len(episodes["return"]) > 0
     assert np.allclose(episodes["return"] - episodes["task_return"], 0.2 * STEP_SECONDS * episodes["length"])
-    header = (run_dir / "progress.csv").read_text().splitlines()[0]
-    assert "charts/episodic_task_return" in header
+    import csv
+
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert "charts/episodic_task_return" in rows[0]
+    for row in rows:  # each term is logged as its mean per step
+        assert float(row["reward/shaping_alive"]) == pytest.approx(STEP_SECONDS, rel=1e-5)
+        assert float(row["reward/task_reward"]) == pytest.approx(
+            float(row["reward/delta_x"]) - float(row["reward/ligament_penalty"]), abs=1e-6
+        )

@@ -128,3 +128,21 @@ def test_wrong_number_of_ranks_fails_loudly(cluster, tmp_path):
     assert fields["JobState"] == "FAILED", log
     assert "srun started 3 tasks but this one sees an MPI world of size 1" in log
     assert os.path.exists(root)
+
+
+@pytest.mark.timeout(300)
+def test_seeds_as_a_job_array(cluster, tmp_path):
+    curriculum = curriculum_file(tmp_path, [("walk", "walk.toml", None, tiny(1))])
+    root = tmp_path / "runs"
+    job = submit(cluster, curriculum, root, "--seeds", "2")["walk"]
+    deadline = time.time() + 240
+    while True:  # an array job: wait until no task is pending or running
+        states = cluster.run(["squeue", "-h", "-j", job, "-t", "PD,R,CG", "-o", "%T"], check=False).stdout.split()
+        if not states:
+            break
+        assert time.time() < deadline, states
+        time.sleep(0.5)
+    for seed in (0, 1):
+        checkpoint = load_checkpoint(root / f"seed-{seed}" / "walk")
+        assert checkpoint["iteration"] == 1 and checkpoint["config"]["run"]["seed"] == seed
+    assert len(list(root.glob(f"slurm-lrun-walk-{job}_*.out"))) == 2

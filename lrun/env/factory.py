@@ -47,6 +47,14 @@ def make_env(
     return FrameSkip(env, frame_skip) if frame_skip > 1 else env
 
 
+def reward_terms_of(env: gym.Env) -> tuple[str, ...]:
+    """The named reward components an env (or its outermost wrapper that knows them) reports in `info`."""
+    try:
+        return tuple(env.get_wrapper_attr("reward_terms"))
+    except AttributeError:
+        return ()
+
+
 def env_factory(env_config, reward_config=None) -> Callable[[], gym.Env]:
     """A zero-argument constructor for the env an `EnvConfig` (and optional `RewardConfig`) describes."""
     c = env_config

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lrun.env.factory import reward_terms_of
 from lrun.store.schema import EPISODE_FIELDS, empty_rows
 
 
@@ -20,16 +21,8 @@ def env_facts(env: Any) -> dict[str, Any]:
         "integrator": physics.integrator if physics is not None else "",
         "accuracy": float(physics.accuracy) if physics is not None else float("nan"),
         "frame_skip": int(getattr(env, "skip", 1)),
-        "reward_terms": tuple(_wrapper_attr(env, "reward_terms", ())),
+        "reward_terms": reward_terms_of(env),
     }
-
-
-def _wrapper_attr(env: Any, name: str, default: Any) -> Any:
-    """An attribute from the outermost wrapper that has it (gymnasium no longer forwards attributes)."""
-    try:
-        return env.get_wrapper_attr(name)
-    except AttributeError:
-        return default
 
 
 class EpisodeBook:
