@@ -23,31 +23,44 @@ def _bench_env(args: argparse.Namespace) -> int:
 EXIT_STOPPED = 3
 
 
-def _train(args: argparse.Namespace) -> int:
-    from lrun.config import ConfigError, load_config
+def _collective(command: str, body) -> int:
+    """Run `body(comm)` on every rank with lrun's failure policy; returns the exit code.
+
+    Problems found before any MPI traffic (config, layout, checkpoints) happen alike on every rank: each rank
+    exits with 2 and rank 0 says why. Anything else on one rank mid-run aborts the whole job, instead of
+    leaving the other ranks waiting in a collective.
+    """
+    from lrun.config import ConfigError
     from lrun.mpi import comm_world
-    from lrun.train import StartupError, train
+    from lrun.train import StartupError
 
     comm = comm_world()
     rank = comm.Get_rank()
     try:
-        config = load_config(args.config, args.set)
-        result = train(config, resume=args.resume, comm=comm)
+        return body(comm)
     except (ConfigError, StartupError) as exc:
-        # Raised before any collective and alike on every rank: each rank exits; one speaks.
         if rank == 0:
-            print(f"lrun train: error: {exc}", file=sys.stderr, flush=True)
+            print(f"lrun {command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except BaseException as exc:
         if comm.Get_size() > 1:
-            # A failure on one rank mid-run: bring the whole job down instead of leaving others in a collective.
-            print(f"lrun train: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            print(f"lrun {command}: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             import traceback
 
             traceback.print_exc()
             comm.Abort(1)
         raise
-    return EXIT_STOPPED if result.get("stopped_early") else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lrun.config import load_config
+    from lrun.train import train
+
+    def body(comm) -> int:
+        result = train(load_config(args.config, args.set), resume=args.resume, comm=comm)
+        return EXIT_STOPPED if result.get("stopped_early") else 0
+
+    return _collective("train", body)
 
 
 def _store_command(func):
@@ -109,32 +122,18 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _curriculum(args: argparse.Namespace) -> int:
-    from lrun.config import ConfigError
-    from lrun.curriculum import run_curriculum
-    from lrun.mpi import comm_world
-    from lrun.train import StartupError
+    from lrun.curriculum import load_curriculum, run_curriculum
 
-    comm = comm_world()
-    try:
+    def body(comm) -> int:
         if args.list:
-            from lrun.curriculum import load_curriculum
-
             if comm.Get_rank() == 0:
                 stages = load_curriculum(args.curriculum, args.root).stages
-                lines = [f"{s.name} {s.parent or '-'}" if args.with_parents else s.name for s in stages]
-                print("\n".join(lines))
+                print("\n".join(f"{s.name} {s.parent or '-'}" if args.with_parents else s.name for s in stages))
             return 0
         summaries = run_curriculum(args.curriculum, args.set, root=args.root, comm=comm, only=args.stage)
-    except (ConfigError, StartupError) as exc:
-        if comm.Get_rank() == 0:
-            print(f"lrun curriculum: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except BaseException as exc:
-        if comm.Get_size() > 1:
-            print(f"lrun curriculum: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            comm.Abort(1)
-        raise
-    return EXIT_STOPPED if summaries and summaries[-1]["status"] == "stopped" else 0
+        return EXIT_STOPPED if summaries and summaries[-1]["status"] == "stopped" else 0
+
+    return _collective("curriculum", body)
 
 
 def _config_keys(args: argparse.Namespace) -> int:
