@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from lrun.store.reader import StoreError, check_file, datasets_in
+from lrun.store.reader import StoreError, check_file, datasets_in, open_h5
 from lrun.store.schema import (
     EPISODE_FIELDS,
     FILE_KIND,
@@ -157,14 +158,44 @@ def cut_back(path: str | Path, iteration: int) -> tuple[int, int]:
     Returns the (steps, episodes) kept.
     """
     check_file(path)
-    with h5py.File(path, "a", libver="latest") as f:
-        versions = f["steps/policy_version"][:]
+    with open_h5(path) as f:
+        lengths = [ds.shape[0] for ds in datasets_in(f["steps"]).values()]
+        # policy_version is appended last: after a crash mid-append it is never longer than the other columns
+        versions = f["steps/policy_version"][: min(lengths)]
         keep_steps = int(np.searchsorted(versions, iteration, side="left"))
         end_steps = f["episodes/end_step"][:]
         keep_episodes = int(np.count_nonzero(end_steps < keep_steps))
         if not np.all(end_steps[:keep_episodes] < keep_steps):  # rows are in end order; be safe
             raise StoreError(f"{path}: episode rows are not in step order")
-        for group, keep in (("steps", keep_steps), ("episodes", keep_episodes)):
-            for ds in datasets_in(f[group]).values():
-                ds.resize(keep, axis=0)
+    try:
+        with h5py.File(path, "a", libver="latest") as f:
+            for group, keep in (("steps", keep_steps), ("episodes", keep_episodes)):
+                for ds in datasets_in(f[group]).values():
+                    ds.resize(keep, axis=0)
+    except OSError:
+        # A writer killed while in SWMR mode leaves the file marked "open for writing"; HDF5 then refuses to
+        # open it for writing again. Its data up to the last flush is intact: copy what we keep to a new file.
+        _rewrite(Path(path), {"steps": keep_steps, "episodes": keep_episodes})
     return keep_steps, keep_episodes
+
+
+def _rewrite(path: Path, keep: dict[str, int]) -> None:
+    """Copy the first keep[group] rows of every dataset (and every attribute) into a fresh file in place."""
+    tmp = path.with_name(f".{path.name}.rewrite-{os.getpid()}")
+    with open_h5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for group, rows in keep.items():
+            for name, ds in datasets_in(src[group]).items():
+                out = dst.create_dataset(
+                    f"{group}/{name}",
+                    data=ds[:rows],
+                    maxshape=(None, *ds.shape[1:]),
+                    chunks=ds.chunks,
+                    compression=ds.compression,
+                    compression_opts=ds.compression_opts,
+                    shuffle=ds.shuffle,
+                )
+                for key, value in ds.attrs.items():
+                    out.attrs[key] = value
+    os.replace(tmp, path)
