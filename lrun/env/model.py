@@ -169,12 +169,10 @@ class GaitModel:
         def path(name: str, kind: str) -> str:
             return f"{coordinates.get(name).getJoint().getAbsolutePathString()}/{name}/{kind}"
 
-        observed = PELVIS_COORDINATES + JOINT_COORDINATES
         self._pelvis_value_idx = np.array([index[path(n, "value")] for n in PELVIS_COORDINATES])
         self._pelvis_speed_idx = np.array([index[path(n, "speed")] for n in PELVIS_COORDINATES])
         self._joint_value_idx = np.array([index[path(n, "value")] for n in JOINT_COORDINATES])
         self._joint_speed_idx = np.array([index[path(n, "speed")] for n in JOINT_COORDINATES])
-        assert len(observed) == 9
         self._bodies = [model.getBodySet().get(name) for name in OBSERVED_BODIES]
         forces = model.getForceSet()
         self._ligaments = [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,14 +112,12 @@ def test_train_checkpoints_and_resume_continues_counters(shared_dir):
         assert ("serial mode" in out.getvalue()) == (size == 1)
         checkpoint = load_checkpoint(shared_dir)
         assert checkpoint["iteration"] == 2 and checkpoint["env_steps"] == 2 * steps_per_iteration
-        assert (
-            json.loads((__import__("pathlib").Path(shared_dir) / "config.json").read_text())["run"]["iterations"] == 2
-        )
+        assert json.loads((Path(shared_dir) / "config.json").read_text())["run"]["iterations"] == 2
     last = train(
         tiny_config(shared_dir, **{"run.iterations": "3"}), resume=shared_dir, comm=world, stream=io.StringIO()
     )
     world.Barrier()
     if rank == 0:
         assert last["iteration"] == 3 and last["env_steps"] == 3 * steps_per_iteration
-        rows = (__import__("pathlib").Path(shared_dir) / "progress.csv").read_text().splitlines()
+        rows = (Path(shared_dir) / "progress.csv").read_text().splitlines()
         assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3]
