@@ -20,13 +20,12 @@ continues where it stopped. Every rank of the MPI world runs every stage in turn
 from __future__ import annotations
 
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from lrun.checkpoint import checkpoint_dir, load_checkpoint
-from lrun.config import ConfigError, TrainConfig, load_config
+from lrun.config import ConfigError, TrainConfig, load_config, read_toml
 
 
 @dataclass
@@ -50,12 +49,7 @@ class Curriculum:
 def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
     """Read and check a curriculum file (unknown keys, unknown parents, parents after children are errors)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"curriculum file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path, "curriculum")
     unknown = set(data) - {"root", "stage"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a curriculum has root and [[stage]] tables")

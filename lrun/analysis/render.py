@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrun.analysis.report import save_figure
 from lrun.store.reader import RunStore, StoreError
 
 HIP_OFFSET = np.array([-0.0707, -0.0661])  # hip centre in the pelvis frame (gait9dof18musc)
@@ -127,9 +128,4 @@ def render_strip(run_dir: str | Path, episode_id: int, out: str | Path, frames: 
     for ax, k in zip(np.atleast_1d(axes), picks):
         _draw(ax, obs[k], obstacles, float(obs[k][1]), f"t={k * 0.01:.2f} s")
     fig.suptitle(f"episode {episode_id}: {len(obs) - 1} steps, distance {row['distance']:.2f} m", fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=90)

@@ -144,9 +144,16 @@ def plot_report(report: dict, path: str | Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the directory) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
