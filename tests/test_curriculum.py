@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, run
 
 from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError
 from lrun.curriculum import load_curriculum
 
-BIN = Path(sys.executable).parent
-LRUN = str(BIN / "lrun")
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 TINY = (
     '["run.iterations=2", "ppo.steps_per_env=30", "layout.envs_per_rank=2", "ppo.minibatches=4", '
     '"ppo.epochs=1", "policy.hidden_sizes=[32, 32]", "run.checkpoint_every=1"]'
@@ -40,11 +33,6 @@ parent = "walk"
 set = {TINY}
 ''')
     return path
-
-
-def run(command: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")

@@ -4,23 +4,16 @@ every iteration's steps stored exactly once."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, start
 
 from lrun.checkpoint import load_checkpoint
 from lrun.store.reader import RunStore
-
-BIN = Path(sys.executable).parent
-LRUN = str(BIN / "lrun")
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
 def rank_pids(marker: str) -> dict[int, int]:
@@ -54,37 +47,22 @@ def test_sigkill_of_a_rank_ends_the_job_and_resume_completes(tmp_path, victim):
         "--set",
         "run.checkpoint_every=2",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    process = subprocess.Popen(
-        [MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process = start([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"])
     try:
-        for line in process.stdout:
-            if line.startswith("iter 3/40"):
-                break
+        read_until(process, "iter 3/40")
         pids = rank_pids(str(run_dir))
         assert sorted(pids) == [0, 1, 2], pids
         os.kill(pids[victim], signal.SIGKILL)
-        start = time.time()
+        killed_at = time.time()
         process.communicate(timeout=60)
-        assert time.time() - start < 60
+        assert time.time() - killed_at < 60
     finally:
         process.kill()
     assert process.returncode != 0
     reached = load_checkpoint(run_dir)["iteration"]
     assert 2 <= reached < 40
     target = reached + 3
-    result = subprocess.run(
-        [MPIEXEC, "-n", "3", *common, "--set", f"run.iterations={target}", "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    result = run([MPIEXEC, "-n", "3", *common, "--set", f"run.iterations={target}", "--resume", str(run_dir)])
     assert result.returncode == 0, result.stderr
     with RunStore(run_dir) as store:
         versions = store.steps(["policy_version"])["policy_version"]

@@ -3,24 +3,16 @@ with a checkpoint, exit code 3 and a consistent store; --resume then completes i
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, start
 
 from lrun.checkpoint import load_checkpoint
 from lrun.store.reader import RunStore, rank_files
 
-BIN = Path(sys.executable).parent
-LRUN = str(BIN / "lrun")
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 STEPS_PER_FILE_AND_ITERATION = 4 * 100  # tiny.toml: 4 envs x 100 steps per simulator
 
 
@@ -37,18 +29,9 @@ def test_signal_checkpoints_stops_and_resume_completes(tmp_path, sig):
         "--set",
         "run.checkpoint_every=50",
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    process = subprocess.Popen(
-        [MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    process = start([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"])
     try:
-        for line in process.stdout:
-            if line.startswith("iter 2/40"):
-                break
+        read_until(process, "iter 2/40")
         process.send_signal(sig)  # mpiexec forwards it to every rank; rank 0 decides
         out, err = process.communicate(timeout=60)
     finally:
@@ -63,13 +46,7 @@ def test_signal_checkpoints_stops_and_resume_completes(tmp_path, sig):
     assert (run_dir / "trajectories" / "master.h5").is_file()
 
     target = stopped_at + 2
-    result = subprocess.run(
-        [MPIEXEC, "-n", "3", *common, "--set", f"run.iterations={target}", "--resume", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    result = run([MPIEXEC, "-n", "3", *common, "--set", f"run.iterations={target}", "--resume", str(run_dir)])
     assert result.returncode == 0, result.stderr
     with RunStore(run_dir) as store:
         versions = store.steps(["policy_version"])["policy_version"]

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import LRUN, MPIEXEC, run
 
 from lrun.checkpoint import load_checkpoint
 
-BIN = Path(sys.executable).parent
-LRUN = str(BIN / "lrun")
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
 TINY = [
     "--set",
     "env.physics=fast",
@@ -30,11 +26,6 @@ TINY = [
     "--set",
     "policy.hidden_sizes=[32, 32]",
 ]
-
-
-def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def progress(run_dir: Path) -> list[dict[str, str]]:

@@ -1,0 +1,38 @@
+"""What the end-to-end tests share: where the installed commands are, and running them as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+BIN = Path(sys.executable).parent
+LRUN = str(BIN / "lrun")
+MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without Slurm or PMI variables (tests may run inside a Slurm job)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+
+
+def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command to completion, capturing its output as text."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=clean_env())
+
+
+def start(command: list[str]) -> subprocess.Popen:
+    """Start a command with its output piped, to read its progress while it runs."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+
+
+def read_until(process: subprocess.Popen, prefix: str) -> None:
+    """Read the process's output until a line starts with `prefix` (fails if the output ends first)."""
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"output ended before a line starting {prefix!r}: {process.stderr.read()[-2000:]}")
