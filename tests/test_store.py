@@ -186,27 +186,28 @@ def test_kill_9_leaves_a_readable_file_with_every_flushed_step(tmp_path):
     assert len(versions) >= 300 and np.array_equal(np.unique(versions[:300]), [0, 1, 2])
 
 
+#: A serial run on lrun/Run-v0 at difficulty 2 with 10 obstacles: 2 envs x 100 steps per iteration.
+TRAIN = [LRUN, "train"] + [
+    item
+    for key in (
+        "env.difficulty=2",
+        "env.max_obstacles=10",
+        "env.physics=fast",
+        "layout.envs_per_rank=2",
+        "ppo.steps_per_env=100",
+        "ppo.minibatches=4",
+        "ppo.epochs=1",
+    )
+    for item in ("--set", key)
+]
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A real serial training run on lrun/Run-v0 (difficulty 2, 10 obstacles) that stored its trajectories."""
     run_dir = tmp_path_factory.mktemp("store") / "run"
     command = [
-        LRUN,
-        "train",
-        "--set",
-        "env.difficulty=2",
-        "--set",
-        "env.max_obstacles=10",
-        "--set",
-        "env.physics=fast",
-        "--set",
-        "layout.envs_per_rank=2",
-        "--set",
-        "ppo.steps_per_env=100",
-        "--set",
-        "ppo.minibatches=4",
-        "--set",
-        "ppo.epochs=1",
+        *TRAIN,
         "--set",
         "run.iterations=3",
         "--set",
@@ -260,22 +261,7 @@ def test_resume_cuts_the_store_back_to_the_checkpoint(trained_run, tmp_path):
     shutil.copytree(trained_run, run_dir)
     # the run went on to iteration 3 after its checkpoint at 2: resuming from 2 must drop iteration 2's steps
     command = [
-        LRUN,
-        "train",
-        "--set",
-        "env.difficulty=2",
-        "--set",
-        "env.max_obstacles=10",
-        "--set",
-        "env.physics=fast",
-        "--set",
-        "layout.envs_per_rank=2",
-        "--set",
-        "ppo.steps_per_env=100",
-        "--set",
-        "ppo.minibatches=4",
-        "--set",
-        "ppo.epochs=1",
+        *TRAIN,
         "--set",
         "run.iterations=4",
         "--set",
