@@ -154,6 +154,11 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The repeatable `--set SECTION.KEY=VALUE` config override."""
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
@@ -165,13 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy with PPO (run under mpiexec/srun for many ranks)")
     train.add_argument("config", nargs="?", help="TOML config file (omitted: all defaults)")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key (repeatable), e.g. --set ppo.learning_rate=1e-4",
-    )
+    add_set_option(train, "override a config key (repeatable), e.g. --set ppo.learning_rate=1e-4")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")
     train.set_defaults(func=_train)
 
@@ -197,13 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--stage", help="run only this stage (its parent must be complete): one Slurm job per stage")
     cur.add_argument("--list", action="store_true", help="print the stage names in order and exit")
     cur.add_argument("--with-parents", action="store_true", help="with --list: 'stage parent' per line ('-': none)")
-    cur.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config key in every stage (repeatable)",
-    )
+    add_set_option(cur, "override a config key in every stage (repeatable)")
     cur.set_defaults(func=_curriculum)
 
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
@@ -220,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = bench_kinds.add_parser("train", help="the full training loop under mpiexec vs the single-process env rate")
     tr.add_argument("--iterations", type=int, default=5, help="iterations to run (the first is left out)")
     tr.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3: 1 learner + 2 simulators)")
-    tr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    add_set_option(tr, "override a config key (repeatable)")
     tr.add_argument("--json", help="also write the figures to this JSON file")
     tr.set_defaults(func=_bench_train)
     return parser
