@@ -68,19 +68,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def check_compatible(
-    payload: dict[str, Any], path: str | Path, obs_size: int, act_size: int, hidden_sizes: list[int], distribution: str
-) -> None:
-    """Raise `CheckpointError` if the checkpoint's networks do not fit the configured ones."""
+def describe_spec(spec: dict[str, Any]) -> str:
+    """A policy architecture in words, e.g. 'mlp [64, 64] tanh gaussian' or 'blend(mlp [32] ..., mlp [64] ...)'."""
+    if not spec:
+        return "(no architecture recorded)"
+    if spec.get("kind") == "blend":
+        return f"blend(frozen {describe_spec(spec['frozen'])} + {describe_spec(spec['student'])})"
+    return f"mlp {list(spec['hidden_sizes'])} {spec['activation']} {spec['distribution']}"
+
+
+def check_compatible(payload: dict[str, Any], path: str | Path, obs_size: int, act_size: int, spec: dict) -> None:
+    """Raise `CheckpointError` if the checkpoint's policy does not fit the sizes and architecture `spec`."""
     meta = payload["meta"]
     problems = []
     if meta["obs_size"] != obs_size:
         problems.append(f"observation size {meta['obs_size']} vs {obs_size}")
     if meta["act_size"] != act_size:
         problems.append(f"action size {meta['act_size']} vs {act_size}")
-    if list(meta["hidden_sizes"]) != list(hidden_sizes):
-        problems.append(f"policy.hidden_sizes {list(meta['hidden_sizes'])} vs {list(hidden_sizes)}")
-    if meta["distribution"] != distribution:
-        problems.append(f"policy.distribution {meta['distribution']!r} vs {distribution!r}")
+    theirs = meta.get("policy_spec")
+    if not problems and theirs != spec:
+        if theirs is None or theirs.get("kind") != spec.get("kind"):
+            problems.append(f"policy {describe_spec(theirs or {})} vs {describe_spec(spec)}")
+        else:
+            for key in ("hidden_sizes", "activation", "distribution"):
+                if theirs.get(key) != spec.get(key):
+                    problems.append(f"policy.{key} {theirs.get(key)!r} vs {spec.get(key)!r}")
+            if not problems:
+                problems.append(f"policy {describe_spec(theirs)} vs {describe_spec(spec)}")
     if problems:
         raise CheckpointError(f"{path}: checkpoint does not fit this config: {'; '.join(problems)}")

@@ -63,6 +63,43 @@ def _train(args: argparse.Namespace) -> int:
     return _collective("train", body)
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    """`lrun blend` / `lrun clone`: `lrun train` with blend.source or clone.teacher set."""
+    extra = [f"blend.source={args.source}"] if args.command == "blend" else [f"clone.teacher={args.teacher}"]
+    if args.command == "blend" and args.ramp is not None:
+        extra.append(f"blend.ramp_iterations={args.ramp}")
+    if args.command == "clone" and args.store:
+        extra.append(f"clone.store={args.store}")
+    args.set = [*args.set, *extra]
+    return _train(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lrun.checkpoint import CheckpointError
+    from lrun.evaluate import EvalError, EvalSettings, evaluate
+    from lrun.train import StartupError
+
+    settings = EvalSettings(
+        args.episodes,
+        args.difficulty,
+        args.obstacles,
+        args.seed,
+        args.physics,
+        not args.stochastic,
+        args.out or "",
+        args.overwrite,
+    )
+
+    def body(comm) -> int:
+        try:
+            evaluate(args.checkpoint, settings, comm=comm)
+        except (EvalError, CheckpointError) as exc:  # raised by the checks every rank makes alike
+            raise StartupError(str(exc)) from exc
+        return 0
+
+    return _collective("eval", body)
+
+
 def _store_command(func):
     """Run an analysis command; a bad run directory or file gives one clear line, not an h5py traceback."""
 
@@ -173,6 +210,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(train, "override a config key (repeatable), e.g. --set ppo.learning_rate=1e-4")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")
     train.set_defaults(func=_train)
+
+    for name, what, help_text in (
+        ("blend", "source", "train a new network blended with a frozen trained policy (lrun train + blend.source)"),
+        ("clone", "teacher", "imitate a trained policy on its stored states, then train with PPO (+ clone.teacher)"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(what, help="checkpoint file or run directory of the trained policy")
+        sub.add_argument("config", nargs="?", help="TOML config file of the new run (the network's size etc.)")
+        add_set_option(sub, "override a config key (repeatable)")
+        sub.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")
+        if name == "blend":
+            sub.add_argument("--ramp", type=int, help="iterations over which c rises to blend.end")
+        else:
+            sub.add_argument("--store", help="run directory whose stored states to imitate on (default: teacher's)")
+        sub.set_defaults(func=_transfer)
+
+    ev = commands.add_parser("eval", help="score a checkpoint on fixed seeds (MPI ranks share the episodes)")
+    ev.add_argument("checkpoint", help="checkpoint file or run directory")
+    ev.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
+    ev.add_argument("--difficulty", type=int, default=2, help="0, 1 or 2 (default 2: obstacles + weak psoas)")
+    ev.add_argument("--obstacles", type=int, default=10, help="max obstacles (default 10, as in round 2)")
+    ev.add_argument("--seed", type=int, default=0, help="base seed of the episode seeds (default 0)")
+    ev.add_argument("--physics", choices=sorted(PRESETS), default="reference", help="default: reference")
+    ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mean")
+    ev.add_argument("--out", help="output directory (default RUN_DIR/eval/d<D>-o<O>-s<S>-n<N>)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    ev.set_defaults(func=_eval)
 
     report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
     report.add_argument("run_dir")

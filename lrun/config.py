@@ -113,6 +113,34 @@ class RunConfig:
 
 
 @dataclass
+class BlendConfig:
+    """Policy blending: freeze a trained policy and blend its output with this config's (bigger) network."""
+
+    source: str = doc(
+        "checkpoint (or run directory) of the trained policy to freeze; empty: no blending. Actions follow "
+        "(1 - c) * frozen + c * new in distribution-parameter space",
+        "",
+    )
+    start: float = doc("blend coefficient c at the first iteration (0: act exactly like the frozen policy)", 0.0)
+    end: float = doc("blend coefficient c after the ramp (1: the new network alone)", 1.0)
+    ramp_iterations: int = doc("iterations over which c moves linearly from start to end", 100)
+
+
+@dataclass
+class CloneConfig:
+    """Behavioural cloning: before PPO, the network imitates a trained policy on its stored states."""
+
+    teacher: str = doc("checkpoint (or run directory) of the policy to imitate; empty: no cloning", "")
+    store: str = doc("run directory whose trajectories give the states; empty: the teacher's run directory", "")
+    max_states: int = doc("use at most this many of the most recently stored states", 100_000)
+    epochs: int = doc("passes over the states", 20)
+    minibatch_size: int = doc("states per gradient step", 256)
+    learning_rate: float = doc("Adam learning rate of the imitation", 1e-3)
+    value_coef: float = doc("weight of the critic's regression onto the teacher's critic (0: off)", 0.5)
+    holdout_fraction: float = doc("share of the states held out to measure the imitation loss", 0.1)
+
+
+@dataclass
 class TrainConfig:
     """Everything `lrun train` needs."""
 
@@ -122,6 +150,8 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
+    clone: CloneConfig = field(default_factory=CloneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for JSON and checkpoints)."""
@@ -267,6 +297,20 @@ def validate(config: TrainConfig) -> None:
         ),
         (config.policy.activation in ("tanh", "relu", "elu"), "policy.activation must be tanh, relu or elu"),
         (config.policy.distribution in ("gaussian", "beta"), "policy.distribution must be gaussian or beta"),
+        (0.0 <= config.blend.start <= 1.0, "blend.start must lie in [0, 1]"),
+        (0.0 <= config.blend.end <= 1.0, "blend.end must lie in [0, 1]"),
+        (config.blend.ramp_iterations >= 0, "blend.ramp_iterations must be >= 0"),
+        (config.clone.max_states >= 2, "clone.max_states must be >= 2"),
+        (config.clone.epochs >= 1, "clone.epochs must be >= 1"),
+        (config.clone.minibatch_size >= 1, "clone.minibatch_size must be >= 1"),
+        (config.clone.learning_rate > 0, "clone.learning_rate must be > 0"),
+        (config.clone.value_coef >= 0, "clone.value_coef must be >= 0"),
+        (0.0 <= config.clone.holdout_fraction < 1.0, "clone.holdout_fraction must lie in [0, 1)"),
+        (
+            sum(bool(x) for x in (config.run.init_from, config.blend.source, config.clone.teacher)) <= 1,
+            "run.init_from, blend.source and clone.teacher are three ways to start from a trained policy: "
+            "set at most one",
+        ),
     ]
     from lrun.env.physics import PRESETS
 

@@ -14,7 +14,7 @@ import numpy as np
 from lrun.env.factory import reward_terms_of
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.normaliser import RunningNormaliser
-from lrun.learn.policy import ActorCritic
+from lrun.learn.policy import Policy
 from lrun.store.recorder import EpisodeBook
 
 HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s")
@@ -127,7 +127,7 @@ class RolloutCollector:
     def __init__(
         self,
         vec: SerialVectorEnv,
-        policy: ActorCritic,
+        policy: Policy,
         normaliser: RunningNormaliser,
         normalise_observations: bool = True,
         distance_index: int | None = None,
@@ -158,6 +158,8 @@ class RolloutCollector:
     def collect(self, steps: int) -> tuple[Rollout, np.ndarray]:
         """`steps` steps of every env. Returns the rollout and the moments [sum, sumsq, count] of raw obs."""
         start = time.perf_counter()
+        if self.normalise_observations:  # a blend maps them onto its frozen policy's own statistics
+            self.policy.set_input_statistics(self.normaliser.mean, self.normaliser.var)
         envs, obs_size = self.raw_obs.shape
         act_size = self.low.shape[0]
         obs = np.zeros((steps, envs, obs_size), np.float32)

@@ -30,17 +30,26 @@ import torch
 
 from lrun import __version__
 from lrun import mpi as lmpi
-from lrun.checkpoint import CheckpointError, check_compatible, load_checkpoint, resolve_checkpoint, save_checkpoint
+from lrun.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    describe_spec,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from lrun.config import ConfigError, TrainConfig
 from lrun.env.factory import env_factory, reward_terms_of
 from lrun.env.vector import SerialVectorEnv
+from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec, new_blend
+from lrun.learn.clone import CloneSettings, clone_policy
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
-from lrun.learn.policy import ActorCritic, flat_parameters, load_flat_parameters
+from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.logger import ProgressLogger
 from lrun.rollout import Rollout, RolloutCollector, pack_rollout, unpack_rollout
-from lrun.store.reader import rank_files, write_master
+from lrun.store.reader import RunStore, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts
 from lrun.store.writer import TrajectoryWriter, cut_back
 
@@ -72,6 +81,66 @@ def build_policy(config: TrainConfig, problem: Problem) -> ActorCritic:
     torch.manual_seed(config.run.seed)
     p = config.policy
     return ActorCritic(problem.obs_size, problem.act_size, p.hidden_sizes, p.activation, p.distribution, p.init_log_std)
+
+
+def config_spec(config: TrainConfig, problem: Problem) -> dict:
+    """The architecture of the network the [policy] section describes."""
+    p = config.policy
+    return {
+        "kind": "mlp",
+        "obs_size": problem.obs_size,
+        "act_size": problem.act_size,
+        "hidden_sizes": list(p.hidden_sizes),
+        "activation": p.activation,
+        "distribution": p.distribution,
+    }
+
+
+@dataclass
+class Start:
+    """What a run starts from, found by `startup_checks` on every rank alike."""
+
+    problem: Problem
+    spec: dict  # the architecture of the policy this run trains
+    payload: dict | None = None  # the checkpoint a resumed run continues
+    source: dict | None = None  # the trained policy it starts from (run.init_from, blend.source or clone.teacher)
+    how: str = "new"  # new | resume | init | blend | clone
+
+
+def collapse_student(payload: dict) -> dict | None:
+    """A blend checkpoint whose coefficient reached 1: the state dict of its new network alone; else None."""
+    if payload["meta"].get("policy_spec", {}).get("kind") != "blend":
+        return None
+    state = payload["policy"]
+    if float(state["coefficient"]) != 1.0:
+        return None
+    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+
+
+def initial_policy(config: TrainConfig, start: Start) -> Policy:
+    """The policy a rank starts with (identical on every rank): built from the seed, then filled in from the
+    resumed checkpoint, the parent (`init`), or the frozen policy of a new blend."""
+    torch.manual_seed(config.run.seed)
+    if start.how == "blend":
+        student = build_policy(config, start.problem)
+        frozen = build_from_spec(start.source["meta"]["policy_spec"])
+        frozen.load_state_dict(start.source["policy"])
+        return new_blend(frozen, start.source["normaliser"].numpy(), student)
+    policy = build_from_spec(start.spec, config.policy.init_log_std)
+    if start.how == "resume":
+        policy.load_state_dict(start.payload["policy"])
+    elif start.how == "init":
+        policy.load_state_dict(collapse_student(start.source) or start.source["policy"])
+    return policy
+
+
+def schedule_blend(policy: Policy, config: TrainConfig, iteration: int) -> float | None:
+    """Set a blend's coefficient for this (0-based) iteration; returns it, or None for a plain policy."""
+    if not isinstance(policy, BlendedPolicy) or not config.blend.source:
+        return None
+    c = blend_coefficient(iteration, config.blend.start, config.blend.end, config.blend.ramp_iterations)
+    policy.set_coefficient(c)
+    return c
 
 
 def ppo_settings(config: TrainConfig) -> PPOSettings:
@@ -118,10 +187,10 @@ def rollouts_to_batch(rollouts: list[Rollout], gamma: float, lam: float, reward_
 class TrainingState:
     """What a learner owns and a checkpoint holds."""
 
-    def __init__(self, config: TrainConfig, problem: Problem, learner_index: int, reduce_gradients: Any = None) -> None:
+    def __init__(self, config: TrainConfig, start: Start, learner_index: int, reduce_gradients: Any = None) -> None:
         self.config = config
-        self.problem = problem
-        self.policy = build_policy(config, problem)
+        self.problem = problem = start.problem
+        self.policy = initial_policy(config, start)
         self.normaliser = RunningNormaliser(problem.obs_size)
         self.learner = PPOLearner(
             self.policy, ppo_settings(config), reduce_gradients, seed=config.run.seed * 1000 + learner_index
@@ -139,6 +208,7 @@ class TrainingState:
                 "act_size": self.problem.act_size,
                 "hidden_sizes": list(p.hidden_sizes),
                 "distribution": p.distribution,
+                "policy_spec": self.policy.spec(),
                 "lrun_version": __version__,
             },
             "iteration": self.iteration,
@@ -163,9 +233,9 @@ class TrainingState:
         self.env_steps = int(payload["env_steps"])
         self.lineage = list(payload.get("lineage", []))
 
-    def start_from(self, parent: dict[str, Any]) -> None:
-        """Begin a new run with a parent checkpoint's policy and normaliser (fresh optimiser and counters)."""
-        self.policy.load_state_dict(parent["policy"])
+    def start_from(self, parent: dict[str, Any], how: str) -> None:
+        """Begin a new run from a trained policy's normaliser (its weights are in the policy already, or are
+        imitated next) and record it in the lineage; fresh optimiser and counters."""
         self.normaliser.load_state_vector(parent["normaliser"].numpy())
         self.lineage = [
             *parent.get("lineage", []),
@@ -173,6 +243,7 @@ class TrainingState:
                 "checkpoint": parent["path"],
                 "iteration": parent["iteration"],
                 "run_dir": parent["config"]["run"]["run_dir"],
+                "how": how,
             },
         ]
 
@@ -187,14 +258,14 @@ class TrainingState:
         )
 
 
-def message_size(policy: ActorCritic, obs_size: int) -> int:
-    """Length of the broadcast message."""
-    return 2 + sum(p.numel() for p in policy.parameters()) + 2 * obs_size + 1
+def message_size(policy: Policy, obs_size: int) -> int:
+    """Length of the broadcast message (a blend's frozen network never travels: every rank loads it)."""
+    return 2 + count_trainable(policy) + 2 * obs_size + 1
 
 
-def load_message(message: np.ndarray, policy: ActorCritic, normaliser: RunningNormaliser) -> tuple[int, int]:
+def load_message(message: np.ndarray, policy: Policy, normaliser: RunningNormaliser) -> tuple[int, int]:
     """Apply a broadcast message to a simulator's policy copy; returns (iteration, stop code)."""
-    n_params = sum(p.numel() for p in policy.parameters())
+    n_params = count_trainable(policy)
     load_flat_parameters(policy, message[2 : 2 + n_params].astype(np.float32))
     normaliser.load_state_vector(message[2 + n_params :])
     return int(message[0]), int(message[1])
@@ -203,7 +274,7 @@ def load_message(message: np.ndarray, policy: ActorCritic, normaliser: RunningNo
 def make_collector(
     config: TrainConfig,
     problem: Problem,
-    policy: ActorCritic,
+    policy: Policy,
     normaliser: RunningNormaliser,
     simulator_index: int,
     start_iteration: int,
@@ -325,17 +396,17 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
     if comm is None:
         comm = lmpi.comm_world()
     try:
-        problem, payload, parent = startup_checks(config, resume, comm.Get_size())
+        start = startup_checks(config, resume, comm.Get_size())
     except (ConfigError, lmpi.LayoutError, CheckpointError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from exc
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     previous = install_stop_handlers(comm.Get_rank() == 0)
     if layout.role == "simulator":
-        stop = simulate(config, problem, comm, layout, int(payload["iteration"]) if payload else 0)
+        stop = simulate(config, start, comm, layout)
         result: dict = {"stopped_early": stop == STOP_SIGNAL}
     else:
-        result = learn(config, problem, comm, layout, payload, stream, parent)
+        result = learn(config, start, comm, layout, stream)
     restore_handlers(previous)
     write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
     if layout.learner_comm is not None:
@@ -375,26 +446,12 @@ class StartupError(RuntimeError):
     """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
 
 
-def startup_checks(
-    config: TrainConfig, resume: str | None, world_size: int
-) -> tuple[Problem, dict | None, dict | None]:
+def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> Start:
     """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
     layout_cfg = config.layout
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
-    payload = parent = None
-    if config.run.init_from and resume is None:
-        parent_path = resolve_checkpoint(config.run.init_from)
-        parent = load_checkpoint(parent_path)
-        check_compatible(
-            parent,
-            parent_path,
-            problem.obs_size,
-            problem.act_size,
-            config.policy.hidden_sizes,
-            config.policy.distribution,
-        )
-        parent["path"] = str(parent_path)
+    plain = config_spec(config, problem)
     existing = Path(config.run.run_dir) / "checkpoints" / "checkpoint.pt"
     if resume is None and existing.exists():
         raise CheckpointError(
@@ -404,15 +461,58 @@ def startup_checks(
     if resume is not None:
         resume_path = resolve_checkpoint(resume)
         payload = load_checkpoint(resume_path)
-        check_compatible(
-            payload,
-            resume_path,
-            problem.obs_size,
-            problem.act_size,
-            config.policy.hidden_sizes,
-            config.policy.distribution,
+        spec = plain
+        if config.blend.source:  # the frozen part travels in the checkpoint; the source file is not needed
+            theirs = payload["meta"].get("policy_spec") or {}
+            spec = {"kind": "blend", "frozen": theirs.get("frozen", {}), "student": plain}
+        check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
+        return Start(problem, spec, payload=payload, how="resume")
+    origins = [
+        (key, how, where)
+        for key, how, where in (
+            ("run.init_from", "init", config.run.init_from),
+            ("blend.source", "blend", config.blend.source),
+            ("clone.teacher", "clone", config.clone.teacher),
         )
-    return problem, payload, parent
+        if where
+    ]
+    if not origins:  # config validation allows at most one
+        return Start(problem, plain)
+    key, how, where = origins[0]
+    path = resolve_checkpoint(where)
+    source = load_checkpoint(path)
+    source["path"] = str(path)
+    theirs = source["meta"].get("policy_spec") or {}
+    if how == "init":
+        student = collapse_student(source)
+        if theirs.get("kind") == "blend" and student is None:
+            raise CheckpointError(
+                f"{path}: {key} names a blend whose coefficient has not reached 1, so its new network cannot "
+                f"act alone; blend it again (blend.source) or let its ramp finish"
+            )
+        check_compatible(
+            source, path, problem.obs_size, problem.act_size, plain if student is None else {**theirs, **plain}
+        )
+        if student is not None and theirs["student"] != plain:
+            raise CheckpointError(
+                f"{path}: checkpoint does not fit this config: its new network is "
+                f"{describe_spec(theirs['student'])}, the config's {describe_spec(plain)}"
+            )
+        return Start(problem, plain, source=source, how="init")
+    # blend and clone take any architecture, as long as observations, actions and the distribution match
+    check_compatible(source, path, problem.obs_size, problem.act_size, theirs)
+    if distribution_of(theirs) != plain["distribution"]:
+        raise CheckpointError(
+            f"{path}: {key} has a {distribution_of(theirs)} policy and policy.distribution is "
+            f"{plain['distribution']!r}; they must match"
+        )
+    spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
+    return Start(problem, spec, source=source, how=how)
+
+
+def distribution_of(spec: dict) -> str:
+    """The action distribution of a policy spec (a blend's is its networks')."""
+    return distribution_of(spec["student"]) if spec.get("kind") == "blend" else spec.get("distribution", "")
 
 
 def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
@@ -430,10 +530,12 @@ def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float
     (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
 
 
-def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, start_iteration: int) -> int:
+def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout) -> int:
     """A simulator rank: receive the policy, collect, send, until told to stop."""
     sleep = config.run.wait_sleep
-    policy = build_policy(config, problem)
+    problem = start.problem
+    start_iteration = int(start.payload["iteration"]) if start.payload else 0
+    policy = initial_policy(config, start)
     # every simulator explores with its own noise (the policy was built from the shared seed)
     torch.manual_seed(
         int(np.random.SeedSequence([config.run.seed, layout.simulator_index, start_iteration, 1]).generate_state(1)[0])
@@ -450,6 +552,7 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
             iteration, stop = load_message(message, policy, normaliser)
             if stop:
                 break
+            schedule_blend(policy, config, iteration)
             collector.policy_version = iteration
             rollout, moments = collector.collect(config.ppo.steps_per_env)
             rollout.wait_s, rollout.store_s = waited, stored
@@ -464,27 +567,20 @@ def simulate(config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.Rank
     return stop
 
 
-def learn(
-    config: TrainConfig,
-    problem: Problem,
-    comm: Any,
-    layout: lmpi.RankLayout,
-    payload: dict | None,
-    stream: TextIO,
-    parent: dict | None = None,
-) -> dict:
+def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO) -> dict:
     """A learner rank (or the whole run in serial mode)."""
+    problem, payload = start.problem, start.payload
     sleep = config.run.wait_sleep
     serial = layout.role == "serial"
     learner_comm = layout.learner_comm
     reduce = None
     if learner_comm is not None and learner_comm.Get_size() > 1:
         reduce = lambda flat: lmpi.Allreduce_mean(learner_comm, flat)  # noqa: E731
-    state = TrainingState(config, problem, 0 if serial else learner_comm.Get_rank(), reduce)
+    state = TrainingState(config, start, 0 if serial else learner_comm.Get_rank(), reduce)
     if payload is not None:
         state.restore(payload)
-    elif parent is not None:
-        state.start_from(parent)
+    elif start.source is not None:
+        state.start_from(start.source, start.how)
     start_iteration = state.iteration
     logger = None
     if layout.is_root:
@@ -496,14 +592,16 @@ def learn(
             else (f"{world_description(layout)}")
         )
         print(f"lrun train: {mode}; run directory {run_dir}", file=stream, flush=True)
-        if parent is not None and payload is None:
-            print(f"starting from {parent['path']} (iteration {parent['iteration']})", file=stream, flush=True)
+        if start.source is not None:
+            print(describe_start(start, state.policy), file=stream, flush=True)
         if payload is not None:
             logger.truncate_after(state.iteration)
             print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)
             for path in rank_files(run_dir):
                 kept, _ = cut_back(path, state.iteration)
                 print(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}", file=stream)
+    if start.how == "clone":
+        clone_from_store(config, state, start.source, stream if layout.is_root else None)
     collector = writer = None
     if serial:
         collector, writer = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration, 0)
@@ -524,6 +622,7 @@ def learn(
                 flush=True,
             )
         t0 = time.perf_counter()
+        coefficient = schedule_blend(state.policy, config, state.iteration)
         if not serial:
             message = state.message(stop)
             lmpi.Bcast(comm, message, 0, sleep)
@@ -551,6 +650,8 @@ def learn(
             ]
             moments = np.zeros(2 * problem.obs_size + 1)
             lmpi.Allreduce_sum(comm, moments, sleep)
+        if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
+            state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
         state.normaliser.update_from_moments(moments)
         t_learn = time.perf_counter()
         state.learner.set_learning_rate(learning_rate(config, state.iteration))
@@ -581,6 +682,8 @@ def learn(
                 losses,
                 problem.reward_terms,
             )
+            if coefficient is not None:
+                last["blend/coefficient"] = coefficient
             logger.log(last)
             if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
                 save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
@@ -593,6 +696,59 @@ def learn(
     if layout.is_root and config.run.store_trajectories:
         write_master(config.run.run_dir)
     return last
+
+
+def describe_start(start: Start, policy: Policy) -> str:
+    """One line on what a new run starts from."""
+    source = start.source
+    where = f"{source['path']} (iteration {source['iteration']})"
+    if start.how == "blend":
+        spec = policy.spec()
+        return f"blending: frozen {describe_spec(spec['frozen'])} from {where} + new {describe_spec(spec['student'])}"
+    if start.how == "clone":
+        return f"behavioural cloning of {where} into {describe_spec(policy.spec())}, then PPO"
+    return f"starting from {where}"
+
+
+def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload: dict, stream: TextIO | None) -> list:
+    """The imitation phase of a cloned run: the new network learns the teacher's actions on stored states.
+
+    Every learner does the same deterministic work, so they stay identical; global rank 0 reports progress and
+    writes run_dir/clone.csv (epoch, train/held-out KL, value error).
+    """
+    c = config.clone
+    store_dir = c.store or teacher_payload["config"]["run"]["run_dir"]
+    teacher = build_from_spec(teacher_payload["meta"]["policy_spec"])
+    teacher.load_state_dict(teacher_payload["policy"])
+    normaliser = state.normaliser  # the teacher's, loaded by start_from
+    with RunStore(store_dir) as store:
+        raw = store.recent_observations(c.max_states)
+    if config.policy.normalise_observations:
+        teacher.set_input_statistics(normaliser.mean, normaliser.var)
+        obs = normaliser.normalise(raw)
+    else:
+        obs = raw.astype(np.float32)
+    if stream is not None:
+        print(f"cloning on {len(obs)} stored states of {store_dir}", file=stream, flush=True)
+    rows: list[dict[str, float]] = []
+
+    def progress(row: dict[str, float]) -> None:
+        rows.append(row)
+        if stream is not None:
+            print(
+                f"  clone epoch {row['epoch']:3d}/{c.epochs}: KL train {row['train_kl']:.4f} "
+                f"held-out {row['holdout_kl']:.4f}  value mse {row['holdout_value_mse']:.4f}",
+                file=stream,
+                flush=True,
+            )
+
+    settings = CloneSettings(c.epochs, c.minibatch_size, c.learning_rate, c.value_coef, c.holdout_fraction)
+    history = clone_policy(state.policy, teacher, obs, settings, seed=config.run.seed, progress=progress)
+    if stream is not None:
+        path = Path(config.run.run_dir) / "clone.csv"
+        lines = [",".join(history[0])] + [",".join(f"{v:.6g}" for v in row.values()) for row in history]
+        path.write_text("\n".join(lines) + "\n")
+    return history
 
 
 def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:

@@ -28,53 +28,47 @@ def mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
-class ActorCritic(nn.Module):
-    """Separate policy and value MLPs.
+class Policy(nn.Module):
+    """What every policy offers the collectors and PPO: a distribution over raw actions and a value.
 
-    Gaussian: the network's mean lives in [-1, 1]-scaled action units, with a state-independent log std.
-    Beta: the network gives (alpha, beta) > 1, so samples lie in (0, 1). Either way `env_action` maps the raw
-    sample onto the env's [low, high] box and clips; PPO works on the raw sample.
+    Subclasses give `distribution_parameters` (batch, 2 * act_size): Gaussian [mean, log std] in [-1, 1]-scaled
+    action units, Beta [alpha, beta] > 1 so samples lie in (0, 1); `env_action` maps raw samples onto the env's
+    [low, high] box and clips. PPO works on the raw samples.
     """
 
-    def __init__(
-        self,
-        obs_size: int,
-        act_size: int,
-        hidden_sizes: Sequence[int] = (64, 64),
-        activation: str = "tanh",
-        distribution: str = "gaussian",
-        init_log_std: float = -0.5,
-    ) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown distribution {distribution!r}; choose one of {list(DISTRIBUTIONS)}")
-        self.obs_size, self.act_size, self.distribution_name = obs_size, act_size, distribution
-        hidden = list(hidden_sizes)
-        n_out = act_size if distribution == "gaussian" else 2 * act_size
-        self.actor = mlp([obs_size, *hidden, n_out], activation, out_gain=0.01)
-        self.critic = mlp([obs_size, *hidden, 1], activation, out_gain=1.0)
-        self.log_std = (
-            nn.Parameter(torch.full((act_size,), float(init_log_std))) if distribution == "gaussian" else None
-        )
+    obs_size: int
+    act_size: int
+    distribution_name: str
 
-    def distribution(self, obs: torch.Tensor) -> Distribution:
-        """The action distribution at these (normalised) observations."""
-        out = self.actor(obs)
-        if self.distribution_name == "gaussian":
-            return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)
-        alpha, beta = torch.chunk(nn.functional.softplus(out) + 1.0, 2, dim=-1)
-        return Independent(Beta(alpha, beta), 1)
+    def distribution_parameters(self, obs: torch.Tensor) -> torch.Tensor:
+        """The distribution's parameters at these (normalised) observations."""
+        raise NotImplementedError
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(obs), shape (batch,)."""
-        return self.critic(obs).squeeze(-1)
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        """The architecture, enough to rebuild the policy (`lrun.learn.blend.build_from_spec`)."""
+        raise NotImplementedError
+
+    def set_input_statistics(self, mean: np.ndarray, var: np.ndarray) -> None:
+        """The observation normaliser's current statistics; a plain network ignores them (blends use them)."""
+
+    def distribution_from(self, parameters: torch.Tensor) -> Distribution:
+        """The distribution these parameters describe."""
+        first, second = torch.chunk(parameters, 2, dim=-1)
+        if self.distribution_name == "gaussian":
+            return Independent(Normal(first, second.exp()), 1)
+        return Independent(Beta(first, second), 1)
+
+    def distribution(self, obs: torch.Tensor) -> Distribution:
+        """The action distribution at these (normalised) observations."""
+        return self.distribution_from(self.distribution_parameters(obs))
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action (Gaussian mean, Beta mean) in raw units."""
-        dist = self.distribution(obs)
-        return dist.mean
+        return self.distribution(obs).mean
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,19 +91,79 @@ class ActorCritic(nn.Module):
         return np.clip(low + unit * (high - low), low, high)
 
 
+class ActorCritic(Policy):
+    """Separate policy and value MLPs; the Gaussian has a state-independent log std."""
+
+    def __init__(
+        self,
+        obs_size: int,
+        act_size: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        distribution: str = "gaussian",
+        init_log_std: float = -0.5,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {distribution!r}; choose one of {list(DISTRIBUTIONS)}")
+        self.obs_size, self.act_size, self.distribution_name = obs_size, act_size, distribution
+        self.activation_name = activation
+        self.hidden_sizes = hidden = list(hidden_sizes)
+        n_out = act_size if distribution == "gaussian" else 2 * act_size
+        self.actor = mlp([obs_size, *hidden, n_out], activation, out_gain=0.01)
+        self.critic = mlp([obs_size, *hidden, 1], activation, out_gain=1.0)
+        self.log_std = (
+            nn.Parameter(torch.full((act_size,), float(init_log_std))) if distribution == "gaussian" else None
+        )
+
+    def distribution_parameters(self, obs: torch.Tensor) -> torch.Tensor:
+        """Gaussian [mean, log std] or Beta [alpha, beta], shape (batch, 2 * act_size)."""
+        out = self.actor(obs)
+        if self.distribution_name == "gaussian":
+            return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
+        return nn.functional.softplus(out) + 1.0
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(obs), shape (batch,)."""
+        return self.critic(obs).squeeze(-1)
+
+    def spec(self) -> dict:
+        """The architecture, enough to rebuild the network and to check checkpoints against a config."""
+        return {
+            "kind": "mlp",
+            "obs_size": self.obs_size,
+            "act_size": self.act_size,
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation_name,
+            "distribution": self.distribution_name,
+        }
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters training changes (a blend's frozen network excluded), in registration order."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of trainable values."""
+    return sum(p.numel() for p in trainable_parameters(module))
+
+
 def flat_parameters(module: nn.Module) -> np.ndarray:
-    """All parameters in one float32 vector (registration order)."""
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).numpy().astype(np.float32)
+    """The trainable parameters in one float32 vector (registration order)."""
+    return torch.cat([p.detach().reshape(-1) for p in trainable_parameters(module)]).numpy().astype(np.float32)
 
 
 def load_flat_parameters(module: nn.Module, flat: np.ndarray) -> None:
     """Inverse of `flat_parameters`."""
-    expected = sum(p.numel() for p in module.parameters())
+    expected = count_trainable(module)
     if len(flat) != expected:
         raise ValueError(f"parameter vector has {len(flat)} values, the network {expected}")
     offset = 0
     with torch.no_grad():
-        for p in module.parameters():
+        for p in trainable_parameters(module):
             n = p.numel()
             p.copy_(torch.as_tensor(flat[offset : offset + n]).reshape(p.shape))
             offset += n

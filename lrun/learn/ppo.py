@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrun.learn.policy import ActorCritic
+from lrun.learn.policy import ActorCritic, trainable_parameters
 
 
 @dataclass
@@ -83,7 +83,7 @@ class PPOLearner:
     ) -> None:
         self.policy = policy
         self.settings = settings
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=settings.learning_rate, eps=1e-5)
+        self.optimizer = torch.optim.Adam(trainable_parameters(policy), lr=settings.learning_rate, eps=1e-5)
         self.reduce_gradients = reduce_gradients
         self.rng = np.random.default_rng(seed)
 
@@ -93,7 +93,7 @@ class PPOLearner:
             group["lr"] = lr
 
     def _average_gradients(self) -> None:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
+        params = [p for p in trainable_parameters(self.policy) if p.grad is not None]
         flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()  # a copy: grads are not contiguous as one
         self.reduce_gradients(flat)
         offset = 0
@@ -135,7 +135,7 @@ class PPOLearner:
                 loss.backward()
                 if self.reduce_gradients is not None:
                     self._average_gradients()
-                nn.utils.clip_grad_norm_(self.policy.parameters(), s.max_grad_norm)
+                nn.utils.clip_grad_norm_(trainable_parameters(self.policy), s.max_grad_norm)
                 self.optimizer.step()
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())

@@ -186,6 +186,29 @@ class RunStore:
         """Episode-table columns over all ranks."""
         return self._columns("episodes", names)
 
+    def recent_observations(self, max_rows: int) -> np.ndarray:
+        """Raw observations of the most recent policy versions: at most `max_rows` rows over all ranks.
+
+        Whole iterations are taken, newest first (a rank file's steps are in policy-version order, so each
+        file contributes a tail). Behavioural cloning learns on these.
+        """
+        versions = [f["steps/policy_version"][: f["steps/obs"].shape[0]] for f in self.files]
+        every = np.concatenate(versions) if versions else np.zeros(0, np.int32)
+        if len(every) == 0:
+            raise StoreError(f"{self.run_dir}: the store holds no steps")
+        unique, counts = np.unique(every, return_counts=True)
+        newest_first = np.cumsum(counts[::-1])
+        keep = max(int(np.searchsorted(newest_first, max_rows, side="right")), 1)  # at least one iteration
+        threshold = unique[::-1][keep - 1]
+        parts = []
+        for f, v, path in zip(self.files, versions, self.paths):
+            first = int(np.searchsorted(v, threshold))  # v is non-decreasing within a file
+            try:
+                parts.append(f["steps/obs"][first : len(v)])
+            except (OSError, RuntimeError) as exc:
+                raise StoreError(f"{path}: cannot read steps/obs ({str(exc).splitlines()[0]})") from None
+        return np.concatenate(parts)[-max_rows:]
+
     def episode(self, episode_id: int) -> dict[str, Any]:
         """One episode: {"row": its table row, "steps": its steps in order}. Raises StoreError if unknown."""
         for f, path in zip(self.files, self.paths):

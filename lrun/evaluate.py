@@ -1,0 +1,320 @@
+"""`lrun eval`: a trained policy on fixed seeds, spread over MPI ranks, scored the way the 2017 graders scored.
+
+Episode k (0-based) is reset with seed `episode_seed(seed, k)` and run on rank k mod world size with the
+deterministic policy (the distribution's mean) on the reference physics, so each episode's result depends only on
+(checkpoint, settings, k): any rank count gives the same per-episode table. Each rank stores its episodes in
+OUT/trajectories/rank-NNNN.h5 (the training store's schema, episode id = k), so `lrun report`, `replay` and
+`render` work on an evaluation too. Rank 0 writes OUT/episodes.csv and OUT/eval.json and prints the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from lrun import __version__
+from lrun import mpi as lmpi
+from lrun.analysis.report import wilson_interval
+from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from lrun.config import ConfigError, EnvConfig, config_from_dict
+from lrun.env.factory import env_factory
+from lrun.learn.blend import build_from_spec
+from lrun.learn.normaliser import RunningNormaliser
+from lrun.learn.policy import Policy
+from lrun.store.reader import write_master
+from lrun.store.recorder import EpisodeBook, env_facts
+from lrun.store.writer import TrajectoryWriter
+
+#: Simulated seconds per env step (RunEnv).
+STEP_SECONDS = 0.01
+#: Per-episode result columns, in the order of episodes.csv.
+COLUMNS = ("episode", "seed", "distance", "task_return", "length", "sim_time_s", "fell", "integrator_failure")
+FLOAT_COLUMNS = ("distance", "task_return", "sim_time_s")
+
+
+@dataclass
+class EvalSettings:
+    """What `lrun eval` runs: the task variant, the episodes, the physics and where the results go."""
+
+    episodes: int = 100
+    difficulty: int = 2
+    obstacles: int = 10
+    seed: int = 0
+    physics: str = "reference"
+    deterministic: bool = True
+    out: str = ""
+    overwrite: bool = False
+
+
+class EvalError(RuntimeError):
+    """A problem found before any episode runs (same on every rank)."""
+
+
+def episode_seed(base_seed: int, k: int) -> int:
+    """The reset seed of evaluation episode k: independent of the rank that runs it."""
+    # 53 bits: the per-episode table is float64 (it is summed over ranks) and must hold the seed exactly
+    return int(np.random.SeedSequence([base_seed, k]).generate_state(1, np.uint64)[0] >> np.uint64(11))
+
+
+def load_policy(checkpoint: str | Path) -> tuple[Policy, RunningNormaliser, dict[str, Any]]:
+    """The checkpoint's policy (any architecture, blends included) and its observation normaliser."""
+    payload = load_checkpoint(checkpoint)
+    spec = payload["meta"].get("policy_spec")
+    if spec is None:
+        raise CheckpointError(f"{checkpoint}: checkpoint records no policy architecture (written by an older lrun)")
+    policy = build_from_spec(spec)
+    policy.load_state_dict(payload["policy"])
+    policy.eval()
+    normaliser = RunningNormaliser(payload["meta"]["obs_size"])
+    normaliser.load_state_vector(payload["normaliser"].numpy())
+    if payload["config"]["policy"]["normalise_observations"]:
+        policy.set_input_statistics(normaliser.mean, normaliser.var)
+    return policy, normaliser, payload
+
+
+def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvConfig:
+    """The training env with the evaluation's difficulty, obstacles and physics (the control rate is kept)."""
+    if train_env["id"] != "lrun/Run-v0":
+        raise EvalError(f"lrun eval scores lrun/Run-v0 policies; this checkpoint was trained on {train_env['id']!r}")
+    return EnvConfig(
+        id="lrun/Run-v0",
+        difficulty=settings.difficulty,
+        max_obstacles=settings.obstacles,
+        physics=settings.physics,
+        frame_skip=train_env["frame_skip"],
+    )
+
+
+def default_out(checkpoint: Path, settings: EvalSettings) -> Path:
+    """RUN_DIR/eval/d<difficulty>-o<obstacles>-s<seed>-n<episodes>, next to the checkpoint's run."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    name = f"d{settings.difficulty}-o{settings.obstacles}-s{settings.seed}-n{settings.episodes}"
+    return run_dir / "eval" / name
+
+
+def run_episode(
+    env: Any,
+    policy: Policy,
+    normaliser: RunningNormaliser | None,
+    seed: int,
+    k: int,
+    deterministic: bool,
+    writer: TrajectoryWriter | None,
+    facts: dict[str, Any],
+    policy_version: int,
+) -> np.ndarray:
+    """One episode from reset(seed) to its end; appends its steps and table row to `writer`; returns its
+    COLUMNS row."""
+    raw, info = env.reset(seed=seed)
+    low = np.asarray(env.action_space.low, np.float64)
+    high = np.asarray(env.action_space.high, np.float64)
+    book = EpisodeBook(1, 0, len(raw), facts, first_row=writer.n_steps if writer else 0, first_counter=k)
+    book.start(0, {"episode_seed": seed, "layout": info.get("layout")})
+    records: dict[str, list] = {name: [] for name in ("obs", "excitations", "reward", "terminated", "truncated")}
+    records.update(value=[], logprob=[], step_in_episode=[])
+    terms: dict[str, list] = {name: [] for name in facts["reward_terms"]}
+    total = 0.0
+    while True:
+        x = normaliser.normalise(raw[None]) if normaliser is not None else raw[None].astype(np.float32)
+        action, logprob, value = policy.act(x, deterministic=deterministic)
+        excitations = policy.env_action(action, low, high).astype(np.float32)[0]
+        obs, reward, terminated, truncated, info = env.step(excitations)
+        total += reward
+        _, steps, rows = book.step_rows()
+        for name, item in (
+            ("obs", raw),
+            ("excitations", excitations),
+            ("reward", reward),
+            ("terminated", terminated),
+            ("truncated", truncated),
+            ("value", value[0]),
+            ("logprob", logprob[0]),
+            ("step_in_episode", steps[0]),
+        ):
+            records[name].append(item)
+        for name in terms:
+            terms[name].append(info.get(name, np.nan))
+        raw = obs
+        if terminated or truncated:
+            break
+    n = len(records["reward"])
+    info = dict(info, episode={"return": total, "task_return": total, "length": n})
+    book.finish(0, info, bool(terminated), obs, int(rows[0]), policy_version)
+    episode = book.take_finished()
+    if writer is not None:
+        columns = {name: np.asarray(values) for name, values in records.items()}
+        columns.update(
+            env_index=np.zeros(n, np.int16),
+            episode_id=np.full(n, k, np.int64),
+            policy_version=np.full(n, policy_version, np.int32),
+        )
+        writer.append_steps(columns, {name: np.asarray(v, np.float32) for name, v in terms.items()})
+        writer.append_episodes(episode)
+        writer.flush()
+    sim_time = getattr(env.unwrapped, "step_count", n) * STEP_SECONDS
+    return np.array(
+        [
+            k,
+            seed,
+            episode["distance"][0],
+            total,
+            n,
+            sim_time,
+            episode["fell"][0],
+            episode["integrator_failure"][0],
+        ],
+        dtype=np.float64,
+    )
+
+
+def summarise(table: np.ndarray) -> dict[str, float]:
+    """Mean/median distance, fall rate with its 95 % Wilson interval, mean speed, integrator failures."""
+    col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
+    n = len(table)
+    falls = int(col["fell"].sum())
+    low, high = wilson_interval(falls, n)
+    return {
+        "episodes": n,
+        "mean_distance_m": float(col["distance"].mean()),
+        "median_distance_m": float(np.median(col["distance"])),
+        "std_distance_m": float(col["distance"].std()),
+        "falls": falls,
+        "fall_rate": falls / n,
+        "fall_rate_ci95": [low, high],
+        "mean_speed_m_s": float((col["distance"] / col["sim_time_s"]).mean()),
+        "mean_task_return": float(col["task_return"].mean()),
+        "mean_length": float(col["length"].mean()),
+        "integrator_failures": int(col["integrator_failure"].sum()),
+    }
+
+
+def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
+    """The summary as a few lines, with the 2017 results to compare with."""
+    low, high = summary["fall_rate_ci95"]
+    return "\n".join(
+        [
+            f"{summary['episodes']} episodes, difficulty {settings.difficulty}, {settings.obstacles} obstacles, "
+            f"{settings.physics} physics, {'deterministic' if settings.deterministic else 'stochastic'} policy, "
+            f"seed {settings.seed}",
+            f"  distance   mean {summary['mean_distance_m']:.2f} m, median {summary['median_distance_m']:.2f} m "
+            f"(std {summary['std_distance_m']:.2f})",
+            f"  falls      {summary['falls']} = {100 * summary['fall_rate']:.1f} % "
+            f"(95 % CI {100 * low:.1f}-{100 * high:.1f} %)",
+            f"  speed      mean {summary['mean_speed_m_s']:.2f} m/s; task return {summary['mean_task_return']:.2f}",
+            f"  integrator failures {summary['integrator_failures']}",
+            "  2017, 10 obstacles (l2r-2017.md): winner ~43 m mean distance with 8-10 % falls; deepsense.ai < 8 % "
+            "falls, < 0.5 % when ~20 % slower",
+        ]
+    )
+
+
+def evaluate(
+    checkpoint: str | Path, settings: EvalSettings, comm: Any = None, stream: TextIO | None = None
+) -> dict[str, Any]:
+    """Run the evaluation on this rank (collective over `comm`); rank 0 returns the summary and the table."""
+    stream = stream or sys.stdout
+    comm = comm if comm is not None else lmpi.comm_world()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    # checks every rank makes alike, before any MPI traffic
+    if settings.episodes < 1:
+        raise ConfigError("--episodes must be >= 1")
+    if settings.difficulty not in (0, 1, 2) or settings.obstacles < 0:
+        raise ConfigError("--difficulty must be 0, 1 or 2 and --obstacles >= 0")
+    from lrun.env.physics import PRESETS
+
+    if settings.physics not in PRESETS:
+        raise ConfigError(f"--physics must be one of {sorted(PRESETS)}")
+    path = resolve_checkpoint(checkpoint)
+    policy, normaliser, payload = load_policy(path)
+    train_config = config_from_dict(payload["config"])
+    env_config = eval_env_config(payload["config"]["env"], settings)
+    out = Path(settings.out) if settings.out else default_out(path, settings)
+    if (out / "eval.json").exists() and not settings.overwrite:
+        raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
+    sleep = train_config.run.wait_sleep
+    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # every rank has passed its checks before rank 0 clears OUT
+    if rank == 0:
+        if (out / "trajectories").exists():
+            shutil.rmtree(out / "trajectories")
+        out.mkdir(parents=True, exist_ok=True)
+    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)
+    env = env_factory(env_config)()
+    facts = env_facts(env)
+    attrs = {
+        "lrun_version": __version__,
+        "config": json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)}),
+        "model_checksum": "",
+        "world_rank": rank,
+        "simulator_index": 0,
+        "checkpoint": str(path),
+    }
+    from lrun.env.model import model_checksum
+
+    attrs["model_checksum"] = model_checksum()
+    writer = TrajectoryWriter(
+        out / "trajectories" / f"rank-{rank:04d}.h5",
+        payload["meta"]["obs_size"],
+        payload["meta"]["act_size"],
+        facts["max_obstacles"],
+        facts["reward_terms"],
+        attrs,
+    )
+    use_normaliser = normaliser if train_config.policy.normalise_observations else None
+    version = int(payload["iteration"])
+    mine = range(rank, settings.episodes, size)
+    table = np.zeros((settings.episodes, len(COLUMNS)))
+    started = time.perf_counter()
+    if rank == 0:
+        print(
+            f"lrun eval: {path} (iteration {version}) on {settings.episodes} episodes over {size} rank"
+            f"{'s' if size > 1 else ''}; results in {out}",
+            file=stream,
+            flush=True,
+        )
+    try:
+        for done, k in enumerate(mine, 1):
+            table[k] = run_episode(
+                env,
+                policy,
+                use_normaliser,
+                episode_seed(settings.seed, k),
+                k,
+                settings.deterministic,
+                writer,
+                facts,
+                version,
+            )
+            if rank == 0:
+                elapsed = time.perf_counter() - started
+                print(
+                    f"  rank 0: {done}/{len(mine)} episodes ({elapsed:.0f} s; episode {k}: "
+                    f"{table[k, 2]:.2f} m{', fell' if table[k, 6] else ''})",
+                    file=stream,
+                    flush=True,
+                )
+    finally:
+        writer.close()
+        env.close()
+    lmpi.Allreduce_sum(comm, table, sleep)  # each episode's row is non-zero on exactly one rank
+    if rank != 0:
+        return {}
+    write_master(out)
+    summary = summarise(table)
+    with open(out / "episodes.csv", "w", newline="") as handle:
+        w = csv.writer(handle)
+        w.writerow(COLUMNS)
+        for row in table:
+            w.writerow([repr(float(v)) if name in FLOAT_COLUMNS else int(v) for name, v in zip(COLUMNS, row)])
+    result = {"checkpoint": str(path), "iteration": version, "settings": asdict(settings), "summary": summary}
+    (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(format_summary(summary, settings), file=stream, flush=True)
+    print(f"wrote {out / 'eval.json'}, {out / 'episodes.csv'} and the episodes' trajectories", file=stream)
+    return {**result, "table": table, "out": str(out)}
