@@ -100,6 +100,29 @@ def _eval(args: argparse.Namespace) -> int:
     return _collective("eval", body)
 
 
+def _transfer_study(args: argparse.Namespace) -> int:
+    from lrun.checkpoint import CheckpointError
+    from lrun.train import StartupError
+    from lrun.transfer_study import run_transfer_study
+
+    def body(comm) -> int:
+        try:
+            result = run_transfer_study(
+                args.source,
+                args.config,
+                args.out,
+                args.methods.split(","),
+                args.set,
+                args.eval_episodes,
+                comm=comm,
+            )
+        except CheckpointError as exc:
+            raise StartupError(str(exc)) from exc
+        return EXIT_STOPPED if result.get("stopped_early") else 0
+
+    return _collective("transfer-study", body)
+
+
 def _store_command(func):
     """Run an analysis command; a bad run directory or file gives one clear line, not an h5py traceback."""
 
@@ -225,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--store", help="run directory whose stored states to imitate on (default: teacher's)")
         sub.set_defaults(func=_transfer)
+
+    ts = commands.add_parser("transfer-study", help="blending vs behavioural cloning (vs scratch) on one transfer")
+    ts.add_argument("source", help="checkpoint file or run directory of the trained source policy")
+    ts.add_argument("config", nargs="?", help="TOML config of the target runs (bigger network, same budget)")
+    ts.add_argument("--out", required=True, help="directory for the methods' runs and the comparison")
+    ts.add_argument("--methods", default="blend,clone,scratch", help="comma-separated (default blend,clone,scratch)")
+    ts.add_argument("--eval-episodes", type=int, default=0, help="also lrun eval each final checkpoint (0: skip)")
+    add_set_option(ts, "override a config key of every method's run (repeatable)")
+    ts.set_defaults(func=_transfer_study)
 
     ev = commands.add_parser("eval", help="score a checkpoint on fixed seeds (MPI ranks share the episodes)")
     ev.add_argument("checkpoint", help="checkpoint file or run directory")

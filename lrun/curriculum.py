@@ -11,10 +11,13 @@ A curriculum file (TOML) names a root directory and its stages:
     name = "run"
     config = "stages/run.toml"
     parent = "walk"
+    transfer = "blend"                   # init (default), blend or clone
 
 Stage S runs in ROOT/S. A stage whose final checkpoint exists is skipped; one with an earlier checkpoint is
-resumed; a new one starts from its parent's final checkpoint (`run.init_from`). So re-running the same command
-continues where it stopped. Every rank of the MPI world runs every stage in turn.
+resumed; a new one starts from its parent's final checkpoint, by `transfer`: `init` loads it into a network of
+the same size (`run.init_from`), `blend` freezes it and blends it with the stage's (bigger) network
+(`blend.source`), `clone` imitates it on its stored states and then trains (`clone.teacher`). So re-running the
+same command continues where it stopped. Every rank of the MPI world runs every stage in turn.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ class Stage:
     config: Path
     parent: str | None = None
     overrides: list[str] = field(default_factory=list)
+    transfer: str = "init"
+
+
+#: How a stage takes its parent's final checkpoint: the config key that receives its path.
+TRANSFER_KEYS = {"init": "run.init_from", "blend": "blend.source", "clone": "clone.teacher"}
 
 
 @dataclass
@@ -55,15 +63,21 @@ def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a curriculum has root and [[stage]] tables")
     stages: list[Stage] = []
     for i, entry in enumerate(data.get("stage", [])):
-        bad = set(entry) - {"name", "config", "parent", "set"}
+        bad = set(entry) - {"name", "config", "parent", "set", "transfer"}
         if bad or "name" not in entry or "config" not in entry:
             raise ConfigError(
-                f"{path}: stage {i + 1}: needs name and config (and may have parent, set); unknown: {sorted(bad)}"
+                f"{path}: stage {i + 1}: needs name and config (and may have parent, set, transfer); "
+                f"unknown: {sorted(bad)}"
+            )
+        transfer = entry.get("transfer", "init")
+        if transfer not in TRANSFER_KEYS:
+            raise ConfigError(
+                f"{path}: stage {entry['name']!r}: transfer must be one of {', '.join(TRANSFER_KEYS)}, got {transfer!r}"
             )
         parent = entry.get("parent")
         if parent is not None and parent not in [s.name for s in stages]:
             raise ConfigError(f"{path}: stage {entry['name']!r}: parent {parent!r} is not an earlier stage")
-        stages.append(Stage(entry["name"], path.parent / entry["config"], parent, list(entry.get("set", []))))
+        stages.append(Stage(entry["name"], path.parent / entry["config"], parent, list(entry.get("set", [])), transfer))
     if not stages:
         raise ConfigError(f"{path}: no [[stage]] tables")
     return Curriculum(Path(root or data.get("root", "runs/curriculum")), stages)
@@ -73,7 +87,8 @@ def stage_config(curriculum: Curriculum, stage: Stage, overrides: list[str]) -> 
     """The stage's training config with its run directory and parent checkpoint filled in."""
     extra = [f"run.run_dir={curriculum.root / stage.name}"]
     if stage.parent is not None:
-        extra.append(f"run.init_from={checkpoint_dir(curriculum.root / stage.parent) / 'checkpoint.pt'}")
+        parent_checkpoint = checkpoint_dir(curriculum.root / stage.parent) / "checkpoint.pt"
+        extra.append(f"{TRANSFER_KEYS[stage.transfer]}={parent_checkpoint}")
     return load_config(stage.config, [*stage.overrides, *overrides, *extra])
 
 

@@ -123,7 +123,7 @@ def run_episode(
     terms: dict[str, list] = {name: [] for name in facts["reward_terms"]}
     total = 0.0
     while True:
-        x = normaliser.normalise(raw[None]) if normaliser is not None else raw[None].astype(np.float32)
+        x = normaliser.normalise(raw[None], clip=False) if normaliser is not None else raw[None].astype(np.float32)
         action, logprob, value = policy.act(x, deterministic=deterministic)
         excitations = policy.env_action(action, low, high).astype(np.float32)[0]
         obs, reward, terminated, truncated, info = env.step(excitations)

@@ -153,7 +153,9 @@ class RolloutCollector:
         self.last_terms: dict[str, np.ndarray] | None = None
 
     def _input(self, raw: np.ndarray) -> np.ndarray:
-        return self.normaliser.normalise(raw) if self.normalise_observations else raw.astype(np.float32)
+        if self.normalise_observations:
+            return self.normaliser.normalise(raw, clip=False)  # the policy clips (after a blend's mapping)
+        return raw.astype(np.float32)
 
     def collect(self, steps: int) -> tuple[Rollout, np.ndarray]:
         """`steps` steps of every env. Returns the rollout and the moments [sum, sumsq, count] of raw obs."""

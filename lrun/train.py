@@ -130,7 +130,7 @@ def initial_policy(config: TrainConfig, start: Start) -> Policy:
     if start.how == "resume":
         policy.load_state_dict(start.payload["policy"])
     elif start.how == "init":
-        policy.load_state_dict(collapse_student(start.source) or start.source["policy"])
+        policy.load_state_dict(start.source["policy"])
     return policy
 
 
@@ -483,21 +483,17 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     source = load_checkpoint(path)
     source["path"] = str(path)
     theirs = source["meta"].get("policy_spec") or {}
+    student = collapse_student(source)
+    if student is not None:  # a finished blend (c = 1) is its new network alone: start from just that
+        theirs = theirs["student"]
+        source = {**source, "policy": student, "meta": {**source["meta"], "policy_spec": theirs}}
     if how == "init":
-        student = collapse_student(source)
-        if theirs.get("kind") == "blend" and student is None:
+        if theirs.get("kind") == "blend":
             raise CheckpointError(
                 f"{path}: {key} names a blend whose coefficient has not reached 1, so its new network cannot "
                 f"act alone; blend it again (blend.source) or let its ramp finish"
             )
-        check_compatible(
-            source, path, problem.obs_size, problem.act_size, plain if student is None else {**theirs, **plain}
-        )
-        if student is not None and theirs["student"] != plain:
-            raise CheckpointError(
-                f"{path}: checkpoint does not fit this config: its new network is "
-                f"{describe_spec(theirs['student'])}, the config's {describe_spec(plain)}"
-            )
+        check_compatible(source, path, problem.obs_size, problem.act_size, plain)
         return Start(problem, plain, source=source, how="init")
     # blend and clone take any architecture, as long as observations, actions and the distribution match
     check_compatible(source, path, problem.obs_size, problem.act_size, theirs)
@@ -725,7 +721,7 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
         raw = store.recent_observations(c.max_states)
     if config.policy.normalise_observations:
         teacher.set_input_statistics(normaliser.mean, normaliser.var)
-        obs = normaliser.normalise(raw)
+        obs = normaliser.normalise(raw, clip=False)
     else:
         obs = raw.astype(np.float32)
     if stream is not None:

@@ -10,7 +10,8 @@ parameters of their action distribution, and the blended policy acts with
   `ramp_iterations` iterations, then held;
 * x is the raw observation o normalised by the run's running statistics, x_F the same o normalised by the
   statistics F was trained with (kept frozen with it), so F sees exactly the inputs it knows even while the
-  run's statistics move on.
+  run's statistics move on. The mapping works on unclipped values (collectors pass them so, and every network
+  clips its own inputs to +-10 afterwards), so it is exact up to float rounding.
 
 At c = 0 the blended policy is F exactly (bit for bit while the run's statistics equal F's); at c = 1 it is S
 alone. The value function is S's critic throughout: it is not behaviour, so it learns from the first
@@ -43,7 +44,6 @@ class BlendedPolicy(Policy):
         frozen: Policy,
         student: Policy,
         frozen_statistics: np.ndarray | None = None,
-        clip: float = _DEFAULTS.clip,
         epsilon: float = _DEFAULTS.epsilon,
     ) -> None:
         """`frozen_statistics`: the normaliser state vector [mean, var, count] F was trained with."""
@@ -63,7 +63,7 @@ class BlendedPolicy(Policy):
         self.student = student
         self.frozen.requires_grad_(False)
         self.frozen.eval()
-        self.clip, self.epsilon = clip, epsilon
+        self.epsilon = epsilon
         n = self.obs_size
         self.register_buffer("frozen_mean", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("frozen_var", torch.ones(n, dtype=torch.float64))
@@ -81,7 +81,7 @@ class BlendedPolicy(Policy):
         self._input_transform = None
 
     def set_input_statistics(self, mean: np.ndarray, var: np.ndarray) -> None:
-        """The run normaliser's current statistics: x_F = clip(x * scale + shift), computed in float64.
+        """The run normaliser's current statistics: x_F = x * scale + shift, scale and shift in float64.
 
         Equal statistics give scale 1 and shift 0 exactly, so x_F is x bit for bit.
         """
@@ -93,11 +93,14 @@ class BlendedPolicy(Policy):
         self.frozen.set_input_statistics(self.frozen_mean.numpy(), self.frozen_var.numpy())
 
     def frozen_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        """x_F: the observations as the frozen policy's own normaliser would have given them."""
+        """x_F: the observations as the frozen policy's own normaliser would have given them.
+
+        Exact where `obs` is unclipped (the collectors pass unclipped values; every network clips its own inputs).
+        """
         if self._input_transform is None:
             return obs
         scale, shift = self._input_transform
-        return (obs * scale + shift).clamp(-self.clip, self.clip)
+        return obs * scale + shift
 
     def set_coefficient(self, value: float) -> None:
         """Set the blend coefficient c in [0, 1]."""

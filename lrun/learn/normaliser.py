@@ -45,10 +45,14 @@ class RunningNormaliser:
         """Fold in a local batch of observations."""
         self.update_from_moments(self.moments(batch))
 
-    def normalise(self, obs: np.ndarray) -> np.ndarray:
-        """(obs - mean) / std, clipped; float32 for the networks."""
+    def normalise(self, obs: np.ndarray, clip: bool = True) -> np.ndarray:
+        """(obs - mean) / std, clipped to +-`clip` unless `clip` is False; float32 for the networks.
+
+        The networks clip their own inputs (`lrun.learn.policy.INPUT_CLIP`), so collectors pass unclipped values:
+        a blend needs them to map observations onto its frozen policy's statistics before clipping.
+        """
         out = (np.asarray(obs, dtype=np.float64) - self.mean) / np.sqrt(self.var + self.epsilon)
-        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+        return (np.clip(out, -self.clip, self.clip) if clip else out).astype(np.float32)
 
     def state_vector(self) -> np.ndarray:
         """[mean, var, count] as one float64 vector (for broadcasts and checkpoints)."""

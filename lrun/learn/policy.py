@@ -11,6 +11,8 @@ from torch import nn
 from torch.distributions import Beta, Distribution, Independent, Normal
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+#: Networks clip their (normalised) inputs to +-INPUT_CLIP themselves, as the normaliser would.
+INPUT_CLIP = 10.0
 DISTRIBUTIONS = ("gaussian", "beta")
 
 
@@ -120,14 +122,14 @@ class ActorCritic(Policy):
 
     def distribution_parameters(self, obs: torch.Tensor) -> torch.Tensor:
         """Gaussian [mean, log std] or Beta [alpha, beta], shape (batch, 2 * act_size)."""
-        out = self.actor(obs)
+        out = self.actor(obs.clamp(-INPUT_CLIP, INPUT_CLIP))
         if self.distribution_name == "gaussian":
             return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
         return nn.functional.softplus(out) + 1.0
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(obs), shape (batch,)."""
-        return self.critic(obs).squeeze(-1)
+        return self.critic(obs.clamp(-INPUT_CLIP, INPUT_CLIP)).squeeze(-1)
 
     def spec(self) -> dict:
         """The architecture, enough to rebuild the network and to check checkpoints against a config."""

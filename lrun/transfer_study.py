@@ -1,0 +1,194 @@
+"""`lrun transfer-study`: policy blending vs behavioural cloning (vs training from scratch) on the same transfer.
+
+Every method trains the same target config (network size, reward, iterations, so the same env-step budget) from
+the same trained source policy, in OUT/<method>:
+
+* blend: the source is frozen and blended into the new network (`blend.source`);
+* clone: the new network first imitates the source on its stored states (`clone.teacher`), then trains;
+* scratch: the new network from random initialisation (the baseline that transfers nothing).
+
+Methods already complete are skipped and interrupted ones resumed, like curriculum stages. Rank 0 then writes
+OUT/comparison.txt (table), OUT/comparison.json and OUT/comparison.png (task return against env steps). With
+`eval_episodes`, each method's final checkpoint is also scored by `lrun eval` on the same fixed seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from lrun.config import ConfigError, load_config
+
+METHODS = {"blend": "blend.source", "clone": "clone.teacher", "scratch": None}
+
+
+def method_overrides(method: str, source: str, out: Path) -> list[str]:
+    """The config overrides that make a target config into this method's run."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown transfer method {method!r}; choose from {', '.join(METHODS)}")
+    extra = [f"run.run_dir={out / method}"]
+    if METHODS[method]:
+        extra.append(f"{METHODS[method]}={source}")
+    return extra
+
+
+def read_progress(run_dir: Path) -> dict[str, np.ndarray]:
+    """progress.csv as float columns."""
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: np.array([float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows]) for key in rows[0]}
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` points, ignoring NaN (iterations in which no episode ended)."""
+    out = np.full(len(values), np.nan)
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
+def summarise_method(run_dir: Path, metric: str = "charts/episodic_task_return") -> dict[str, Any]:
+    """Return at the start and the end of a method's run, its best, and its cost."""
+    p = read_progress(run_dir)
+    values = p[metric]
+    n = len(values)
+    tail = max(1, n // 10)
+    finite = values[np.isfinite(values)]
+    ranks = sorted((run_dir / "ranks").glob("rank-*.json"))
+    wall = max((json.loads(r.read_text())["wall_s"] for r in ranks), default=float("nan"))
+    return {
+        "iterations": n,
+        "env_steps": int(p["env_steps"][-1]),
+        "first_return": float(finite[0]) if len(finite) else float("nan"),
+        "final_return": float(np.nanmean(values[-tail:])) if np.isfinite(values[-tail:]).any() else float("nan"),
+        "best_return_smoothed": float(np.nanmax(smooth(values, 5))) if len(finite) else float("nan"),
+        "final_distance": float(np.nanmean(p["charts/distance"][-tail:]))
+        if np.isfinite(p["charts/distance"][-tail:]).any()
+        else float("nan"),
+        "wall_s": wall,
+    }
+
+
+def source_return(source: str) -> float:
+    """The source run's task return over its last tenth of iterations (the level a transfer should keep)."""
+    from lrun.checkpoint import load_checkpoint, resolve_checkpoint
+
+    run_dir = Path(load_checkpoint(resolve_checkpoint(source))["config"]["run"]["run_dir"])
+    try:
+        return summarise_method(run_dir)["final_return"]
+    except (OSError, KeyError, IndexError):
+        return float("nan")
+
+
+def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
+    """The comparison as a fixed-width table."""
+    evals = any("eval" in r for r in rows.values())
+    head = (
+        f"{'method':8} {'env steps':>10} {'first ret':>10} {'final ret':>10} {'best ret':>9} {'dist (m)':>9} "
+        f"{'wall s':>7}"
+    )
+    if evals:
+        head += f" {'eval dist':>9} {'eval falls':>10}"
+    lines = [f"source policy's final task return: {reference:.3f}", head]
+    for name, r in rows.items():
+        line = (
+            f"{name:8} {r['env_steps']:>10d} {r['first_return']:>10.3f} {r['final_return']:>10.3f} "
+            f"{r['best_return_smoothed']:>9.3f} {r['final_distance']:>9.2f} {r['wall_s']:>7.0f}"
+        )
+        if "eval" in r:
+            e = r["eval"]
+            line += f" {e['mean_distance_m']:>9.2f} {100 * e['fall_rate']:>9.1f}%"
+        lines.append(line)
+    lines.append("returns are the task's own (unshaped) episode returns; 'final' = mean over the last tenth")
+    return "\n".join(lines)
+
+
+def plot_comparison(out: Path, methods: list[str], reference: float) -> Path:
+    """Task return (smoothed) against env steps for every method, the source's level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lrun.analysis.report import save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in methods:
+        p = read_progress(out / method)
+        steps = p["env_steps"]
+        axes[0].plot(steps, smooth(p["charts/episodic_task_return"], 5), label=method)
+        axes[1].plot(steps, smooth(p["charts/distance"], 5), label=method)
+    if np.isfinite(reference):
+        axes[0].axhline(reference, color="grey", linestyle="--", label="source policy")
+    axes[0].set(xlabel="env steps", ylabel="episodic task return (5-iteration mean)", title="return")
+    axes[1].set(xlabel="env steps", ylabel="distance at episode end (m)", title="distance")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("transfer into a bigger network: blending vs behavioural cloning")
+    fig.tight_layout()
+    return save_figure(fig, out / "comparison.png", dpi=110)
+
+
+def run_transfer_study(
+    source: str,
+    config_path: str | None,
+    out: str | Path,
+    methods: list[str],
+    overrides: list[str] | None = None,
+    eval_episodes: int = 0,
+    comm: Any = None,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Train every method (collective over `comm`), then compare; rank 0 returns the comparison."""
+    from lrun import mpi as lmpi
+    from lrun.curriculum import stage_status
+    from lrun.train import train
+
+    stream = stream or sys.stdout
+    comm = comm if comm is not None else lmpi.comm_world()
+    out = Path(out)
+    speak = comm.Get_rank() == 0
+    configs = {m: load_config(config_path, [*(overrides or []), *method_overrides(m, source, out)]) for m in methods}
+    for method, config in configs.items():
+        status, done = stage_status(config)
+        if speak:
+            print(f"== {method}: {status}{f' at iteration {done}' if status == 'resume' else ''}", file=stream)
+        if status == "done":
+            continue
+        last = train(config, resume=config.run.run_dir if status == "resume" else None, comm=comm, stream=stream)
+        if last.get("stopped_early"):
+            return {"stopped_early": True}
+    rows = {m: summarise_method(out / m) for m in methods} if speak else {}
+    if eval_episodes:
+        from lrun.evaluate import EvalSettings, evaluate
+
+        for method in methods:
+            env = configs[method].env
+            settings = EvalSettings(
+                episodes=eval_episodes,
+                difficulty=env.difficulty,
+                obstacles=env.max_obstacles,
+                out=str(out / method / "eval"),
+                overwrite=True,
+            )
+            result = evaluate(out / method, settings, comm=comm, stream=stream)
+            if speak:
+                rows[method]["eval"] = result["summary"]
+    if not speak:
+        return {}
+    reference = source_return(source)
+    text = format_table(rows, reference)
+    (out / "comparison.txt").write_text(text + "\n")
+    (out / "comparison.json").write_text(json.dumps({"source": source, "methods": rows}, indent=1) + "\n")
+    png = plot_comparison(out, methods, reference)
+    print(text, file=stream)
+    print(f"wrote {out / 'comparison.txt'} and {png}", file=stream, flush=True)
+    return {"methods": rows, "reference": reference}

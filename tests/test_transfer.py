@@ -1,0 +1,306 @@
+"""Blending, cloning, `lrun eval` and the transfer study end to end: real OpenSim, real MPI, real HDF5 files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import LRUN, MPIEXEC, run
+
+from lrun.checkpoint import load_checkpoint
+from lrun.evaluate import episode_seed, load_policy
+
+TINY = [
+    "--set",
+    "env.physics=fast",
+    "--set",
+    "layout.envs_per_rank=2",
+    "--set",
+    "ppo.steps_per_env=32",
+    "--set",
+    "ppo.minibatches=4",
+    "--set",
+    "ppo.epochs=2",
+]
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+
+
+def progress(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "progress.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A trained (briefly) 1x16 policy with its stored trajectories."""
+    run_dir = tmp_path_factory.mktemp("transfer") / "source"
+    result = run(
+        [
+            LRUN,
+            "train",
+            *TINY,
+            "--set",
+            "policy.hidden_sizes=[16]",
+            "--set",
+            "run.iterations=3",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+@needs_mpi
+def test_blend_trains_under_mpi_resumes_and_never_touches_the_frozen_network(source, tmp_path):
+    run_dir = tmp_path / "blend"
+    common = [MPIEXEC, "-n", "3", LRUN, "blend", str(source), *TINY, "--ramp", "4"]
+    common += ["--set", "policy.hidden_sizes=[32, 32]", "--set", f"run.run_dir={run_dir}"]
+    result = run([*common, "--set", "run.iterations=2"])
+    assert result.returncode == 0, result.stderr
+    assert "blending: frozen mlp [16] tanh gaussian" in result.stdout and "new mlp [32, 32]" in result.stdout
+    result = run([*common, "--set", "run.iterations=4", "--resume", str(run_dir)])
+    assert result.returncode == 0, result.stderr
+    rows = progress(run_dir)
+    assert [float(r["blend/coefficient"]) for r in rows] == [0.0, 0.25, 0.5, 0.75]
+    checkpoint = load_checkpoint(run_dir)
+    spec = checkpoint["meta"]["policy_spec"]
+    assert (
+        spec["kind"] == "blend"
+        and spec["frozen"]["hidden_sizes"] == [16]
+        and spec["student"]["hidden_sizes"] == [32, 32]
+    )
+    assert float(checkpoint["policy"]["coefficient"]) == 0.75
+    assert checkpoint["lineage"][-1]["how"] == "blend"
+    trained = load_checkpoint(source)
+    for name, tensor in trained["policy"].items():  # four iterations of PPO over MPI left the frozen weights alone
+        torch.testing.assert_close(checkpoint["policy"][f"frozen.{name}"], tensor, rtol=0, atol=0)
+    frozen_stats = torch.cat([checkpoint["policy"]["frozen_mean"], checkpoint["policy"]["frozen_var"]])
+    torch.testing.assert_close(frozen_stats, trained["normaliser"][:-1].to(torch.float64), rtol=0, atol=0)
+    # the run's own normaliser moved on, so the frozen inputs really are mapped
+    assert not torch.equal(checkpoint["normaliser"], trained["normaliser"])
+
+
+def test_blend_at_coefficient_zero_acts_like_the_frozen_policy_in_eval(source, tmp_path):
+    """A whole blend run at c = 0 (its normaliser moving on), then `lrun eval`: every stored action is the one the
+    source policy takes on that observation with its own statistics."""
+    run_dir = tmp_path / "zero"
+    result = run(
+        [
+            LRUN,
+            "blend",
+            str(source),
+            *TINY,
+            "--set",
+            "blend.end=0",
+            "--set",
+            "policy.hidden_sizes=[32]",
+            "--set",
+            "run.iterations=2",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "eval"
+    result = run([LRUN, "eval", str(run_dir), "--episodes", "3", "--physics", "fast", "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out / "trajectories" / "rank-0000.h5", "r") as f:
+        obs, applied = f["steps/obs"][:], f["steps/excitations"][:]
+    assert len(obs) > 100
+    policy, normaliser, _ = load_policy(source)
+    raw, _, _ = policy.act(normaliser.normalise(obs), deterministic=True)
+    expected = policy.env_action(raw, np.zeros(18), np.ones(18))
+    np.testing.assert_allclose(applied, expected, rtol=0, atol=1e-6)
+
+
+def read_table(out: Path) -> list[dict[str, str]]:
+    with open(out / "episodes.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_clone_imitates_the_stored_states_then_trains(source, tmp_path):
+    run_dir = tmp_path / "clone"
+    result = run(
+        [
+            LRUN,
+            "clone",
+            str(source),
+            *TINY,
+            "--set",
+            "policy.hidden_sizes=[32, 32]",
+            "--set",
+            "clone.epochs=10",
+            "--set",
+            "clone.minibatch_size=32",
+            "--set",
+            "run.iterations=1",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cloning on 192 stored states" in result.stdout  # all of the source: 3 iterations x 2 envs x 32 steps
+    with open(run_dir / "clone.csv") as handle:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert [r["epoch"] for r in rows] == list(range(11))
+    assert rows[-1]["holdout_kl"] < 0.5 * rows[0]["holdout_kl"], rows
+    assert rows[-1]["train_kl"] < 0.5 * rows[0]["train_kl"], rows
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["kind"] == "mlp"
+    torch.testing.assert_close(
+        checkpoint["normaliser"][:-1], load_checkpoint(source)["normaliser"][:-1], atol=1, rtol=1
+    )
+
+
+@needs_mpi
+def test_eval_gives_the_same_episodes_on_one_and_three_ranks(source, tmp_path):
+    outs = {}
+    for ranks in (1, 3):
+        out = tmp_path / f"eval-{ranks}"
+        result = run(
+            [
+                MPIEXEC,
+                "-n",
+                str(ranks),
+                LRUN,
+                "eval",
+                str(source),
+                "--episodes",
+                "5",
+                "--difficulty",
+                "2",
+                "--obstacles",
+                "10",
+                "--physics",
+                "fast",
+                "--seed",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
+        assert result.returncode == 0, result.stderr
+        assert "falls" in result.stdout and "95 % CI" in result.stdout and "2017" in result.stdout
+        outs[ranks] = out
+    assert (outs[1] / "episodes.csv").read_text() == (outs[3] / "episodes.csv").read_text()
+    table = read_table(outs[3])
+    assert [int(r["episode"]) for r in table] == list(range(5))
+    assert [int(r["seed"]) for r in table] == [episode_seed(7, k) for k in range(5)]
+    summary = json.loads((outs[3] / "eval.json").read_text())["summary"]
+    distances = [float(r["distance"]) for r in table]
+    assert summary["mean_distance_m"] == pytest.approx(np.mean(distances))
+    assert summary["falls"] == sum(int(r["fell"]) for r in table)
+    low, high = summary["fall_rate_ci95"]
+    assert low <= summary["fall_rate"] <= high
+    # the episodes are in the HDF5 store, with the requested obstacles, and replay exactly
+    ids = []
+    for path in sorted((outs[3] / "trajectories").glob("rank-*.h5")):
+        with h5py.File(path, "r") as f:
+            ids += list(f["episodes/id"][:])
+            assert set(f["episodes/difficulty"][:]) <= {2}
+            assert (f["episodes/n_obstacles"][:] == 10).all()
+    assert sorted(ids) == list(range(5))
+    result = run([LRUN, "replay", str(outs[3]), "--episode", "4"])
+    assert result.returncode == 0 and "max observation deviation 0," in result.stdout, result.stdout + result.stderr
+    result = run([LRUN, "report", str(outs[3])])
+    assert result.returncode == 0, result.stderr
+    result = run([LRUN, "render", str(outs[3]), "--episode", "2", "-o", str(tmp_path / "e.png")])
+    assert result.returncode == 0 and (tmp_path / "e.png").stat().st_size > 0
+
+
+def test_transfer_inputs_that_cannot_work_fail_with_one_line(source, tmp_path):
+    result = run([LRUN, "blend", str(source), *TINY, "--set", "policy.distribution=beta"])
+    assert result.returncode == 2 and "policy.distribution is 'beta'; they must match" in result.stderr
+    result = run([LRUN, "train", "--set", f"run.init_from={source}", "--set", f"blend.source={source}"])
+    assert result.returncode == 2 and "set at most one" in result.stderr
+    unfinished = tmp_path / "unfinished"
+    result = run(
+        [
+            LRUN,
+            "blend",
+            str(source),
+            *TINY,
+            "--ramp",
+            "10",
+            "--set",
+            "run.iterations=1",
+            "--set",
+            f"run.run_dir={unfinished}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    result = run(
+        [LRUN, "train", *TINY, "--set", f"run.init_from={unfinished}", "--set", f"run.run_dir={tmp_path / 'x'}"]
+    )
+    assert result.returncode == 2 and "coefficient has not reached 1" in result.stderr
+    out = tmp_path / "eval"
+    assert run([LRUN, "eval", str(source), "--episodes", "1", "--physics", "fast", "--out", str(out)]).returncode == 0
+    result = run([LRUN, "eval", str(source), "--episodes", "1", "--out", str(out)])
+    assert result.returncode == 2 and "already holds an evaluation" in result.stderr
+    result = run([LRUN, "eval", str(tmp_path / "nothing"), "--episodes", "1"])
+    assert result.returncode == 2 and "no checkpoint at" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_mpi
+def test_transfer_study_compares_blending_cloning_and_scratch_on_one_budget(source, tmp_path):
+    out = tmp_path / "study"
+    result = run(
+        [
+            MPIEXEC,
+            "-n",
+            "3",
+            LRUN,
+            "transfer-study",
+            str(source),
+            "--out",
+            str(out),
+            *TINY,
+            "--set",
+            "policy.hidden_sizes=[32, 32]",
+            "--set",
+            "run.iterations=2",
+            "--set",
+            "blend.ramp_iterations=1",
+            "--set",
+            "clone.epochs=3",
+            "--eval-episodes",
+            "2",
+        ],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    comparison = json.loads((out / "comparison.json").read_text())["methods"]
+    assert set(comparison) == {"blend", "clone", "scratch"}
+    assert len({m["env_steps"] for m in comparison.values()}) == 1  # the same env-step budget
+    assert all("eval" in m for m in comparison.values())
+    text = (out / "comparison.txt").read_text()
+    assert all(name in text for name in ("blend", "clone", "scratch"))
+    assert (out / "comparison.png").stat().st_size > 10_000
+    # re-running skips finished methods
+    again = run(
+        [
+            MPIEXEC,
+            "-n",
+            "3",
+            LRUN,
+            "transfer-study",
+            str(source),
+            "--out",
+            str(out),
+            *TINY,
+            "--set",
+            "policy.hidden_sizes=[32, 32]",
+            "--set",
+            "run.iterations=2",
+            "--methods",
+            "blend",
+        ]
+    )
+    assert again.returncode == 0 and "== blend: done" in again.stdout, again.stderr
