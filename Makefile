@@ -43,7 +43,9 @@ RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR)
 	$(BIN)/lrun report $(RUN_DIR)/fast
+	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun eval $(RUN_DIR)/fast --episodes 6 --difficulty 2 --obstacles 10 --out $(RUN_DIR)/eval
 	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
+	@echo "evaluation of the last stage (reference physics, 10 obstacles): $(RUN_DIR)/eval"
 
 # Submit the full curriculum to Slurm: one job per stage, chained with afterok (see README, "Cluster recipe").
 CURRICULUM ?= experiments/curriculum.toml

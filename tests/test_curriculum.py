@@ -45,7 +45,7 @@ def test_stages_chain_and_a_rerun_continues(tmp_path):
     assert f"starting from {walk_ckpt} (iteration 2)" in result.stdout
     walk, second = load_checkpoint(walk_ckpt), load_checkpoint(tmp_path / "runs" / "run")
     assert second["lineage"] == [
-        {"checkpoint": str(walk_ckpt), "iteration": 2, "run_dir": str(tmp_path / "runs" / "walk")}
+        {"checkpoint": str(walk_ckpt), "iteration": 2, "run_dir": str(tmp_path / "runs" / "walk"), "how": "init"}
     ]
     assert second["iteration"] == 2 and second["env_steps"] == 2 * 2 * 2 * 30  # counters start afresh
     # stage 2 really started from stage 1's weights: its normaliser continued from stage 1's statistics
@@ -95,3 +95,46 @@ def test_bad_curricula_and_missing_parent_checkpoint(tmp_path):
     )
     assert result.returncode == 2 and f"no checkpoint at {tmp_path / 'no-parent'}" in result.stderr
     assert load_curriculum(EXPERIMENTS / "curriculum.toml").stages[-1].parent == "obstacles"
+    with pytest.raises(ConfigError, match="transfer must be one of init, blend, clone"):
+        bad.write_text('[[stage]]\nname = "a"\nconfig = "x.toml"\ntransfer = "copy"\n')
+        load_curriculum(bad)
+    assert [s.transfer for s in load_curriculum(EXPERIMENTS / "curriculum.toml").stages] == [
+        "init",
+        "blend",
+        "blend",
+        "init",
+    ]
+
+
+def test_growing_stages_blend_and_a_finished_blend_hands_on_its_new_network(tmp_path):
+    """walk (1x16) -> run blended into 2x32 (c reaches 1) -> more, initialised from the blend's new network."""
+    small = TINY.replace("[32, 32]", "[16]")
+    grown = TINY.replace('"run.checkpoint_every=1"', '"run.checkpoint_every=1", "blend.ramp_iterations=1"')
+    path = tmp_path / "grow.toml"
+    path.write_text(f'''
+root = "{tmp_path / "runs"}"
+[[stage]]
+name = "walk"
+config = "{EXPERIMENTS / "stages" / "walk.toml"}"
+set = {small}
+[[stage]]
+name = "run"
+config = "{EXPERIMENTS / "stages" / "run.toml"}"
+parent = "walk"
+transfer = "blend"
+set = {grown}
+[[stage]]
+name = "more"
+config = "{EXPERIMENTS / "stages" / "run.toml"}"
+parent = "run"
+set = {TINY}
+''')
+    result = run([LRUN, "curriculum", str(path)])
+    assert result.returncode == 0, result.stderr
+    assert "blending: frozen mlp [16] tanh gaussian" in result.stdout
+    blended = load_checkpoint(tmp_path / "runs" / "run")
+    assert blended["meta"]["policy_spec"]["kind"] == "blend" and blended["lineage"][-1]["how"] == "blend"
+    assert float(blended["policy"]["coefficient"]) == 1.0
+    more = load_checkpoint(tmp_path / "runs" / "more")
+    assert more["meta"]["policy_spec"]["kind"] == "mlp" and more["meta"]["hidden_sizes"] == [32, 32]
+    assert more["lineage"][-1]["how"] == "init" and len(more["lineage"]) == 2

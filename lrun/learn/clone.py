@@ -36,6 +36,15 @@ def teacher_targets(teacher: Policy, obs: torch.Tensor) -> tuple[torch.Tensor, t
     return teacher.distribution_parameters(obs), teacher.value(obs)
 
 
+@torch.no_grad()
+def copy_exploration_noise(student: Policy, teacher: Policy) -> None:
+    """A Gaussian student's state-independent log std := the teacher's (learning it by gradient takes ages)."""
+    log_std = getattr(student, "log_std", None)
+    if student.distribution_name == "gaussian" and isinstance(log_std, torch.nn.Parameter):
+        parameters = teacher.distribution_parameters(torch.zeros(1, teacher.obs_size))
+        log_std.copy_(parameters[0, teacher.act_size :])
+
+
 def imitation_losses(
     student: Policy, obs: torch.Tensor, target_parameters: torch.Tensor, target_values: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +70,7 @@ def clone_policy(
     """
     if len(obs) < 2:
         raise ValueError(f"behavioural cloning needs stored states; got {len(obs)}")
+    copy_exploration_noise(student, teacher)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(obs))
     n_hold = max(1, round(settings.holdout_fraction * len(obs))) if settings.holdout_fraction > 0 else 0
