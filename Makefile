@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test lint bench bench-env bench-train run submit clean
+.PHONY: install test lint bench bench-env bench-train bench-soak run submit clean
 
 RANKS ?= 3
 
@@ -37,6 +37,11 @@ bench-env: install
 bench-train: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench train --json bench-results/train.json
+
+# RSS of every rank over 100,000 env steps with resets (about 6 minutes here); not part of `make bench`.
+bench-soak: install
+	mkdir -p bench-results
+	$(BIN)/lrun bench soak --steps 100000 --json bench-results/soak.json
 
 # The main job: a short local training run under the pip MPICH's mpiexec.
 RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)

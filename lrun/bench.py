@@ -13,15 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lrun.env.physics import PRESETS, Physics
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MB (Linux /proc)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("VmRSS not found in /proc/self/status")
+from lrun.memory import rss_mb
 
 
 @dataclass
@@ -342,6 +334,91 @@ def bench_train(
     figures["efficiency"] = figures["train_steps_per_s"] / figures["ideal_steps_per_s"]
     figures["efficiency_vs_concurrent"] = figures["train_steps_per_s"] / concurrent
     return figures
+
+
+def bench_soak(
+    env_steps: int = 100_000, ranks: int = 3, overrides: list[str] | None = None, run_dir: str | None = None
+) -> dict:
+    """Memory soak: `mpiexec -n ranks lrun train` for `env_steps` env steps on Run-v0 at difficulty 2 with 10
+    obstacles (every reset draws a new layout and rebuilds the OpenSim model), storing every step in HDF5.
+
+    Returns each rank's RSS after its second iteration (warm) and at the end, and the growth between them.
+    """
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from lrun.config import load_config
+    from lrun.store.reader import RunStore
+
+    settings = [
+        "env.difficulty=2",
+        "env.max_obstacles=10",
+        "env.physics=fast",
+        "layout.envs_per_rank=4",
+        "ppo.steps_per_env=128",
+        "ppo.epochs=2",
+        "policy.hidden_sizes=[64, 64]",
+        "run.checkpoint_every=10",
+        *(overrides or []),
+    ]
+    config = load_config(None, settings)
+    per_iteration = (ranks - config.layout.learners) * config.layout.envs_per_rank * config.ppo.steps_per_env
+    iterations = max(3, -(-env_steps // per_iteration))
+    bin_dir = Path(sys.executable).parent
+    mpiexec = shutil.which("mpiexec", path=str(bin_dir)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise RuntimeError("mpiexec not found (pip install mpich)")
+    run_dir = run_dir or tempfile.mkdtemp(prefix="lrun-bench-soak-")
+    command = [mpiexec, "-n", str(ranks), str(bin_dir / "lrun"), "train"]
+    for item in [*settings, f"run.iterations={iterations}", f"run.run_dir={run_dir}"]:
+        command += ["--set", item]
+    print(f"running: {' '.join(command)}", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    subprocess.run(command, check=True, env=env, stdout=sys.stderr)
+    per_rank = []
+    for path in sorted((Path(run_dir) / "ranks").glob("rank-*.json")):
+        stats = json.loads(path.read_text())
+        samples = stats["rss_mb"]
+        warm = next(mb for it, mb in samples if it >= 2)
+        per_rank.append(
+            {
+                "rank": stats["world_rank"],
+                "role": stats["role"],
+                "rss_warm_mb": warm,
+                "rss_end_mb": samples[-1][1],
+                "rss_max_mb": max(mb for _, mb in samples),
+                "growth_mb": samples[-1][1] - warm,
+            }
+        )
+    with RunStore(run_dir) as store:
+        episodes = len(store.episodes(["id"])["id"])
+    return {
+        "env_steps": iterations * per_iteration,
+        "iterations": iterations,
+        "episodes": episodes,
+        "ranks": per_rank,
+        "max_growth_mb": max(r["growth_mb"] for r in per_rank),
+        "run_dir": run_dir,
+    }
+
+
+def format_soak(f: dict) -> str:
+    """The soak's figures as lines."""
+    lines = [
+        f"memory soak: {f['env_steps']} env steps in {f['iterations']} iterations, {f['episodes']} episodes "
+        "(each reset rebuilds the OpenSim model with a new obstacle layout)"
+    ]
+    for r in f["ranks"]:
+        lines.append(
+            f"  rank {r['rank']} ({r['role']}): RSS {r['rss_warm_mb']:.1f} MB after iteration 2, "
+            f"{r['rss_end_mb']:.1f} MB at the end (max {r['rss_max_mb']:.1f}): growth {r['growth_mb']:+.1f} MB"
+        )
+    verdict = "flat" if f["max_growth_mb"] < 20 else "GROWING"
+    lines.append(f"  largest growth {f['max_growth_mb']:+.1f} MB (goal < 20 MB): {verdict}")
+    return "\n".join(lines)
 
 
 def format_train_bench(f: dict[str, float]) -> str:

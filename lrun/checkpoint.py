@@ -32,6 +32,9 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int
     """
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".*.tmp-*"):  # left by a writer that crashed mid-write; only rank 0 writes here
+        if not stale.name.endswith(f".tmp-{os.getpid()}"):
+            stale.unlink(missing_ok=True)
     payload = {"format": FORMAT, **payload}
     target = directory / f"iter-{iteration:06d}.pt"
     for path in (target, directory / LATEST):

@@ -214,6 +214,17 @@ def _bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_soak(args: argparse.Namespace) -> int:
+    from lrun.bench import bench_soak, format_soak
+
+    figures = bench_soak(env_steps=args.steps, ranks=args.ranks, overrides=args.set)
+    print(format_soak(figures))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=2)
+    return 0 if figures["max_growth_mb"] < 20 else 1
+
+
 def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     """The repeatable `--set SECTION.KEY=VALUE` config override."""
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help_text)
@@ -312,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(tr, "override a config key (repeatable)")
     tr.add_argument("--json", help="also write the figures to this JSON file")
     tr.set_defaults(func=_bench_train)
+    soak = bench_kinds.add_parser("soak", help="RSS of every rank over a long training run with many resets")
+    soak.add_argument("--steps", type=int, default=100_000, help="env steps (default 100000)")
+    soak.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3)")
+    add_set_option(soak, "override a config key (repeatable)")
+    soak.add_argument("--json", help="also write the figures to this JSON file")
+    soak.set_defaults(func=_bench_soak)
     return parser
 
 

@@ -48,6 +48,7 @@ from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.logger import ProgressLogger
+from lrun.memory import RssLog
 from lrun.rollout import Rollout, RolloutCollector, pack_rollout, unpack_rollout
 from lrun.store.reader import RunStore, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts
@@ -401,6 +402,7 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         raise StartupError(str(exc)) from exc
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    RSS.reset()  # a curriculum trains several stages in one process
     previous = install_stop_handlers(comm.Get_rank() == 0)
     if layout.role == "simulator":
         stop = simulate(config, start, comm, layout)
@@ -511,8 +513,13 @@ def distribution_of(spec: dict) -> str:
     return distribution_of(spec["student"]) if spec.get("kind") == "blend" else spec.get("distribution", "")
 
 
+#: This process's RSS after each iteration (every rank role samples it; `lrun bench soak` reads it).
+RSS = RssLog()
+
+
 def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
-    """Each rank's wall and CPU time, in total and while waiting: run_dir/ranks/rank-NNNN.json."""
+    """Each rank's wall and CPU time, in total and while waiting, and its RSS per iteration:
+    run_dir/ranks/rank-NNNN.json."""
     directory = Path(config.run.run_dir) / "ranks"
     directory.mkdir(parents=True, exist_ok=True)
     stats = {
@@ -522,6 +529,7 @@ def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float
         "cpu_s": cpu_s,
         "wait_wall_s": lmpi.WAIT_STATS["wall_s"],
         "wait_cpu_s": lmpi.WAIT_STATS["cpu_s"],
+        "rss_mb": RSS.samples,
     }
     (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
 
@@ -554,6 +562,7 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
             rollout.wait_s, rollout.store_s = waited, stored
             waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, sleep)
             stored = store_rollout(collector, writer)  # while the learners update
+            RSS.sample(iteration + 1)
             waited += lmpi.Allreduce_sum(comm, moments, sleep)
             waited += lmpi.Bcast(comm, message, 0, sleep)
     finally:
@@ -667,6 +676,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
             ):
                 raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
         state.env_steps += new_steps if layout.is_root else 0
+        RSS.sample(state.iteration)
         if layout.is_root:
             last = summarise(
                 state.iteration,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, start
 
-from lrun.checkpoint import load_checkpoint
+from lrun.checkpoint import load_checkpoint, save_checkpoint
 from lrun.store.reader import RunStore
 
 
@@ -69,3 +69,81 @@ def test_sigkill_of_a_rank_ends_the_job_and_resume_completes(tmp_path, victim):
         ids = store.episodes(["id"])["id"]
     assert np.array_equal(np.bincount(versions), [2 * 4 * 100] * target)  # tiny.toml: 2 sims x 4 envs x 100
     assert len(np.unique(ids)) == len(ids)
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path, monkeypatch):
+    """In process: the write dies half way (disk full, node lost); the previous checkpoint still loads."""
+    import torch
+
+    from lrun import checkpoint
+
+    save_checkpoint(tmp_path, {"iteration": 1, "weights": torch.arange(1000.0)}, 1)
+    real_save = torch.save
+
+    def dies_half_way(obj, handle):
+        real_save(obj, handle)
+        handle.truncate(handle.tell() // 2)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.arange(1000.0) * 2}, 2)
+    monkeypatch.undo()
+    latest = load_checkpoint(tmp_path)
+    assert latest["iteration"] == 1 and torch.equal(latest["weights"], torch.arange(1000.0))
+    leftovers = list((tmp_path / "checkpoints").glob(".*.tmp-*"))
+    assert leftovers  # the half-written file stayed a temporary file, never became checkpoint.pt
+    save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.arange(1000.0) * 2}, 2)
+    assert load_checkpoint(tmp_path)["iteration"] == 2
+
+
+WRITER = """
+import sys, torch
+from lrun.checkpoint import save_checkpoint
+run_dir, first = sys.argv[1], int(sys.argv[2])
+for i in range(first, first + 10_000):
+    save_checkpoint(run_dir, {"iteration": i, "weights": torch.full((4_000_000,), float(i))}, i)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_path):
+    """A real process writing 16 MB checkpoints back to back, killed with SIGKILL at arbitrary moments."""
+    import subprocess
+    import sys
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    first = 1
+    mid_write = 0
+    for _ in range(6):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(first)], stdout=subprocess.PIPE, text=True
+        )
+        writer.stdout.readline()  # one checkpoint is complete
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "checkpoints").glob(".*.tmp-*")) and time.monotonic() < deadline:
+            time.sleep(0.001)  # wait for the next write to begin ...
+        time.sleep(float(rng.uniform(0.0, 0.02)))  # ... and kill it somewhere inside
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        mid_write += bool(list((tmp_path / "checkpoints").glob(".*.tmp-*")))  # killed inside a write
+        latest = load_checkpoint(tmp_path)
+        i = latest["iteration"]
+        assert i >= first and torch.equal(latest["weights"], torch.full((4_000_000,), float(i)))
+        for path in (tmp_path / "checkpoints").glob("iter-*.pt"):  # every kept iteration file is whole too
+            assert load_checkpoint(path)["iteration"] == int(path.stem.split("-")[1])
+        first = i + 1
+    assert mid_write >= 1  # kills really landed inside writes
+
+
+def test_soak_bench_reports_every_rank(tmp_path):
+    result = run([LRUN, "bench", "soak", "--steps", "1000", "--json", str(tmp_path / "soak.json")])
+    assert result.returncode == 0, result.stderr
+    import json
+
+    figures = json.loads((tmp_path / "soak.json").read_text())
+    assert [r["role"] for r in figures["ranks"]] == ["learner", "simulator", "simulator"]
+    assert figures["episodes"] > 0 and all(r["rss_end_mb"] > 100 for r in figures["ranks"])
+    assert "goal < 20 MB" in result.stdout
