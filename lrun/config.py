@@ -124,6 +124,10 @@ class BlendConfig:
     start: float = doc("blend coefficient c at the first iteration (0: act exactly like the frozen policy)", 0.0)
     end: float = doc("blend coefficient c after the ramp (1: the new network alone)", 1.0)
     ramp_iterations: int = doc("iterations over which c moves linearly from start to end", 100)
+    distill_coef: float = doc(
+        "weight of the new network's distillation of the frozen policy, times (1 - c), added to the PPO loss (0: off)",
+        1.0,
+    )
 
 
 @dataclass
@@ -300,6 +304,7 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.blend.start <= 1.0, "blend.start must lie in [0, 1]"),
         (0.0 <= config.blend.end <= 1.0, "blend.end must lie in [0, 1]"),
         (config.blend.ramp_iterations >= 0, "blend.ramp_iterations must be >= 0"),
+        (config.blend.distill_coef >= 0, "blend.distill_coef must be >= 0"),
         (config.clone.max_states >= 2, "clone.max_states must be >= 2"),
         (config.clone.epochs >= 1, "clone.epochs must be >= 1"),
         (config.clone.minibatch_size >= 1, "clone.minibatch_size must be >= 1"),

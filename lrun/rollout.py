@@ -18,7 +18,7 @@ from lrun.learn.policy import Policy
 from lrun.store.recorder import EpisodeBook
 
 HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s")
-EPISODE_FIELDS = ("return", "length", "distance", "task_return")
+EPISODE_FIELDS = ("return", "length", "distance", "task_return", "integrator_failure")
 
 
 @dataclass
@@ -196,9 +196,9 @@ class RolloutCollector:
                     final_values[t, i] = self.policy.values(self._input(info["final_observation"][None]))[0]
                 final = info["final_observation"]
                 distance = float("nan") if self.distance_index is None else float(final[self.distance_index])
-                episodes.append(
-                    (info["episode"]["return"], info["episode"]["length"], distance, info["episode"]["task_return"])
-                )
+                episode = info["episode"]
+                failure = float(bool(info.get("integrator_failure", False)))
+                episodes.append((episode["return"], episode["length"], distance, episode["task_return"], failure))
                 if book is not None:
                     book.finish(int(i), info, bool(term[i]), final, int(rows[i]), self.policy_version)
                     book.start(int(i), info["reset_info"])

@@ -49,7 +49,7 @@ from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_paramet
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
-from lrun.rollout import Rollout, RolloutCollector, pack_rollout, unpack_rollout
+from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
 from lrun.store.reader import RunStore, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts
 from lrun.store.writer import TrajectoryWriter, cut_back
@@ -140,7 +140,7 @@ def schedule_blend(policy: Policy, config: TrainConfig, iteration: int) -> float
     if not isinstance(policy, BlendedPolicy) or not config.blend.source:
         return None
     c = blend_coefficient(iteration, config.blend.start, config.blend.end, config.blend.ramp_iterations)
-    policy.set_coefficient(c)
+    policy.set_coefficient(c, config.blend.distill_coef)
     return c
 
 
@@ -343,7 +343,7 @@ def summarise(
     reward_terms: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """The scalars logged per iteration (CleanRL-style names); `reward/<term>` is a term's mean per step."""
-    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, 4))
+    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, len(EPISODE_FIELDS)))
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
     store = float(np.mean([r.store_s for r in rollouts]))
@@ -357,6 +357,7 @@ def summarise(
         "charts/episodic_return_median": float(np.median(episodes[:, 0])) if len(episodes) else nan,
         "charts/episodic_length": float(episodes[:, 1].mean()) if len(episodes) else nan,
         "charts/episodic_task_return": float(episodes[:, 3].mean()) if len(episodes) else nan,
+        "charts/integrator_failures": int(episodes[:, 4].sum()),
         "charts/distance": float(np.nanmean(episodes[:, 2]))
         if len(episodes) and not np.isnan(episodes[:, 2]).all()
         else nan,
@@ -690,6 +691,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
             )
             if coefficient is not None:
                 last["blend/coefficient"] = coefficient
+                last["blend/distillation_loss"] = losses.get("auxiliary_loss", 0.0)
             logger.log(last)
             if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
                 save_checkpoint(config.run.run_dir, state.payload(), state.iteration)

@@ -184,3 +184,36 @@ def test_cloning_reduces_the_imitation_loss(distribution):
     twin = ActorCritic(OBS, ACT, (64, 64), "tanh", distribution)
     clone_policy(twin, teacher, obs, CloneSettings(epochs=15, learning_rate=3e-3), seed=0)
     np.testing.assert_array_equal(flat_parameters(twin), flat_parameters(student))
+
+
+def test_blending_distils_the_frozen_policy_into_the_new_network():
+    """With c < 1, PPO also pulls the new network's own distribution towards the frozen one (KL falls)."""
+    frozen = trained_policy()
+    normaliser = statistics(0)
+    blend = blend_of(frozen, normaliser)
+    blend.set_input_statistics(normaliser.mean, normaliser.var)
+    blend.set_coefficient(0.2, distill_coef=1.0)
+    frozen_before = flat_parameters_of(frozen)
+    rng = np.random.default_rng(1)
+    obs = normaliser.normalise(rng.normal(2, 3, size=(512, OBS)), clip=False)
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        before = float(blend.distillation_kl(x))
+        assert float(blend.auxiliary_loss(x)) == pytest.approx(0.8 * before, rel=1e-5)
+    learner = PPOLearner(blend, PPOSettings(epochs=5, minibatches=4, learning_rate=3e-3))
+    for _ in range(5):
+        actions, logprobs, values = blend.act(obs)
+        batch = Batch.from_numpy(
+            obs=obs, actions=actions, logprobs=logprobs, advantages=np.zeros(512), returns=values, values=values
+        )
+        metrics = learner.update(batch)
+    assert "auxiliary_loss" in metrics
+    with torch.no_grad():
+        assert float(blend.distillation_kl(x)) < 0.2 * before
+    np.testing.assert_array_equal(flat_parameters_of(frozen), frozen_before)
+    blend.set_coefficient(1.0)
+    assert blend.auxiliary_loss(x) is None  # the term fades out with c
+
+
+def flat_parameters_of(module: torch.nn.Module) -> np.ndarray:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]).numpy().copy()

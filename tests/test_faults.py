@@ -147,3 +147,41 @@ def test_soak_bench_reports_every_rank(tmp_path):
     assert [r["role"] for r in figures["ranks"]] == ["learner", "simulator", "simulator"]
     assert figures["episodes"] > 0 and all(r["rss_end_mb"] > 100 for r in figures["ranks"])
     assert "goal < 20 MB" in result.stdout
+
+
+def test_integrator_failures_end_episodes_are_counted_and_never_end_the_run(tmp_path):
+    """Fault injection (a NaN velocity every 20th step) through real OpenSim integration in a training run."""
+    import csv
+
+    run_dir = tmp_path / "faulty"
+    result = run(
+        [
+            LRUN,
+            "train",
+            "--set",
+            "env.physics=fast",
+            "--set",
+            "env.kwargs={fault_every = 20}",
+            "--set",
+            "layout.envs_per_rank=2",
+            "--set",
+            "ppo.steps_per_env=50",
+            "--set",
+            "ppo.minibatches=4",
+            "--set",
+            "ppo.epochs=1",
+            "--set",
+            "run.iterations=2",
+            "--set",
+            f"run.run_dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    with open(run_dir / "progress.csv") as handle:
+        logged = sum(int(row["charts/integrator_failures"]) for row in csv.DictReader(handle))
+    with RunStore(run_dir) as store:
+        episodes = store.episodes(["integrator_failure", "fell", "length"])
+        rewards = store.steps(["reward", "obs"])
+    assert logged == int(episodes["integrator_failure"].sum()) == 10  # 2 envs x 100 steps / 20
+    assert (episodes["length"] == 20).all() and not episodes["fell"].any()
+    assert np.isfinite(rewards["reward"]).all() and np.isfinite(rewards["obs"]).all()  # no NaN reached the learner

@@ -40,13 +40,20 @@ class RunEnv(gym.Env):
         max_obstacles: int = 3,
         physics: Physics | str | dict | None = None,
         model_file: str | None = None,
+        fault_every: int = 0,
     ) -> None:
+        """`fault_every` > 0 is fault injection for tests and drills (`env.kwargs = {fault_every = N}`): every
+        N-th step of an episode starts from a state with a NaN velocity, which OpenSim's integration and lrun's
+        failure handling then meet as they would a real blow-up."""
         if difficulty not in (0, 1, 2):
             raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
         if not isinstance(max_obstacles, int) or max_obstacles < 0:
             raise ValueError(f"max_obstacles must be a non-negative int, got {max_obstacles!r}")
         self.difficulty = difficulty
         self.max_obstacles = max_obstacles
+        if not isinstance(fault_every, int) or fault_every < 0:
+            raise ValueError(f"fault_every must be a non-negative int, got {fault_every!r}")
+        self.fault_every = fault_every
         self.physics = resolve_physics(physics)
         self.sim = GaitModel(max_obstacles, self.physics, model_file)
         self.muscle_names = self.sim.muscle_names
@@ -90,6 +97,10 @@ class RunEnv(gym.Env):
             raise RuntimeError("step() called on a finished episode: call reset() first")
         excitations = self._validate_action(action)
         previous_x = self._obs[1]
+        if self.fault_every and (self.step_count + 1) % self.fault_every == 0:
+            snapshot = self.get_state()
+            snapshot["state_variables"][1] = np.nan  # pelvis tilt speed
+            self.set_state(snapshot)
         self.sim.set_excitations(excitations)
         self.step_count += 1
         try:

@@ -14,8 +14,16 @@ parameters of their action distribution, and the blended policy acts with
   clips its own inputs to +-10 afterwards), so it is exact up to float rounding.
 
 At c = 0 the blended policy is F exactly (bit for bit while the run's statistics equal F's); at c = 1 it is S
-alone. The value function is S's critic throughout: it is not behaviour, so it learns from the first
-iteration. Gradients reach S only: F's parameters do not require gradients and F runs under `no_grad`. The
+alone. On its own, S starts far from F (its outputs start near 0), so raising c would first pull the actions
+towards 0 and undo what F knows. So while c < 1, S also distils F on the states the blend visits: PPO adds
+
+    distill_coef * (1 - c) * mean KL(pi_F(.|o) || pi_S(.|o))
+
+to its loss, with pi_S the new network's own distribution (not the blend's). S thus learns F's behaviour on
+the states that matter, while PPO improves the blended policy; the term fades out as S takes over.
+
+The value function is S's critic throughout: it is not behaviour, so it learns from the first iteration.
+Gradients reach S only: F's parameters do not require gradients and F runs under `no_grad`. The policy
 gradient reaching S is scaled by c, which Adam's step normalisation undoes, so S learns at the configured rate
 even while c is small.
 
@@ -29,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributions import kl_divergence
 
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, Policy
@@ -68,6 +77,7 @@ class BlendedPolicy(Policy):
         self.register_buffer("frozen_mean", torch.zeros(n, dtype=torch.float64))
         self.register_buffer("frozen_var", torch.ones(n, dtype=torch.float64))
         self.register_buffer("coefficient", torch.zeros((), dtype=torch.float32))
+        self.distill_coef = 0.0  # set with the coefficient (`set_coefficient`); not state: the config decides
         if frozen_statistics is not None:
             self.set_frozen_statistics(frozen_statistics)
         self._input_transform: tuple[torch.Tensor, torch.Tensor] | None = None  # None: x_F = x
@@ -102,11 +112,27 @@ class BlendedPolicy(Policy):
         scale, shift = self._input_transform
         return obs * scale + shift
 
-    def set_coefficient(self, value: float) -> None:
-        """Set the blend coefficient c in [0, 1]."""
+    def set_coefficient(self, value: float, distill_coef: float | None = None) -> None:
+        """Set the blend coefficient c in [0, 1] (and the distillation weight, if given)."""
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"blend coefficient must lie in [0, 1], got {value}")
         self.coefficient.fill_(value)
+        if distill_coef is not None:
+            self.distill_coef = distill_coef
+
+    def distillation_kl(self, obs: torch.Tensor) -> torch.Tensor:
+        """Mean KL(pi_F || pi_S) over these observations; gradients reach S only."""
+        with torch.no_grad():
+            target = self.frozen.distribution_parameters(self.frozen_inputs(obs))
+        teacher = self.student.distribution_from(target)
+        return kl_divergence(teacher, self.student.distribution(obs)).mean()
+
+    def auxiliary_loss(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """distill_coef * (1 - c) * distillation KL, or None when that weight is 0."""
+        weight = self.distill_coef * (1.0 - float(self.coefficient))
+        if weight <= 0.0:
+            return None
+        return weight * self.distillation_kl(obs)
 
     def distribution_parameters(self, obs: torch.Tensor) -> torch.Tensor:
         """(1 - c) * theta_F(x_F) + c * theta_S(x)."""

@@ -57,6 +57,10 @@ class Policy(nn.Module):
     def set_input_statistics(self, mean: np.ndarray, var: np.ndarray) -> None:
         """The observation normaliser's current statistics; a plain network ignores them (blends use them)."""
 
+    def auxiliary_loss(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """A loss PPO adds to its own on these observations (a blend's distillation); None for a plain network."""
+        return None
+
     def distribution_from(self, parameters: torch.Tensor) -> Distribution:
         """The distribution these parameters describe."""
         first, second = torch.chunk(parameters, 2, dim=-1)

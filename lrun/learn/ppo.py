@@ -131,6 +131,10 @@ class PPOLearner:
                 losses = ppo_losses(self.policy, mb, s.clip_coef, s.clip_value_loss)
                 entropy_loss = losses["entropy"]
                 loss = losses["pg_loss"] - s.ent_coef * entropy_loss + s.vf_coef * losses["v_loss"]
+                auxiliary = self.policy.auxiliary_loss(mb.obs)  # a blend's distillation of its frozen policy
+                if auxiliary is not None:
+                    loss = loss + auxiliary
+                    losses["auxiliary_loss"] = auxiliary
                 self.optimizer.zero_grad()
                 loss.backward()
                 if self.reduce_gradients is not None:
