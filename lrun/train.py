@@ -50,7 +50,7 @@ from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
-from lrun.store.reader import RunStore, rank_files, write_master
+from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts
 from lrun.store.writer import TrajectoryWriter, cut_back
 
@@ -399,7 +399,7 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         comm = lmpi.comm_world()
     try:
         start = startup_checks(config, resume, comm.Get_size())
-    except (ConfigError, lmpi.LayoutError, CheckpointError, ValueError, OSError) as exc:
+    except (ConfigError, lmpi.LayoutError, CheckpointError, StoreError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from exc
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -505,8 +505,21 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             f"{path}: {key} has a {distribution_of(theirs)} policy and policy.distribution is "
             f"{plain['distribution']!r}; they must match"
         )
+    if how == "clone":
+        check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.obs_size)
     spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
     return Start(problem, spec, source=source, how=how)
+
+
+def check_clone_store(store_dir: str, obs_size: int) -> None:
+    """The store cloning learns from exists, holds steps, and its observations fit this env."""
+    with RunStore(store_dir) as store:
+        widths = {f["steps/obs"].shape[1] for f in store.files}
+        rows = sum(f["steps/obs"].shape[0] for f in store.files)
+    if widths != {obs_size}:
+        raise StoreError(f"{store_dir}: stored observations have {sorted(widths)} values, this env {obs_size}")
+    if rows < 2:
+        raise StoreError(f"{store_dir}: the store holds {rows} steps; cloning needs stored states")
 
 
 def distribution_of(spec: dict) -> str:

@@ -87,6 +87,12 @@ def source_return(source: str) -> float:
         return float("nan")
 
 
+def number(value: float, spec: str) -> str:
+    """`value` formatted, or a right-aligned '-' where it is NaN (no distance outside lrun/Run-v0)."""
+    width = int(spec.split(".")[0])
+    return f"{value:{spec}}" if np.isfinite(value) else "-".rjust(width)
+
+
 def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
     """The comparison as a fixed-width table."""
     evals = any("eval" in r for r in rows.values())
@@ -100,7 +106,7 @@ def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
     for name, r in rows.items():
         line = (
             f"{name:8} {r['env_steps']:>10d} {r['first_return']:>10.3f} {r['final_return']:>10.3f} "
-            f"{r['best_return_smoothed']:>9.3f} {r['final_distance']:>9.2f} {r['wall_s']:>7.0f}"
+            f"{r['best_return_smoothed']:>9.3f} {number(r['final_distance'], '9.2f')} {r['wall_s']:>7.0f}"
         )
         if "eval" in r:
             e = r["eval"]
@@ -119,20 +125,23 @@ def plot_comparison(out: Path, methods: list[str], reference: float) -> Path:
 
     from lrun.analysis.report import save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method in methods:
-        p = read_progress(out / method)
-        steps = p["env_steps"]
-        axes[0].plot(steps, smooth(p["charts/episodic_task_return"], 5), label=method)
-        axes[1].plot(steps, smooth(p["charts/distance"], 5), label=method)
+    progress = {method: read_progress(out / method) for method in methods}
+    with_distance = any(np.isfinite(p["charts/distance"]).any() for p in progress.values())  # lrun/Run-v0 only
+    fig, axes = plt.subplots(1, 2 if with_distance else 1, figsize=(11 if with_distance else 6, 4), squeeze=False)
+    axes = axes[0]
+    for method, p in progress.items():
+        axes[0].plot(p["env_steps"], smooth(p["charts/episodic_task_return"], 5), label=method)
+        if with_distance:
+            axes[1].plot(p["env_steps"], smooth(p["charts/distance"], 5), label=method)
     if np.isfinite(reference):
         axes[0].axhline(reference, color="grey", linestyle="--", label="source policy")
     axes[0].set(xlabel="env steps", ylabel="episodic task return (5-iteration mean)", title="return")
-    axes[1].set(xlabel="env steps", ylabel="distance at episode end (m)", title="distance")
+    if with_distance:
+        axes[1].set(xlabel="env steps", ylabel="distance at episode end (m)", title="distance")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("transfer into a bigger network: blending vs behavioural cloning")
+    fig.suptitle("transfer into a bigger network: blending vs behavioural cloning vs scratch")
     fig.tight_layout()
     return save_figure(fig, out / "comparison.png", dpi=110)
 

@@ -36,3 +36,8 @@ def read_until(process: subprocess.Popen, prefix: str) -> None:
         if line.startswith(prefix):
             return
     raise AssertionError(f"output ended before a line starting {prefix!r}: {process.stderr.read()[-2000:]}")
+
+
+def sets(*items: str) -> list[str]:
+    """`--set` options, one per SECTION.KEY=VALUE item."""
+    return [arg for item in items for arg in ("--set", item)]

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import LRUN, MPIEXEC, run
+from helpers import LRUN, MPIEXEC, run, sets
 
 from lrun.checkpoint import load_checkpoint
 from lrun.evaluate import episode_seed, load_policy
@@ -304,3 +304,13 @@ def test_transfer_study_compares_blending_cloning_and_scratch_on_one_budget(sour
         ]
     )
     assert again.returncode == 0 and "== blend: done" in again.stdout, again.stderr
+
+
+def test_clone_needs_a_store_that_fits(source, tmp_path):
+    result = run([LRUN, "clone", str(source), *TINY, "--store", str(tmp_path / "nowhere")])
+    assert result.returncode == 2 and "no such run directory" in result.stderr
+    pendulum = tmp_path / "pendulum"
+    pendulum_run = sets("env.id=gymnasium:Pendulum-v1", "run.iterations=1", "ppo.steps_per_env=16")
+    assert run([LRUN, "train", *pendulum_run, *sets("ppo.minibatches=2", f"run.run_dir={pendulum}")]).returncode == 0
+    result = run([LRUN, "clone", str(source), *TINY, "--store", str(pendulum), *sets(f"run.run_dir={tmp_path / 'c'}")])
+    assert result.returncode == 2 and "stored observations have [3] values, this env 41" in result.stderr
