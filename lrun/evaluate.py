@@ -201,7 +201,8 @@ def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
     low, high = summary["fall_rate_ci95"]
     return "\n".join(
         [
-            f"{summary['episodes']} episodes, difficulty {settings.difficulty}, {settings.obstacles} obstacles, "
+            f"{summary['episodes']} episodes, difficulty {settings.difficulty}, "
+            f"{f'{settings.obstacles} obstacles' if settings.difficulty else 'no obstacles'}, "
             f"{settings.physics} physics, {'deterministic' if settings.deterministic else 'stochastic'} policy, "
             f"seed {settings.seed}",
             f"  distance   mean {summary['mean_distance_m']:.2f} m, median {summary['median_distance_m']:.2f} m "
