@@ -115,7 +115,7 @@ def test_rollout_pack_round_trip():
         arr(steps, envs),
         arr(steps, envs),
         arr(envs),
-        np.array([[1.5, 20, 3.25, 1.0], [2.0, 7, 0.5, 2.0]]),
+        np.array([[1.5, 20, 3.25, 1.0, 0.0], [2.0, 7, 0.5, 2.0, 1.0]]),  # return, length, distance, task, failure
         policy_version=17,
         simulate_s=1.25,
         wait_s=0.5,
