@@ -153,9 +153,8 @@ def test_clone_imitates_the_stored_states_then_trains(source, tmp_path):
     assert rows[-1]["train_kl"] < 0.5 * rows[0]["train_kl"], rows
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["kind"] == "mlp"
-    torch.testing.assert_close(
-        checkpoint["normaliser"][:-1], load_checkpoint(source)["normaliser"][:-1], atol=1, rtol=1
-    )
+    # PPO continued from the teacher's observation statistics: one more iteration (2 envs x 32 steps) on top
+    assert checkpoint["normaliser"][-1] == load_checkpoint(source)["normaliser"][-1] + 2 * 32
 
 
 @needs_mpi
