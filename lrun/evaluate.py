@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import torch
 
 from lrun import __version__
 from lrun import mpi as lmpi
@@ -114,6 +115,8 @@ def run_episode(
     """One episode from reset(seed) to its end; appends its steps and table row to `writer`; returns its
     COLUMNS row."""
     raw, info = env.reset(seed=seed)
+    if not deterministic:
+        torch.manual_seed(seed)  # sampled actions too depend only on the episode, not on the rank that runs it
     low = np.asarray(env.action_space.low, np.float64)
     high = np.asarray(env.action_space.high, np.float64)
     book = EpisodeBook(1, 0, len(raw), facts, first_row=writer.n_steps if writer else 0, first_counter=k)

@@ -83,3 +83,21 @@ def test_eval_episodes_do_not_depend_on_the_world_size(shared_dir):
     for k in range(settings.episodes):
         row = run_episode(env, policy, normaliser, episode_seed(3, k), k, True, None, facts, 1)
         np.testing.assert_array_equal(result["table"][k], row)
+
+
+def test_stochastic_eval_episodes_do_not_depend_on_the_world_size(shared_dir):
+    run_dir = f"{shared_dir}/runner"
+    overrides = {"env.id": "lrun/Run-v0", "env.physics": "fast", "policy.hidden_sizes": "[8]", "run.iterations": "1"}
+    train(config(run_dir, **overrides), comm=world, stream=io.StringIO())
+    settings = EvalSettings(
+        episodes=3, difficulty=0, obstacles=0, seed=5, physics="fast", deterministic=False, out=f"{shared_dir}/ev"
+    )
+    result = evaluate(run_dir, settings, comm=world, stream=io.StringIO())
+    if rank != 0:
+        return
+    policy, normaliser, payload = load_policy(run_dir)
+    env = env_factory(eval_env_config(payload["config"]["env"], settings))()
+    facts = env_facts(env)
+    for k in reversed(range(settings.episodes)):  # in another order, too
+        row = run_episode(env, policy, normaliser, episode_seed(5, k), k, False, None, facts, 1)
+        np.testing.assert_array_equal(result["table"][k], row)
