@@ -208,9 +208,7 @@ def _bench_train(args: argparse.Namespace) -> int:
 
     figures = bench_train(iterations=args.iterations, ranks=args.ranks, overrides=args.set)
     print(format_train_bench(figures))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(figures, out, indent=2)
+    _write_json(args.json, figures)
     return 0
 
 
@@ -219,10 +217,15 @@ def _bench_soak(args: argparse.Namespace) -> int:
 
     figures = bench_soak(env_steps=args.steps, ranks=args.ranks, overrides=args.set)
     print(format_soak(figures))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(figures, out, indent=2)
+    _write_json(args.json, figures)
     return 0 if figures["max_growth_mb"] < 20 else 1
+
+
+def _write_json(path: str | None, figures: dict) -> None:
+    """A benchmark's figures as JSON, where --json asks for them."""
+    if path:
+        with open(path, "w") as out:
+            json.dump(figures, out, indent=2)
 
 
 def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:

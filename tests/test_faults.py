@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, start
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, sets, start
 
 from lrun.checkpoint import load_checkpoint, save_checkpoint
 from lrun.store.reader import RunStore
@@ -154,28 +154,17 @@ def test_integrator_failures_end_episodes_are_counted_and_never_end_the_run(tmp_
     import csv
 
     run_dir = tmp_path / "faulty"
-    result = run(
-        [
-            LRUN,
-            "train",
-            "--set",
-            "env.physics=fast",
-            "--set",
-            "env.kwargs={fault_every = 20}",
-            "--set",
-            "layout.envs_per_rank=2",
-            "--set",
-            "ppo.steps_per_env=50",
-            "--set",
-            "ppo.minibatches=4",
-            "--set",
-            "ppo.epochs=1",
-            "--set",
-            "run.iterations=2",
-            "--set",
-            f"run.run_dir={run_dir}",
-        ]
+    settings = sets(
+        "env.physics=fast",
+        "env.kwargs={fault_every = 20}",
+        "layout.envs_per_rank=2",
+        "ppo.steps_per_env=50",
+        "ppo.minibatches=4",
+        "ppo.epochs=1",
+        "run.iterations=2",
+        f"run.run_dir={run_dir}",
     )
+    result = run([LRUN, "train", *settings])
     assert result.returncode == 0, result.stderr
     with open(run_dir / "progress.csv") as handle:
         logged = sum(int(row["charts/integrator_failures"]) for row in csv.DictReader(handle))

@@ -250,30 +250,9 @@ def test_transfer_inputs_that_cannot_work_fail_with_one_line(source, tmp_path):
 @needs_mpi
 def test_transfer_study_compares_blending_cloning_and_scratch_on_one_budget(source, tmp_path):
     out = tmp_path / "study"
-    result = run(
-        [
-            MPIEXEC,
-            "-n",
-            "3",
-            LRUN,
-            "transfer-study",
-            str(source),
-            "--out",
-            str(out),
-            *TINY,
-            "--set",
-            "policy.hidden_sizes=[32, 32]",
-            "--set",
-            "run.iterations=2",
-            "--set",
-            "blend.ramp_iterations=1",
-            "--set",
-            "clone.epochs=3",
-            "--eval-episodes",
-            "2",
-        ],
-        timeout=600,
-    )
+    study = [MPIEXEC, "-n", "3", LRUN, "transfer-study", str(source), "--out", str(out), *TINY]
+    study += sets("policy.hidden_sizes=[32, 32]", "run.iterations=2")
+    result = run([*study, *sets("blend.ramp_iterations=1", "clone.epochs=3"), "--eval-episodes", "2"], timeout=600)
     assert result.returncode == 0, result.stderr
     comparison = json.loads((out / "comparison.json").read_text())["methods"]
     assert set(comparison) == {"blend", "clone", "scratch"}
@@ -282,26 +261,7 @@ def test_transfer_study_compares_blending_cloning_and_scratch_on_one_budget(sour
     text = (out / "comparison.txt").read_text()
     assert all(name in text for name in ("blend", "clone", "scratch"))
     assert (out / "comparison.png").stat().st_size > 10_000
-    # re-running skips finished methods
-    again = run(
-        [
-            MPIEXEC,
-            "-n",
-            "3",
-            LRUN,
-            "transfer-study",
-            str(source),
-            "--out",
-            str(out),
-            *TINY,
-            "--set",
-            "policy.hidden_sizes=[32, 32]",
-            "--set",
-            "run.iterations=2",
-            "--methods",
-            "blend",
-        ]
-    )
+    again = run([*study, "--methods", "blend"])  # re-running skips finished methods
     assert again.returncode == 0 and "== blend: done" in again.stdout, again.stderr
 
 

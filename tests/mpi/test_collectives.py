@@ -10,16 +10,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from mpi4py import MPI
 
 from lrun import mpi as lmpi
 from lrun.checkpoint import load_checkpoint
-from lrun.config import build_config
 from lrun.learn.policy import ActorCritic, flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.train import train
+
+from .tier import tiny_config
 
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
@@ -78,28 +78,6 @@ def test_gradient_allreduce_keeps_learners_identical_on_different_data():
     after = flat_parameters(policy)
     assert not np.array_equal(before, after)
     assert lmpi.check_synced(world, after)
-
-
-def tiny_config(tmp_dir: str, **overrides: str):
-    items = {
-        "env.id": "gymnasium:Pendulum-v1",
-        "layout.envs_per_rank": "2",
-        "ppo.steps_per_env": "32",
-        "ppo.minibatches": "4",
-        "ppo.epochs": "2",
-        "run.iterations": "2",
-        "run.checkpoint_every": "1",
-        "run.run_dir": tmp_dir,
-        "run.sync_check_every": "1",
-        **overrides,
-    }
-    return build_config({}, [f"{k}={v}" for k, v in items.items()])
-
-
-@pytest.fixture
-def shared_dir(tmp_path):
-    """A directory every rank agrees on (rank 0's tmp_path)."""
-    return world.bcast(str(tmp_path), root=0)
 
 
 def test_train_checkpoints_and_resume_continues_counters(shared_dir):

@@ -12,34 +12,15 @@ import torch
 from mpi4py import MPI
 
 from lrun.checkpoint import load_checkpoint
-from lrun.config import build_config
 from lrun.env.factory import env_factory
 from lrun.evaluate import EvalSettings, episode_seed, eval_env_config, evaluate, load_policy, run_episode
 from lrun.store.recorder import env_facts
 from lrun.train import train
 
+from .tier import tiny_config as config
+
 world = MPI.COMM_WORLD
 rank, size = world.Get_rank(), world.Get_size()
-
-
-@pytest.fixture
-def shared_dir(tmp_path):
-    return world.bcast(str(tmp_path), root=0)
-
-
-def config(run_dir: str, **overrides: str):
-    items = {
-        "env.id": "gymnasium:Pendulum-v1",
-        "layout.envs_per_rank": "2",
-        "ppo.steps_per_env": "32",
-        "ppo.minibatches": "4",
-        "ppo.epochs": "2",
-        "run.iterations": "2",
-        "run.run_dir": run_dir,
-        "run.sync_check_every": "1",
-        **overrides,
-    }
-    return build_config({}, [f"{k}={v}" for k, v in items.items()])
 
 
 def test_blend_and_clone_train_on_every_world_size(shared_dir):
@@ -68,36 +49,33 @@ def test_blend_and_clone_train_on_every_world_size(shared_dir):
         assert float(rows[-1]["holdout_kl"]) < 0.5 * float(rows[0]["holdout_kl"]), rows
 
 
-def test_eval_episodes_do_not_depend_on_the_world_size(shared_dir):
+def trained_runner(shared_dir: str) -> str:
+    """A one-iteration Run-v0 policy (collective)."""
     run_dir = f"{shared_dir}/runner"
     overrides = {"env.id": "lrun/Run-v0", "env.physics": "fast", "policy.hidden_sizes": "[8]", "run.iterations": "1"}
     train(config(run_dir, **overrides), comm=world, stream=io.StringIO())
-    settings = EvalSettings(episodes=4, difficulty=2, obstacles=10, seed=3, physics="fast", out=f"{shared_dir}/eval")
-    result = evaluate(run_dir, settings, comm=world, stream=io.StringIO())
-    if rank != 0:
-        return
-    # every episode again, one after another in this one process
-    policy, normaliser, payload = load_policy(run_dir)
-    env = env_factory(eval_env_config(payload["config"]["env"], settings))()
-    facts = env_facts(env)
-    for k in range(settings.episodes):
-        row = run_episode(env, policy, normaliser, episode_seed(3, k), k, True, None, facts, 1)
-        np.testing.assert_array_equal(result["table"][k], row)
+    return run_dir
 
 
-def test_stochastic_eval_episodes_do_not_depend_on_the_world_size(shared_dir):
-    run_dir = f"{shared_dir}/runner"
-    overrides = {"env.id": "lrun/Run-v0", "env.physics": "fast", "policy.hidden_sizes": "[8]", "run.iterations": "1"}
-    train(config(run_dir, **overrides), comm=world, stream=io.StringIO())
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_eval_episodes_do_not_depend_on_the_world_size(shared_dir, deterministic):
+    run_dir = trained_runner(shared_dir)
     settings = EvalSettings(
-        episodes=3, difficulty=0, obstacles=0, seed=5, physics="fast", deterministic=False, out=f"{shared_dir}/ev"
+        episodes=4,
+        difficulty=2,
+        obstacles=10,
+        seed=3,
+        physics="fast",
+        deterministic=deterministic,
+        out=f"{shared_dir}/eval",
     )
     result = evaluate(run_dir, settings, comm=world, stream=io.StringIO())
     if rank != 0:
         return
+    # every episode again, one after another in this one process, in reverse order
     policy, normaliser, payload = load_policy(run_dir)
     env = env_factory(eval_env_config(payload["config"]["env"], settings))()
     facts = env_facts(env)
-    for k in reversed(range(settings.episodes)):  # in another order, too
-        row = run_episode(env, policy, normaliser, episode_seed(5, k), k, False, None, facts, 1)
+    for k in reversed(range(settings.episodes)):
+        row = run_episode(env, policy, normaliser, episode_seed(3, k), k, deterministic, None, facts, 1)
         np.testing.assert_array_equal(result["table"][k], row)
