@@ -46,7 +46,7 @@ class RewardConfig:
 
     weights: dict = doc(
         "term -> weight; empty: the task's own reward. Terms: progress, ligament, capped_progress, "
-        "knee_bend, speed_target, alive, upright",
+        "knee_bend, speed_target, alive, upright, head_ahead",
         default_factory=dict,
     )
     speed_cap: float = doc("m/s up to which capped_progress counts pelvis progress", 1.5)
@@ -72,6 +72,11 @@ class PolicyConfig:
     distribution: str = doc("gaussian (state-independent std) or beta", "gaussian")
     init_log_std: float = doc("initial log std of the Gaussian, in [-1, 1] action units", -0.5)
     normalise_observations: bool = doc("normalise observations by running statistics merged over ranks", True)
+    features: str = doc(
+        "what the networks see of lrun/Run-v0's 41 observations (lrun/env/features.py): task (as they are) or "
+        "relative-v1 (every x relative to the pelvis); the store and the graders' metrics keep the 41 values",
+        "task",
+    )
 
 
 @dataclass
@@ -92,6 +97,11 @@ class PPOConfig:
     vf_coef: float = doc("value loss weight", 0.5)
     max_grad_norm: float = doc("gradient norm clip", 0.5)
     normalise_advantages: bool = doc("normalise advantages per minibatch", True)
+    mirror: bool = doc(
+        "double every batch with its left/right mirror image (legs swapped in observations and excitations, "
+        "same advantages), as the 2017 winner did; lrun/Run-v0 only",
+        False,
+    )
 
 
 @dataclass
@@ -328,6 +338,13 @@ def validate(config: TrainConfig) -> None:
         except ValueError as exc:
             raise ConfigError(f"reward.weights: {exc}") from None
         checks.append((config.env.id == "lrun/Run-v0", "reward.weights: reward shaping needs env.id = lrun/Run-v0"))
+    from lrun.env.features import check_features
+
+    try:
+        check_features(config.policy.features, config.env.id)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    checks.append((not config.ppo.mirror or config.env.id == "lrun/Run-v0", "ppo.mirror needs env.id = lrun/Run-v0"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

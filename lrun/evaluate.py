@@ -27,6 +27,7 @@ from lrun.analysis.report import wilson_interval
 from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig, config_from_dict
 from lrun.env.factory import env_factory
+from lrun.env.features import IDENTITY, features
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -111,6 +112,7 @@ def run_episode(
     writer: TrajectoryWriter | None,
     facts: dict[str, Any],
     policy_version: int,
+    feature_map: str = IDENTITY,
 ) -> np.ndarray:
     """One episode from reset(seed) to its end; appends its steps and table row to `writer`; returns its
     COLUMNS row."""
@@ -126,7 +128,8 @@ def run_episode(
     terms: dict[str, list] = {name: [] for name in facts["reward_terms"]}
     total = 0.0
     while True:
-        x = normaliser.normalise(raw[None], clip=False) if normaliser is not None else raw[None].astype(np.float32)
+        seen = features(feature_map, raw[None])
+        x = normaliser.normalise(seen, clip=False) if normaliser is not None else seen.astype(np.float32)
         action, logprob, value = policy.act(x, deterministic=deterministic)
         excitations = policy.env_action(action, low, high).astype(np.float32)[0]
         obs, reward, terminated, truncated, info = env.step(excitations)
@@ -265,7 +268,7 @@ def evaluate(
     attrs["model_checksum"] = model_checksum()
     writer = TrajectoryWriter(
         out / "trajectories" / f"rank-{rank:04d}.h5",
-        payload["meta"]["obs_size"],
+        int(np.prod(env.observation_space.shape)),  # the task's observations (the policy may see features)
         payload["meta"]["act_size"],
         facts["max_obstacles"],
         facts["reward_terms"],
@@ -295,6 +298,7 @@ def evaluate(
                 writer,
                 facts,
                 version,
+                train_config.policy.features,
             )
             if rank == 0:
                 elapsed = time.perf_counter() - started

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lrun.env.factory import reward_terms_of
+from lrun.env.features import IDENTITY, feature_size, features
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
 from lrun.store.recorder import EpisodeBook
 
-HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s")
-EPISODE_FIELDS = ("return", "length", "distance", "task_return", "integrator_failure")
+HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s", "sim_steps")
+EPISODE_FIELDS = ("return", "length", "distance", "task_return", "integrator_failure", "sim_steps")
 
 
 @dataclass
@@ -40,11 +41,17 @@ class Rollout:
     wait_s: float = 0.0
     store_s: float = 0.0
     term_sums: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per named reward term, summed over steps
+    sim_steps: int = -1  # env steps simulated (decisions x frame skip, less where episodes ended mid-skip)
 
     @property
     def n_steps(self) -> int:
-        """Env steps in this rollout."""
+        """Agent steps (decisions) in this rollout."""
         return int(self.rewards.size)
+
+    @property
+    def n_sim_steps(self) -> int:
+        """Simulated env steps (0.01 s each in RunEnv) in this rollout: the budget's unit."""
+        return self.sim_steps if self.sim_steps >= 0 else self.n_steps
 
 
 def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int, n_terms: int = 0) -> int:
@@ -55,7 +62,9 @@ def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes
 
 def pack_rollout(r: Rollout) -> np.ndarray:
     """Flatten a rollout into one float32 vector (header, per-step arrays, next values, episodes)."""
-    header = np.array([r.policy_version, len(r.episodes), r.simulate_s, r.wait_s, r.store_s], dtype=np.float32)
+    header = np.array(
+        [r.policy_version, len(r.episodes), r.simulate_s, r.wait_s, r.store_s, r.n_sim_steps], dtype=np.float32
+    )
     parts = [
         header,
         r.obs,
@@ -115,6 +124,7 @@ def unpack_rollout(
         float(buffer[3]),
         float(buffer[4]),
         term_sums,
+        int(buffer[5]),
     )
 
 
@@ -132,9 +142,12 @@ class RolloutCollector:
         normalise_observations: bool = True,
         distance_index: int | None = None,
         book: EpisodeBook | None = None,
+        feature_map: str = IDENTITY,
     ) -> None:
-        """`distance_index`: observation entry that measures distance travelled (pelvis x in RunEnv), if any."""
+        """`distance_index`: observation entry that measures distance travelled (pelvis x in RunEnv), if any;
+        `feature_map`: what the policy sees of the env's observations (`lrun.env.features`)."""
         self.vec = vec
+        self.feature_map = feature_map
         self.distance_index = distance_index
         self.policy = policy
         self.normaliser = normaliser
@@ -153,9 +166,10 @@ class RolloutCollector:
         self.last_terms: dict[str, np.ndarray] | None = None
 
     def _input(self, raw: np.ndarray) -> np.ndarray:
+        x = features(self.feature_map, raw)
         if self.normalise_observations:
-            return self.normaliser.normalise(raw, clip=False)  # the policy clips (after a blend's mapping)
-        return raw.astype(np.float32)
+            return self.normaliser.normalise(x, clip=False)  # the policy clips (after a blend's mapping)
+        return x.astype(np.float32)
 
     def collect(self, steps: int) -> tuple[Rollout, np.ndarray]:
         """`steps` steps of every env. Returns the rollout and the moments [sum, sumsq, count] of raw obs."""
@@ -164,7 +178,7 @@ class RolloutCollector:
             self.policy.set_input_statistics(self.normaliser.mean, self.normaliser.var)
         envs, obs_size = self.raw_obs.shape
         act_size = self.low.shape[0]
-        obs = np.zeros((steps, envs, obs_size), np.float32)
+        obs = np.zeros((steps, envs, feature_size(self.feature_map, obs_size)), np.float32)
         raw_obs = np.zeros((steps, envs, obs_size), np.float32)
         actions = np.zeros((steps, envs, act_size), np.float32)
         applied = np.zeros((steps, envs, act_size), np.float32)
@@ -175,6 +189,7 @@ class RolloutCollector:
         steps_in_episode = np.zeros((steps, envs), np.int32)
         terms = {name: np.zeros((steps, envs), np.float32) for name in self.reward_terms}
         episodes = []
+        sim_steps = 0
         book = self.book
         for t in range(steps):
             x = self._input(self.raw_obs)
@@ -185,6 +200,7 @@ class RolloutCollector:
             obs[t], raw_obs[t], actions[t], applied[t] = x, self.raw_obs, raw_action, env_action
             logprobs[t], values[t] = logprob, value
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
+            sim_steps += sum(int(info.get("frames", 1)) for info in infos)
             for name in self.reward_terms:
                 terms[name][t] = [info.get(name, np.nan) for info in infos]
             rows = None
@@ -198,13 +214,22 @@ class RolloutCollector:
                 distance = float("nan") if self.distance_index is None else float(final[self.distance_index])
                 episode = info["episode"]
                 failure = float(bool(info.get("integrator_failure", False)))
-                episodes.append((episode["return"], episode["length"], distance, episode["task_return"], failure))
+                episodes.append(
+                    (
+                        episode["return"],
+                        episode["length"],
+                        distance,
+                        episode["task_return"],
+                        failure,
+                        episode.get("sim_steps", episode["length"]),
+                    )
+                )
                 if book is not None:
                     book.finish(int(i), info, bool(term[i]), final, int(rows[i]), self.policy_version)
                     book.start(int(i), info["reset_info"])
             self.raw_obs = next_raw
         next_value = self.policy.values(self._input(self.raw_obs))
-        moments = RunningNormaliser.moments(raw_obs.astype(np.float64))
+        moments = RunningNormaliser.moments(features(self.feature_map, raw_obs))
         if book is not None:
             n = steps * envs
             self.last_record = {
@@ -235,5 +260,6 @@ class RolloutCollector:
             self.policy_version,
             time.perf_counter() - start,
             term_sums=np.array([float(np.nansum(terms[name])) for name in self.reward_terms]),
+            sim_steps=sim_steps,
         )
         return rollout, moments

@@ -40,6 +40,7 @@ from lrun.checkpoint import (
 )
 from lrun.config import ConfigError, TrainConfig
 from lrun.env.factory import env_factory, reward_terms_of
+from lrun.env.features import IDENTITY, action_mirror, feature_size, features, observation_mirror
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec, new_blend
 from lrun.learn.clone import CloneSettings, clone_policy
@@ -47,6 +48,7 @@ from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
+from lrun.learn.symmetry import mirrored_batch
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
@@ -59,22 +61,26 @@ from lrun.store.writer import TrajectoryWriter, cut_back
 class Problem:
     """Sizes every rank derives from the config before any MPI call."""
 
-    obs_size: int
+    obs_size: int  # what the networks see (after the feature map)
     act_size: int
     distance_index: int | None
     reward_terms: tuple[str, ...] = ()
+    task_obs_size: int = 0  # what the env returns and the store records
+    feature_map: str = IDENTITY
 
 
 def probe_env(config: TrainConfig) -> Problem:
     """Build one env to learn the spaces (and to fail early, on every rank, on a bad env config)."""
     env = env_factory(config.env, config.reward)()
     try:
-        obs_size = int(np.prod(env.observation_space.shape))
+        task_obs_size = int(np.prod(env.observation_space.shape))
         act_size = int(np.prod(env.action_space.shape))
         terms = reward_terms_of(env)
     finally:
         env.close()
-    return Problem(obs_size, act_size, 1 if config.env.id == "lrun/Run-v0" else None, terms)
+    name = config.policy.features
+    distance_index = 1 if config.env.id == "lrun/Run-v0" else None
+    return Problem(feature_size(name, task_obs_size), act_size, distance_index, terms, task_obs_size, name)
 
 
 def build_policy(config: TrainConfig, problem: Problem) -> ActorCritic:
@@ -197,7 +203,8 @@ class TrainingState:
             self.policy, ppo_settings(config), reduce_gradients, seed=config.run.seed * 1000 + learner_index
         )
         self.iteration = 0
-        self.env_steps = 0
+        self.env_steps = 0  # simulated env steps (0.01 s each in RunEnv): budgets are counted in these
+        self.decisions = 0  # agent steps: env_steps / frame_skip
         self.lineage: list[dict[str, Any]] = []  # the checkpoints this run descends from (curriculum stages)
 
     def payload(self) -> dict[str, Any]:
@@ -214,6 +221,7 @@ class TrainingState:
             },
             "iteration": self.iteration,
             "env_steps": self.env_steps,
+            "decisions": self.decisions,
             "policy": self.policy.state_dict(),
             "optimizer": self.learner.optimizer.state_dict(),
             "normaliser": torch.from_numpy(self.normaliser.state_vector()),
@@ -232,6 +240,7 @@ class TrainingState:
         self.learner.rng.bit_generator.state = json.loads(payload["numpy_rng"])
         self.iteration = int(payload["iteration"])
         self.env_steps = int(payload["env_steps"])
+        self.decisions = int(payload.get("decisions", self.env_steps))
         self.lineage = list(payload.get("lineage", []))
 
     def start_from(self, parent: dict[str, Any], how: str) -> None:
@@ -305,18 +314,18 @@ def make_collector(
         }
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
         writer = TrajectoryWriter(
-            path, problem.obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
+            path, problem.task_obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
         )
         book = EpisodeBook(
             vec.num_envs,
             simulator_index,
-            problem.obs_size,
+            problem.task_obs_size,
             facts,
             first_row=writer.n_steps,
             first_counter=writer.next_episode_counter(simulator_index),
         )
     collector = RolloutCollector(
-        vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index, book
+        vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index, book, problem.feature_map
     )
     return collector, writer
 
@@ -335,14 +344,20 @@ def store_rollout(collector: RolloutCollector, writer: TrajectoryWriter | None) 
 def summarise(
     iteration: int,
     env_steps: int,
+    decisions: int,
     wall_s: float,
     new_steps: int,
+    new_decisions: int,
     learn_s: float,
     rollouts: list[Rollout],
     losses: dict[str, float],
     reward_terms: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """The scalars logged per iteration (CleanRL-style names); `reward/<term>` is a term's mean per step."""
+    """The scalars logged per iteration (CleanRL-style names); `reward/<term>` is a term's mean per decision.
+
+    `env_steps` and `charts/steps_per_s` count simulated env steps (0.01 s each in RunEnv, whatever the frame
+    skip), so runs with different frame skips compare on one budget; `decisions` counts the agent's steps.
+    """
     episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, len(EPISODE_FIELDS)))
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
@@ -351,11 +366,14 @@ def summarise(
     return {
         "iteration": iteration,
         "env_steps": env_steps,
+        "decisions": decisions,
         "charts/steps_per_s": new_steps / wall_s,
+        "charts/decisions_per_s": new_decisions / wall_s,
         "charts/episodes": len(episodes),
         "charts/episodic_return": float(episodes[:, 0].mean()) if len(episodes) else nan,
         "charts/episodic_return_median": float(np.median(episodes[:, 0])) if len(episodes) else nan,
         "charts/episodic_length": float(episodes[:, 1].mean()) if len(episodes) else nan,
+        "charts/episodic_sim_steps": float(episodes[:, 5].mean()) if len(episodes) else nan,
         "charts/episodic_task_return": float(episodes[:, 3].mean()) if len(episodes) else nan,
         "charts/integrator_failures": int(episodes[:, 4].sum()),
         "charts/distance": float(np.nanmean(episodes[:, 2]))
@@ -374,7 +392,7 @@ def summarise(
         "time/simulator_wait_fraction": wait / wall_s,
         "time/store_s": store,
         **{
-            f"reward/{name}": float(sum(r.term_sums[i] for r in rollouts)) / max(new_steps, 1)
+            f"reward/{name}": float(sum(r.term_sums[i] for r in rollouts)) / max(new_decisions, 1)
             for i, name in enumerate(reward_terms)
         },
     }
@@ -485,6 +503,12 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     path = resolve_checkpoint(where)
     source = load_checkpoint(path)
     source["path"] = str(path)
+    their_features = source["config"]["policy"].get("features", IDENTITY)
+    if their_features != problem.feature_map:
+        raise CheckpointError(
+            f"{path}: {key} was trained with policy.features = {their_features!r}, this run uses "
+            f"{problem.feature_map!r}; they must match"
+        )
     theirs = source["meta"].get("policy_spec") or {}
     student = collapse_student(source)
     if student is not None:  # a finished blend (c = 1) is its new network alone: start from just that
@@ -506,7 +530,7 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             f"{plain['distribution']!r}; they must match"
         )
     if how == "clone":
-        check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.obs_size)
+        check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.task_obs_size)
     spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
     return Start(problem, spec, source=source, how=how)
 
@@ -615,7 +639,11 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
             print(describe_start(start, state.policy), file=stream, flush=True)
         if payload is not None:
             logger.truncate_after(state.iteration)
-            print(f"resuming at iteration {state.iteration} ({state.env_steps} env steps)", file=stream, flush=True)
+            print(
+                f"resuming at iteration {state.iteration} ({state.env_steps} env steps, {state.decisions} decisions)",
+                file=stream,
+                flush=True,
+            )
             for path in rank_files(run_dir):
                 kept, _ = cut_back(path, state.iteration)
                 print(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}", file=stream)
@@ -671,32 +699,39 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
             lmpi.Allreduce_sum(comm, moments, sleep)
         if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
             state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
+        collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
         state.normaliser.update_from_moments(moments)
         t_learn = time.perf_counter()
         state.learner.set_learning_rate(learning_rate(config, state.iteration))
-        losses = state.learner.update(
-            rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
-        )
+        batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
+        if config.ppo.mirror:
+            batch = mirror_batch(config, problem, state, batch, collected_with)
+        losses = state.learner.update(batch)
         learn_s = time.perf_counter() - t_learn
-        new_steps = sum(r.n_steps for r in rollouts)
+        new_steps = sum(r.n_sim_steps for r in rollouts)
+        new_decisions = sum(r.n_steps for r in rollouts)
         state.iteration += 1
         if learner_comm is not None and learner_comm.Get_size() > 1:
-            gathered = lmpi.gather_objects(learner_comm, (new_steps, rollouts_summary(rollouts)))
+            gathered = lmpi.gather_objects(learner_comm, (new_steps, new_decisions, rollouts_summary(rollouts)))
             if learner_comm.Get_rank() == 0:
                 new_steps = sum(g[0] for g in gathered)
-                rollouts = [r for g in gathered for r in g[1]]
+                new_decisions = sum(g[1] for g in gathered)
+                rollouts = [r for g in gathered for r in g[2]]
             if state.iteration % config.run.sync_check_every == 0 and not lmpi.check_synced(
                 learner_comm, flat_parameters(state.policy)
             ):
                 raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
         state.env_steps += new_steps if layout.is_root else 0
+        state.decisions += new_decisions if layout.is_root else 0
         RSS.sample(state.iteration)
         if layout.is_root:
             last = summarise(
                 state.iteration,
                 state.env_steps,
+                state.decisions,
                 time.perf_counter() - t0,
                 new_steps,
+                new_decisions,
                 learn_s,
                 rollouts,
                 losses,
@@ -743,7 +778,7 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
     teacher.load_state_dict(teacher_payload["policy"])
     normaliser = state.normaliser  # the teacher's, loaded by start_from
     with RunStore(store_dir) as store:
-        raw = store.recent_observations(c.max_states)
+        raw = features(config.policy.features, store.recent_observations(c.max_states))
     if config.policy.normalise_observations:
         teacher.set_input_statistics(normaliser.mean, normaliser.var)
         obs = normaliser.normalise(raw, clip=False)
@@ -772,6 +807,18 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
     return history
 
 
+def mirror_batch(
+    config: TrainConfig, problem: Problem, state: TrainingState, batch: Batch, statistics: tuple[np.ndarray, ...]
+) -> Batch:
+    """The batch and its left/right mirror image, normalised with the statistics the rollouts were collected
+    with (identity statistics when observations are not normalised)."""
+    mean, std = statistics
+    if not config.policy.normalise_observations:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    perm = observation_mirror(problem.feature_map)
+    return mirrored_batch(batch, state.policy, perm, action_mirror(problem.act_size), mean, std)
+
+
 def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
     """Rollouts stripped to what logging needs (episodes and timings), to gather them cheaply."""
     empty = np.zeros((0,), np.float32)
@@ -792,6 +839,7 @@ def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
             r.wait_s,
             r.store_s,
             r.term_sums,
+            r.sim_steps,
         )
         for r in rollouts
     ]

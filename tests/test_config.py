@@ -115,10 +115,12 @@ def test_rollout_pack_round_trip():
         arr(steps, envs),
         arr(steps, envs),
         arr(envs),
-        np.array([[1.5, 20, 3.25, 1.0, 0.0], [2.0, 7, 0.5, 2.0, 1.0]]),  # return, length, distance, task, failure
+        # return, length, distance, task return, failure, simulated steps
+        np.array([[1.5, 20, 3.25, 1.0, 0.0, 80], [2.0, 7, 0.5, 2.0, 1.0, 25]]),
         policy_version=17,
         simulate_s=1.25,
         wait_s=0.5,
+        sim_steps=57,
     )
     r.term_sums = np.array([0.5, -2.0, 3.0])
     back = unpack_rollout(pack_rollout(r), steps, envs, obs, act, n_terms=3)
@@ -136,7 +138,8 @@ def test_rollout_pack_round_trip():
         "term_sums",
     ):
         assert np.array_equal(getattr(back, name), getattr(r, name)), name
-    assert (back.policy_version, back.simulate_s, back.wait_s) == (17, 1.25, 0.5)
+    assert (back.policy_version, back.simulate_s, back.wait_s, back.n_sim_steps) == (17, 1.25, 0.5, 57)
+    assert back.n_steps == steps * envs  # decisions
     with pytest.raises(ValueError, match="does not match"):
         unpack_rollout(pack_rollout(r), steps, envs, obs + 1, act, n_terms=3)
 

@@ -37,6 +37,15 @@ def test_terms():
     assert slow["capped_progress"] == 0.005 and slow["knee_bend"] == 0.0  # hyperextension earns nothing
 
 
+def test_head_ahead_penalises_a_head_behind_the_pelvis_only():
+    behind, ahead = obs_with(), obs_with()
+    behind[1], behind[22] = 3.0, 2.8  # pelvis x, head x: the head 0.2 m behind
+    ahead[1], ahead[22] = 3.0, 3.1
+    info = {"delta_x": 0.0, "ligament_penalty": 0.0}
+    assert term_values(obs_with(), behind, info, ShapingParams())["head_ahead"] == pytest.approx(-0.2 * STEP_SECONDS)
+    assert term_values(obs_with(), ahead, info, ShapingParams())["head_ahead"] == 0.0
+
+
 def test_shaped_env_reports_every_term_and_the_task_reward():
     weights = {"progress": 1.0, "ligament": 1.0, "knee_bend": 2.0, "alive": 0.5}
     shaped = make_env("lrun/Run-v0", physics="fast", reward_weights=weights, shaping=ShapingParams())
@@ -67,7 +76,7 @@ def test_frame_skip_sums_the_terms():
     env.reset(seed=0)
     _, reward, *_, info = env.step(np.full(18, 0.1))
     assert reward == pytest.approx(3 * STEP_SECONDS) and info["shaping_alive"] == pytest.approx(3 * STEP_SECONDS)
-    assert "task_reward" in info
+    assert "task_reward" in info and info["frames"] == 3  # simulated steps, for the env-step counters
 
 
 @pytest.mark.parametrize(

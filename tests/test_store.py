@@ -22,7 +22,7 @@ from lrun.analysis.render import render_gif, render_strip
 from lrun.analysis.replay import replay_episode
 from lrun.analysis.report import build_report, wilson_interval
 from lrun.store.reader import RunStore, StoreError, check_file, write_master
-from lrun.store.schema import EPISODE_FIELDS, STEP_FIELDS, empty_rows
+from lrun.store.schema import EPISODE_FIELDS, SCHEMA_VERSION, STEP_FIELDS, empty_rows
 from lrun.store.writer import TrajectoryWriter, cut_back
 
 LRUN = str(Path(sys.executable).parent / "lrun")
@@ -82,7 +82,27 @@ def test_every_field_round_trips(tmp_path):
     assert set(got_steps) == set(STEP_FIELDS) | {"reward_terms/delta_x", "reward_terms/ligament_penalty"}
     with h5py.File(tmp_path / "trajectories" / "rank-0001.h5") as f:
         assert f["steps/obs"].compression == "gzip" and f["steps/obs"].chunks[0] > 1
-        assert f.attrs["schema_version"] == 1 and f["steps/obs"].attrs["meaning"]
+        assert f.attrs["schema_version"] == SCHEMA_VERSION == 2 and f["steps/obs"].attrs["meaning"]
+
+
+def test_a_version_1_store_still_reads_and_an_unknown_version_is_refused(tmp_path):
+    """Version 1 (before episodes/sim_steps) stays readable; other versions get a one-line error."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "trajectories" / "rank-0001.h5"
+    writer = make_writer(path)
+    terms = {"delta_x": np.zeros(10, "f4"), "ligament_penalty": np.zeros(10, "f4")}
+    writer.append_steps(fake_steps(rng, 10, version=0), terms)
+    writer.append_episodes(fake_episodes(rng, 1, [9]))
+    writer.close()
+    with h5py.File(path, "a") as f:
+        del f["episodes/sim_steps"]
+        f.attrs["schema_version"] = 1
+    with RunStore(tmp_path) as store:
+        assert "sim_steps" not in store.episodes() and len(store.episodes()["id"]) == 1
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 7
+    with pytest.raises(StoreError, match="schema version 7, this lrun reads versions"):
+        RunStore(tmp_path)
 
 
 def test_virtual_master_presents_three_rank_files_as_one(tmp_path):

@@ -66,7 +66,7 @@ def test_three_ranks_on_run_v0_checkpoint_and_resume(tmp_path):
         ]
     )
     assert result.returncode == 0, result.stderr
-    assert "resuming at iteration 2 (128 env steps)" in result.stdout
+    assert "resuming at iteration 2 (128 env steps, 128 decisions)" in result.stdout
     assert load_checkpoint(run_dir)["iteration"] == 3
     assert [(r["iteration"], r["env_steps"]) for r in progress(run_dir)] == [("1", "64"), ("2", "128"), ("3", "192")]
 

@@ -68,6 +68,16 @@ def load_episode(run_dir: str | Path, episode_id: int) -> tuple[np.ndarray, dict
     return obs, row
 
 
+def observation_times(row: dict, n_obs: int) -> np.ndarray:
+    """Simulated time (s) of each stored observation of an episode: a decision lasts frame_skip steps of
+    0.01 s, and the last may be cut short where the episode ended (episodes/sim_steps says by how much)."""
+    skip = int(row.get("frame_skip", 1)) or 1
+    times = np.arange(n_obs) * skip * 0.01
+    if "sim_steps" in row and n_obs > 1:
+        times[-1] = int(row["sim_steps"]) * 0.01
+    return times
+
+
 def _draw(ax, obs: np.ndarray, obstacles: np.ndarray, x_centre: float, title: str) -> None:
     from matplotlib.patches import Circle
 
@@ -101,10 +111,11 @@ def render_gif(run_dir: str | Path, episode_id: int, out: str | Path, stride: in
     obs, row = load_episode(run_dir, episode_id)
     obstacles = row["obstacles"][: int(row["n_obstacles"])]
     frames = list(range(0, len(obs), max(stride, 1)))
+    times = observation_times(row, len(obs))
     fig, ax = plt.subplots(figsize=(4, 3.6))
 
     def update(k: int) -> None:
-        _draw(ax, obs[k], obstacles, float(obs[k][1]), f"episode {episode_id}  t={k * 0.01:.2f} s  x={obs[k][1]:.2f} m")
+        _draw(ax, obs[k], obstacles, float(obs[k][1]), f"episode {episode_id}  t={times[k]:.2f} s  x={obs[k][1]:.2f} m")
 
     animation = FuncAnimation(fig, update, frames=frames)
     out = Path(out)
@@ -124,8 +135,13 @@ def render_strip(run_dir: str | Path, episode_id: int, out: str | Path, frames: 
     obs, row = load_episode(run_dir, episode_id)
     obstacles = row["obstacles"][: int(row["n_obstacles"])]
     picks = np.linspace(0, len(obs) - 1, num=min(frames, len(obs))).astype(int)
+    times = observation_times(row, len(obs))
     fig, axes = plt.subplots(1, len(picks), figsize=(2.2 * len(picks), 2.6))
     for ax, k in zip(np.atleast_1d(axes), picks):
-        _draw(ax, obs[k], obstacles, float(obs[k][1]), f"t={k * 0.01:.2f} s")
-    fig.suptitle(f"episode {episode_id}: {len(obs) - 1} steps, distance {row['distance']:.2f} m", fontsize=10)
+        _draw(ax, obs[k], obstacles, float(obs[k][1]), f"t={times[k]:.2f} s")
+    skip = int(row.get("frame_skip", 1))
+    decisions = f" ({len(obs) - 1} decisions)" if skip > 1 else ""
+    fig.suptitle(
+        f"episode {episode_id}: {times[-1]:.2f} s simulated{decisions}, distance {row['distance']:.2f} m", fontsize=10
+    )
     return save_figure(fig, out, dpi=90)

@@ -15,6 +15,7 @@ import numpy as np
 
 STEP_SECONDS = 0.01
 KNEE_ANGLES = (7, 10)  # observation indices of knee_angle_r, knee_angle_l (negative = flexed)
+PELVIS_X, PELVIS_Y, HEAD_X = 1, 2, 22  # observation indices
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,11 @@ def term_values(prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: 
         "speed_target": -abs(speed - p.speed_target) * STEP_SECONDS,
         "alive": STEP_SECONDS,
         "upright": -abs(float(obs[0])) * STEP_SECONDS,
+        "head_ahead": min(0.0, float(obs[HEAD_X] - obs[PELVIS_X])) * STEP_SECONDS,
     }
 
 
-TERMS = ("progress", "ligament", "capped_progress", "knee_bend", "speed_target", "alive", "upright")
+TERMS = ("progress", "ligament", "capped_progress", "knee_bend", "speed_target", "alive", "upright", "head_ahead")
 #: What each term rewards, for `lrun config-keys` and the README.
 TERM_HELP = {
     "progress": "pelvis x advance this step (m): the task's reward",
@@ -57,6 +59,7 @@ TERM_HELP = {
     "speed_target": "minus |pelvis speed - speed_target| (m/s), per second",
     "alive": "1 per second of not having fallen",
     "upright": "minus |pelvis tilt| (rad), per second",
+    "head_ahead": "minus how far the head is behind the pelvis (m, 0 when ahead), per second: lean into the walk",
 }
 TASK_WEIGHTS = {"progress": 1.0, "ligament": 1.0}
 

@@ -34,6 +34,7 @@ class SerialVectorEnv:
         self.episode_returns = np.zeros(self.num_envs)
         self.episode_task_returns = np.zeros(self.num_envs)
         self.episode_lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self.episode_sim_steps = np.zeros(self.num_envs, dtype=np.int64)  # env steps simulated (frame skip)
         self._obs: np.ndarray | None = None
 
     def _next_seed(self, i: int) -> int:
@@ -45,6 +46,7 @@ class SerialVectorEnv:
         self.episode_returns[i] = 0.0
         self.episode_task_returns[i] = 0.0
         self.episode_lengths[i] = 0
+        self.episode_sim_steps[i] = 0
         obs, info = self.envs[i].reset(seed=seed)
         info = dict(info, episode_seed=seed)
         return obs, info
@@ -71,6 +73,7 @@ class SerialVectorEnv:
             self.episode_returns[i] += reward
             self.episode_task_returns[i] += info.get("task_reward", reward)  # unshaped, where a wrapper shapes
             self.episode_lengths[i] += 1
+            self.episode_sim_steps[i] += int(info.get("frames", 1))
             if term or trunc:
                 info = dict(
                     info,
@@ -79,6 +82,7 @@ class SerialVectorEnv:
                         "return": float(self.episode_returns[i]),
                         "task_return": float(self.episode_task_returns[i]),
                         "length": int(self.episode_lengths[i]),
+                        "sim_steps": int(self.episode_sim_steps[i]),
                         "seed": int(self.episode_seeds[i]),
                     },
                 )

@@ -9,7 +9,11 @@ import numpy as np
 
 
 class FrameSkip(gym.Wrapper):
-    """Repeat each action `skip` times; rewards (and reward terms in info) are summed; stops at an episode end."""
+    """Repeat each action `skip` times; rewards (and reward terms in info) are summed; stops at an episode end.
+
+    `info["frames"]` says how many env steps the action was applied for (less than `skip` where the episode
+    ended), so simulated time is counted exactly.
+    """
 
     def __init__(self, env: gym.Env, skip: int) -> None:
         super().__init__(env)
@@ -25,7 +29,9 @@ class FrameSkip(gym.Wrapper):
         """Step the wrapped env up to `skip` times with the same action."""
         total = 0.0
         summed: dict[str, float] = {}
+        frames = 0
         for _ in range(self.skip):
+            frames += 1
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
             for key in self.summed_terms:
@@ -33,4 +39,4 @@ class FrameSkip(gym.Wrapper):
                     summed[key] = summed.get(key, 0.0) + info[key]
             if terminated or truncated:
                 break
-        return obs, total, terminated, truncated, {**info, **summed}
+        return obs, total, terminated, truncated, {**info, **summed, "frames": frames}

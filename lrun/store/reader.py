@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, SCHEMA_VERSION
+from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, READABLE_VERSIONS, SCHEMA_VERSION
 
 
 class StoreError(RuntimeError):
@@ -78,8 +78,10 @@ def _check_open(f: h5py.File, path: Path) -> None:
     if kind != FILE_KIND:
         raise StoreError(f"{path}: not an lrun trajectory file (HDF5, but no kind={FILE_KIND!r} attribute)")
     version = int(f.attrs.get("schema_version", -1))
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema version {version}, this lrun reads version {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise StoreError(
+            f"{path}: schema version {version}, this lrun reads versions {READABLE_VERSIONS} (writes {SCHEMA_VERSION})"
+        )
     for group in ("steps", "episodes"):
         if group not in f:
             raise StoreError(f"{path}: damaged: group {group}/ is missing")

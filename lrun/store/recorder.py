@@ -102,6 +102,7 @@ class EpisodeBook:
                 "return": episode["return"],
                 "task_return": episode.get("task_return", episode["return"]),
                 "length": episode["length"],
+                "sim_steps": episode.get("sim_steps", episode["length"] * self.facts["frame_skip"]),
                 "distance": distance,
                 "fell": bool(terminated and not failure and self.facts["difficulty"] >= 0),
                 "integrator_failure": failure,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this lrun reads: 1 lacks episodes/sim_steps (it is length x frame_skip there, to within one skip).
+READABLE_VERSIONS = (1, 2)
 FILE_KIND = "lrun-trajectories"
 MASTER_NAME = "master.h5"
 DIRECTORY = "trajectories"
@@ -49,10 +51,11 @@ EPISODE_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
     "psoas": ("f8", (2,), "psoas strength (left, right)"),
     "integrator": ("S24", (), "integrator method (physics)"),
     "accuracy": ("f8", (), "integrator accuracy (physics)"),
-    "frame_skip": ("i2", (), "env steps per agent step"),
+    "frame_skip": ("i2", (), "env steps (0.01 s each) per agent step"),
     "return": ("f8", (), "sum of rewards (shaped, where the run shapes its reward)"),
     "task_return": ("f8", (), "sum of the task's own rewards (progress minus ligament penalty for RunEnv)"),
-    "length": ("i4", (), "agent steps"),
+    "length": ("i4", (), "agent steps (decisions; each lasts frame_skip env steps)"),
+    "sim_steps": ("i4", (), "simulated env steps of 0.01 s (length x frame_skip, less if it ended mid-skip)"),
     "distance": ("f8", (), "final pelvis x (m); NaN for non-lrun envs"),
     "fell": ("u1", (), "1 if the episode ended by falling (pelvis below 0.65 m)"),
     "integrator_failure": ("u1", (), "1 if the integrator failed and ended the episode"),
