@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test lint bench bench-env bench-train bench-soak run submit clean
+.PHONY: install test lint bench bench-env bench-train bench-soak bench-learn run submit clean
 
 RANKS ?= 3
 
@@ -42,6 +42,12 @@ bench-train: install
 bench-soak: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench soak --steps 100000 --json bench-results/soak.json
+
+# Learning speed: train walk-mirror to 2 M simulated env steps and score it with lrun eval (long; resumable:
+# run it again after an interruption); not part of `make bench`. Results in bench-results/learn-walk-mirror/.
+bench-learn: install
+	mkdir -p bench-results
+	$(BIN)/lrun bench learn experiments/recipes/walk-mirror.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json
 
 # The main job: a short local training run under the pip MPICH's mpiexec.
 RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)

@@ -182,6 +182,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _curriculum(args: argparse.Namespace) -> int:
+    from lrun.config import ConfigError
     from lrun.curriculum import load_curriculum, run_curriculum
 
     def body(comm) -> int:
@@ -190,7 +191,15 @@ def _curriculum(args: argparse.Namespace) -> int:
                 stages = load_curriculum(args.curriculum, args.root).stages
                 print("\n".join(f"{s.name} {s.parent or '-'}" if args.with_parents else s.name for s in stages))
             return 0
-        summaries = run_curriculum(args.curriculum, args.set, root=args.root, comm=comm, only=args.stage)
+        provided = {}
+        for item in args.from_checkpoint:
+            stage, sep, checkpoint = item.partition("=")
+            if not sep or not stage or not checkpoint:
+                raise ConfigError(f"--from {item!r}: expected STAGE=CHECKPOINT (e.g. --from walk=models/walk)")
+            provided[stage] = checkpoint
+        summaries = run_curriculum(
+            args.curriculum, args.set, root=args.root, comm=comm, only=args.stage, provided=provided
+        )
         return EXIT_STOPPED if summaries and summaries[-1]["status"] == "stopped" else 0
 
     return _collective("curriculum", body)
@@ -219,6 +228,34 @@ def _bench_soak(args: argparse.Namespace) -> int:
     print(format_soak(figures))
     _write_json(args.json, figures)
     return 0 if figures["max_growth_mb"] < 20 else 1
+
+
+def _bench_learn(args: argparse.Namespace) -> int:
+    from lrun.bench_learn import BenchError, CommandFailed, format_table, make_plan, output_files, run_bench_learn
+    from lrun.config import ConfigError
+
+    try:
+        plan = make_plan(
+            args.config,
+            args.env_steps,
+            args.ranks,
+            args.seeds,
+            args.eval_episodes,
+            out=args.out,
+            overrides=args.set,
+            overwrite=args.overwrite,
+        )
+        result = run_bench_learn(plan)
+    except (BenchError, ConfigError) as exc:
+        print(f"lrun bench learn: error: {exc}", file=sys.stderr)
+        return 2
+    except CommandFailed as exc:
+        print(f"lrun bench learn: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    print(f"wrote {', '.join(str(p) for p in output_files(plan.out))} (runs in {plan.out}/seed-*)")
+    _write_json(args.json, result)
+    return 0
 
 
 def _write_json(path: str | None, figures: dict) -> None:
@@ -306,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--stage", help="run only this stage (its parent must be complete): one Slurm job per stage")
     cur.add_argument("--list", action="store_true", help="print the stage names in order and exit")
     cur.add_argument("--with-parents", action="store_true", help="with --list: 'stage parent' per line ('-': none)")
+    cur.add_argument(
+        "--from",
+        dest="from_checkpoint",
+        action="append",
+        default=[],
+        metavar="STAGE=CHECKPOINT",
+        help="take STAGE as trained by this checkpoint (e.g. walk=models/walk): it is not run, its children start "
+        "from it (repeatable)",
+    )
     add_set_option(cur, "override a config key in every stage (repeatable)")
     cur.set_defaults(func=_curriculum)
 
@@ -332,6 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(soak, "override a config key (repeatable)")
     soak.add_argument("--json", help="also write the figures to this JSON file")
     soak.set_defaults(func=_bench_soak)
+    learn = bench_kinds.add_parser(
+        "learn", help="train seeds to a budget of simulated env steps, score them with lrun eval: distance vs steps"
+    )
+    learn.add_argument("config", nargs="?", help="TOML config (default experiments/recipes/walk-mirror.toml)")
+    learn.add_argument(
+        "--env-steps", type=int, default=2_000_000, help="budget of simulated env steps (0.01 s each; default 2e6)"
+    )
+    learn.add_argument("--ranks", type=int, default=3, help="MPI ranks of training and evaluation (default 3)")
+    learn.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (default 1)")
+    learn.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=20,
+        help="episodes of the deterministic reference-physics evaluation (default 20; the stochastic one on the "
+        "training physics runs at least 20)",
+    )
+    learn.add_argument("--out", help="output directory (default bench-results/learn-<config stem>)")
+    learn.add_argument("--overwrite", action="store_true", help="replace the results of an earlier benchmark in --out")
+    add_set_option(learn, "override a config key of every seed's run (repeatable)")
+    learn.add_argument("--json", help="also write the figures to this JSON file")
+    learn.set_defaults(func=_bench_learn)
     return parser
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrun.checkpoint import checkpoint_dir, load_checkpoint
+from lrun.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, resolve_checkpoint
 from lrun.config import ConfigError, TrainConfig, load_config, read_toml
 
 
@@ -83,11 +83,17 @@ def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
     return Curriculum(Path(root or data.get("root", "runs/curriculum")), stages)
 
 
-def stage_config(curriculum: Curriculum, stage: Stage, overrides: list[str]) -> TrainConfig:
-    """The stage's training config with its run directory and parent checkpoint filled in."""
+def stage_config(
+    curriculum: Curriculum, stage: Stage, overrides: list[str], provided: dict[str, str] | None = None
+) -> TrainConfig:
+    """The stage's training config with its run directory and parent checkpoint filled in (a parent named in
+    `provided` hands on that checkpoint instead of its own run's)."""
     extra = [f"run.run_dir={curriculum.root / stage.name}"]
     if stage.parent is not None:
-        parent_checkpoint = checkpoint_dir(curriculum.root / stage.parent) / "checkpoint.pt"
+        if provided and stage.parent in provided:
+            parent_checkpoint = resolve_checkpoint(provided[stage.parent])
+        else:
+            parent_checkpoint = checkpoint_dir(curriculum.root / stage.parent) / "checkpoint.pt"
         extra.append(f"{TRANSFER_KEYS[stage.transfer]}={parent_checkpoint}")
     return load_config(stage.config, [*stage.overrides, *overrides, *extra])
 
@@ -108,11 +114,13 @@ def run_curriculum(
     comm: Any = None,
     stream: TextIO | None = None,
     only: str | None = None,
+    provided: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every stage in order, or just stage `only` (collective over `comm`); returns per-stage summaries.
 
     With `only` (a Slurm job per stage), the stage's parent must be complete: its final checkpoint is where the
-    stage starts.
+    stage starts. `provided` maps stage names to trained checkpoints (e.g. a shipped model under models/):
+    those stages are not trained, and their children start from the given checkpoint.
     """
     from lrun import mpi as lmpi
     from lrun.train import train
@@ -121,15 +129,28 @@ def run_curriculum(
     comm = comm if comm is not None else lmpi.comm_world()
     speak = comm.Get_rank() == 0
     curriculum = load_curriculum(path, root)
-    configs = [stage_config(curriculum, s, overrides or []) for s in curriculum.stages]  # all checked up front
     names = [s.name for s in curriculum.stages]
+    provided = dict(provided or {})
+    for name, checkpoint in provided.items():
+        if name not in names:
+            raise ConfigError(f"{path}: --from names no stage {name!r}; stages: {', '.join(names)}")
+        try:
+            provided[name] = str(resolve_checkpoint(checkpoint))
+        except CheckpointError as exc:
+            raise ConfigError(f"--from {name}={checkpoint}: {exc}") from None
+    configs = [stage_config(curriculum, s, overrides or [], provided) for s in curriculum.stages]
     if only is not None and only not in names:
         raise ConfigError(f"{path}: no stage {only!r}; stages: {', '.join(names)}")
     summaries = []
     for stage, config in zip(curriculum.stages, configs):
         if only is not None and stage.name != only:
             continue
-        if only is not None and stage.parent is not None:
+        if stage.name in provided:
+            if speak:
+                print(f"== stage {stage.name}: provided ({provided[stage.name]}): not trained", file=stream, flush=True)
+            summaries.append({"stage": stage.name, "status": "provided"})
+            continue
+        if only is not None and stage.parent is not None and stage.parent not in provided:
             parent_config = configs[names.index(stage.parent)]
             if stage_status(parent_config)[0] != "done" and stage_status(config)[0] == "new":
                 raise ConfigError(
@@ -144,6 +165,8 @@ def run_curriculum(
                 "new": "starting",
             }[status]
             origin = f" from {stage.parent}'s final checkpoint" if status == "new" and stage.parent else ""
+            if origin and stage.parent in provided:
+                origin = f" from {stage.parent} = {provided[stage.parent]}"
             print(f"== stage {stage.name}: {what}{origin}", file=stream, flush=True)
         if status == "done":
             summaries.append({"stage": stage.name, "status": "skipped", "iterations": done})

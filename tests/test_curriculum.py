@@ -138,3 +138,31 @@ set = {TINY}
     more = load_checkpoint(tmp_path / "runs" / "more")
     assert more["meta"]["policy_spec"]["kind"] == "mlp" and more["meta"]["hidden_sizes"] == [32, 32]
     assert more["lineage"][-1]["how"] == "init" and len(more["lineage"]) == 2
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_a_later_stage_starts_from_a_provided_checkpoint(tmp_path):
+    """`--from walk=CKPT`: the walk stage is not trained; the run stage starts from that checkpoint (a shipped
+    model, say); a missing checkpoint or unknown stage is refused with one line."""
+    shipped = tmp_path / "shipped"
+    walk_cfg = EXPERIMENTS / "stages" / "walk.toml"
+    tiny = ["run.iterations=1", "ppo.steps_per_env=30", "layout.envs_per_rank=2", "ppo.minibatches=4"]
+    tiny += ["ppo.epochs=1", "policy.hidden_sizes=[32, 32]"]
+    sets_ = [arg for item in [*tiny, f"run.run_dir={shipped}"] for arg in ("--set", item)]
+    assert run([LRUN, "train", str(walk_cfg), *sets_]).returncode == 0
+    curriculum = two_stages(tmp_path)
+    result = run([MPIEXEC, "-n", "2", LRUN, "curriculum", str(curriculum), "--from", f"walk={shipped}"])
+    assert result.returncode == 0, result.stderr
+    checkpoint = shipped / "checkpoints" / "checkpoint.pt"
+    assert f"== stage walk: provided ({checkpoint}): not trained" in result.stdout
+    assert f"== stage run: starting from walk = {checkpoint}" in result.stdout
+    assert not (tmp_path / "runs" / "walk").exists()
+    assert load_checkpoint(tmp_path / "runs" / "run")["lineage"][0]["checkpoint"] == str(checkpoint)
+    for bad, message in (
+        (f"walk={tmp_path / 'nothing'}", "--from walk="),
+        (f"sprint={shipped}", "--from names no stage 'sprint'"),
+        ("walk", "expected STAGE=CHECKPOINT"),
+    ):
+        refused = run([LRUN, "curriculum", str(curriculum), "--root", str(tmp_path / "other"), "--from", bad])
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
