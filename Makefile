@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test lint bench bench-env bench-train bench-soak bench-learn run submit clean
+.PHONY: install test lint bench bench-env bench-train bench-soak bench-learn run demo submit clean
 
 RANKS ?= 3
 
@@ -57,6 +57,14 @@ run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun eval $(RUN_DIR)/fast --episodes 6 --difficulty 2 --obstacles 10 --out $(RUN_DIR)/eval
 	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
 	@echo "evaluation of the last stage (reference physics, 10 obstacles): $(RUN_DIR)/eval"
+
+# The shipped walking policy (models/walk): a few evaluation episodes on the graders' physics and a GIF of one.
+MODEL ?= models/walk
+DEMO_DIR ?= runs/demo
+demo: install
+	$(BIN)/mpiexec -n 2 $(BIN)/lrun eval $(MODEL) --episodes 2 --difficulty 0 --out $(DEMO_DIR)/eval --overwrite
+	$(BIN)/lrun render $(DEMO_DIR)/eval --episode 0 -o $(DEMO_DIR)/walk.gif --stride 3
+	@echo "the shipped policy's evaluation: $(DEMO_DIR)/eval/eval.json; an episode: $(DEMO_DIR)/walk.gif"
 
 # Submit the full curriculum to Slurm: one job per stage, chained with afterok (see README, "Cluster recipe").
 CURRICULUM ?= experiments/curriculum.toml

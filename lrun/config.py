@@ -46,12 +46,14 @@ class RewardConfig:
 
     weights: dict = doc(
         "term -> weight; empty: the task's own reward. Terms: progress, ligament, capped_progress, "
-        "knee_bend, speed_target, alive, upright, head_ahead",
+        "knee_bend, speed_target, alive, upright, head_ahead, footstep",
         default_factory=dict,
     )
     speed_cap: float = doc("m/s up to which capped_progress counts pelvis progress", 1.5)
     speed_target: float = doc("m/s the speed_target term aims at", 3.0)
     knee_bend_max: float = doc("rad of knee flexion up to which knee_bend counts", 0.6)
+    step_margin: float = doc("m: footstep counts a foot as leading once its ankle is this far ahead", 0.05)
+    step_advance: float = doc("m the pelvis must advance between two counted footsteps", 0.1)
 
 
 @dataclass
@@ -345,6 +347,8 @@ def validate(config: TrainConfig) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     checks.append((not config.ppo.mirror or config.env.id == "lrun/Run-v0", "ppo.mirror needs env.id = lrun/Run-v0"))
+    checks.append((config.reward.step_margin >= 0, "reward.step_margin must be >= 0"))
+    checks.append((config.reward.step_advance >= 0, "reward.step_advance must be >= 0"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -11,7 +11,7 @@ import pytest
 
 from lrun.config import ConfigError, build_config
 from lrun.env.factory import make_env
-from lrun.env.shaping import STEP_SECONDS, TERMS, ShapingParams, term_values
+from lrun.env.shaping import STEP_SECONDS, TERMS, ShapingParams, StepCounter, term_values
 from lrun.store.reader import RunStore
 
 LRUN = str(Path(sys.executable).parent / "lrun")
@@ -143,3 +143,33 @@ def test_a_shaped_run_logs_and_stores_task_and_shaped_rewards(tmp_path):
         assert float(row["reward/task_reward"]) == pytest.approx(
             float(row["reward/delta_x"]) - float(row["reward/ligament_penalty"]), abs=1e-6
         )
+
+
+def feet(pelvis_x: float, left_ahead: float) -> np.ndarray:
+    """An observation with the pelvis at `pelvis_x` and the left ankle `left_ahead` m ahead of the right."""
+    obs = obs_with()
+    obs[1] = pelvis_x
+    obs[32], obs[34] = pelvis_x + left_ahead / 2, pelvis_x - left_ahead / 2
+    return obs
+
+
+def test_footsteps_count_alternating_feet_that_carry_the_pelvis_forward():
+    counter = StepCounter(ShapingParams(step_margin=0.05, step_advance=0.1))
+    counter.reset(feet(0.0, 0.0))  # feet level: nobody leads yet
+    walk = [feet(0.05, 0.2), feet(0.2, -0.2), feet(0.4, 0.2), feet(0.6, -0.2)]
+    assert [counter.update(o) for o in walk] == [0.0, 1.0, 1.0, 1.0]  # the first lead is no step yet
+    counter.reset(feet(0.0, 0.2))
+    in_place = [feet(0.0, -0.2), feet(0.02, 0.2), feet(0.04, -0.2)]  # legs swing, the pelvis stays
+    assert sum(counter.update(o) for o in in_place) == 0.0
+    counter.reset(feet(0.0, 0.2))
+    jitter = [feet(0.3, 0.03), feet(0.6, -0.03), feet(0.9, 0.04)]  # within the margin: the left foot still leads
+    assert sum(counter.update(o) for o in jitter) == 0.0
+    assert counter.update(feet(1.2, -0.1)) == 1.0
+
+
+def test_footstep_term_on_the_real_skeleton_is_reported_and_resets():
+    env = make_env("lrun/Run-v0", physics="fast", reward_weights={"footstep": 1.0}, shaping=ShapingParams())
+    env.reset(seed=0)
+    _, reward, *_, info = env.step(np.full(18, 0.05))
+    assert info["shaping_footstep"] == reward == 0.0  # standing still from the initial pose is no step
+    assert env.get_wrapper_attr("steps").lead == 0  # the initial pose has level feet

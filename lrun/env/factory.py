@@ -64,5 +64,5 @@ def env_factory(env_config, reward_config=None) -> Callable[[], gym.Env]:
         from lrun.env.shaping import ShapingParams
 
         r = reward_config
-        shaping = ShapingParams(r.speed_cap, r.speed_target, r.knee_bend_max)
+        shaping = ShapingParams(r.speed_cap, r.speed_target, r.knee_bend_max, r.step_margin, r.step_advance)
     return lambda: make_env(c.id, c.difficulty, c.max_obstacles, c.physics, c.frame_skip, c.kwargs, weights, shaping)

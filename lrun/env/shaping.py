@@ -16,6 +16,7 @@ import numpy as np
 STEP_SECONDS = 0.01
 KNEE_ANGLES = (7, 10)  # observation indices of knee_angle_r, knee_angle_l (negative = flexed)
 PELVIS_X, PELVIS_Y, HEAD_X = 1, 2, 22  # observation indices
+TALUS_L_X, TALUS_R_X = 32, 34  # observation indices of the ankles' x
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,54 @@ class ShapingParams:
     """m/s: `speed_target` rewards pelvis speed close to this (a fast stage)."""
     knee_bend_max: float = 0.6
     """rad: `knee_bend` counts knee flexion up to this much (more is not better)."""
+    step_margin: float = 0.05
+    """m: a foot leads once its ankle is this far ahead of the other (hysteresis: jitter is not a step)."""
+    step_advance: float = 0.1
+    """m: the pelvis must advance this far between two counted steps (stepping in place is not a step)."""
 
 
-def term_values(prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: ShapingParams) -> dict[str, float]:
-    """Every available term for one step (RunEnv observations before and after it)."""
+class StepCounter:
+    """Counts footsteps: the leading foot changes (ankle x order, with a margin) after the pelvis advanced.
+
+    Stateful over an episode: `reset` with the first observation, then `update` with each next one.
+    """
+
+    def __init__(self, params: ShapingParams) -> None:
+        self.params = params
+        self.lead = 0  # +1 left ankle ahead, -1 right ahead, 0 not yet decided
+        self.x_at_step = 0.0
+
+    def reset(self, obs: np.ndarray) -> None:
+        """Start an episode."""
+        self.lead = self._lead_of(obs)
+        self.x_at_step = float(obs[PELVIS_X])
+
+    def _lead_of(self, obs: np.ndarray) -> int:
+        gap = float(obs[TALUS_L_X] - obs[TALUS_R_X])
+        if abs(gap) > self.params.step_margin:
+            return 1 if gap > 0 else -1
+        return 0
+
+    def update(self, obs: np.ndarray) -> float:
+        """1.0 if this observation completes a step, else 0.0."""
+        lead = self._lead_of(obs)
+        if lead == 0 or lead == self.lead:
+            return 0.0
+        first, self.lead = self.lead == 0, lead
+        x = float(obs[PELVIS_X])
+        if first or x - self.x_at_step < self.params.step_advance:
+            if first:
+                self.x_at_step = x
+            return 0.0
+        self.x_at_step = x
+        return 1.0
+
+
+def term_values(
+    prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: ShapingParams, footstep: float = 0.0
+) -> dict[str, float]:
+    """Every available term for one step (RunEnv observations before and after it; `footstep` from a
+    `StepCounter`, the one stateful term)."""
     delta_x = float(info["delta_x"])
     speed = delta_x / STEP_SECONDS
     flexion = np.clip(-obs[list(KNEE_ANGLES)], 0.0, p.knee_bend_max)
@@ -46,10 +91,21 @@ def term_values(prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: 
         "alive": STEP_SECONDS,
         "upright": -abs(float(obs[0])) * STEP_SECONDS,
         "head_ahead": min(0.0, float(obs[HEAD_X] - obs[PELVIS_X])) * STEP_SECONDS,
+        "footstep": footstep,
     }
 
 
-TERMS = ("progress", "ligament", "capped_progress", "knee_bend", "speed_target", "alive", "upright", "head_ahead")
+TERMS = (
+    "progress",
+    "ligament",
+    "capped_progress",
+    "knee_bend",
+    "speed_target",
+    "alive",
+    "upright",
+    "head_ahead",
+    "footstep",
+)
 #: What each term rewards, for `lrun config-keys` and the README.
 TERM_HELP = {
     "progress": "pelvis x advance this step (m): the task's reward",
@@ -60,6 +116,7 @@ TERM_HELP = {
     "alive": "1 per second of not having fallen",
     "upright": "minus |pelvis tilt| (rad), per second",
     "head_ahead": "minus how far the head is behind the pelvis (m, 0 when ahead), per second: lean into the walk",
+    "footstep": "1 per step: the leading ankle changes (by step_margin) after the pelvis advanced step_advance",
 }
 TASK_WEIGHTS = {"progress": 1.0, "ligament": 1.0}
 
@@ -84,6 +141,7 @@ class ShapedReward(gym.Wrapper):
         self.weights = dict(weights)
         self.params = params or ShapingParams()
         self._obs: np.ndarray | None = None
+        self.steps = StepCounter(self.params)
         # what the trajectory store records per step: the env's own terms, the task reward, each shaping term
         self.reward_terms = (*self.task_terms, "task_reward", *(f"shaping_{n}" for n in self.weights))
 
@@ -91,12 +149,14 @@ class ShapedReward(gym.Wrapper):
         """Reset the wrapped env."""
         obs, info = self.env.reset(**kwargs)
         self._obs = np.asarray(obs)
+        self.steps.reset(self._obs)
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         """Step and reshape the reward."""
         obs, task_reward, terminated, truncated, info = self.env.step(action)
-        terms = term_values(self._obs, np.asarray(obs), info, self.params)
+        footstep = self.steps.update(np.asarray(obs)) if "footstep" in self.weights else 0.0
+        terms = term_values(self._obs, np.asarray(obs), info, self.params, footstep)
         shaped = 0.0
         for name, weight in self.weights.items():
             value = terms[name] if not info.get("integrator_failure") else 0.0
