@@ -57,10 +57,29 @@ def _train(args: argparse.Namespace) -> int:
     from lrun.train import train
 
     def body(comm) -> int:
-        result = train(load_config(args.config, args.set), resume=args.resume, comm=comm)
+        overrides = list(args.set)
+        if args.resume:
+            overrides += resume_in_place(args.resume, overrides)
+        result = train(load_config(args.config, overrides), resume=args.resume, comm=comm)
         return EXIT_STOPPED if result.get("stopped_early") else 0
 
     return _collective("train", body)
+
+
+def resume_in_place(resume: str, overrides: list[str]) -> list[str]:
+    """`--resume RUN` continues RUN in its own directory: the run.run_dir override that says so, unless the
+    user named one (then `lrun train` checks that it is RUN's, or an empty one for a checkpoint kept outside
+    any run)."""
+    from lrun.checkpoint import CheckpointError, resolve_checkpoint
+    from lrun.train import resumed_run_dir
+
+    if any(item.split("=", 1)[0].strip() == "run.run_dir" for item in overrides):
+        return []
+    try:
+        own = resumed_run_dir(resolve_checkpoint(resume))
+    except CheckpointError:
+        return []  # lrun train says what is wrong with it
+    return [f"run.run_dir={own}"] if own is not None else []
 
 
 def _transfer(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ A world of size 1 runs all roles in one process (serial mode) with the same math
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -419,6 +420,15 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         start = startup_checks(config, resume, comm.Get_size())
     except (ConfigError, lmpi.LayoutError, CheckpointError, StoreError, ValueError, OSError) as exc:
         raise StartupError(str(exc)) from exc
+    if start.payload is not None and int(start.payload["iteration"]) >= config.run.iterations:
+        if comm.Get_rank() == 0:  # every rank found the same and returns: no MPI traffic, no file touched
+            print(
+                f"lrun train: {resume} already has {int(start.payload['iteration'])} iterations "
+                f"(run.iterations = {config.run.iterations}): nothing to do; raise run.iterations to train on",
+                file=stream,
+                flush=True,
+            )
+        return {"nothing_to_do": True}
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     RSS.reset()  # a curriculum trains several stages in one process
@@ -463,6 +473,71 @@ def restore_handlers(previous: dict) -> None:
         signal.signal(sig, handler)
 
 
+def resumed_run_dir(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (RUN/checkpoints/FILE), or None for a file kept elsewhere
+    (a shipped model under models/, say)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+#: What lrun writes into a run directory; any of them marks the directory as holding a run.
+RUN_DATA = ("checkpoints", "trajectories", "progress.csv", "config.json", "ranks", "clone.csv")
+
+
+def lrun_data_in(run_dir: str | Path) -> list[str]:
+    """The lrun outputs present in `run_dir` (empty if none, or if it does not exist)."""
+    run_dir = Path(run_dir)
+    return [name for name in RUN_DATA if (run_dir / name).exists()]
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """The run directory is usable: not empty as a name, not a file, creatable and writable (OSError naming
+    the path otherwise)."""
+    if not str(run_dir).strip():
+        raise ConfigError("run.run_dir is empty: name a directory for the run")
+    path = Path(run_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # nothing is created before the run starts
+    if not existing.is_dir():
+        what = "is a file, not a directory" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"run.run_dir {run_dir} {what}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is not writable)"
+        raise ConfigError(f"run.run_dir {run_dir}: not writable{where}")
+
+
+def check_resume_target(checkpoint: Path, run_dir: str | Path) -> None:
+    """`--resume` continues a run in its own directory; a checkpoint kept outside any run (models/...) is
+    continued in a new, empty run directory, never in the checkpoint's own folder."""
+    own = resumed_run_dir(checkpoint)
+    target = Path(run_dir)
+    if own is not None:
+        if own.resolve() != target.resolve():
+            raise ConfigError(
+                f"--resume {checkpoint} continues the run in {own}, but run.run_dir is {target}: drop "
+                f"run.run_dir to continue in place, or start a new run from it with run.init_from"
+            )
+        return
+    if target.resolve() == checkpoint.parent.resolve():
+        raise ConfigError(
+            f"--resume {checkpoint}: a checkpoint kept outside a run directory is continued in a new "
+            f"run.run_dir, not in {checkpoint.parent}"
+        )
+    if resolve_existing(target):
+        raise CheckpointError(
+            f"run directory {target} already holds a run: continue that one with --resume {target}, or choose "
+            f"another run.run_dir to continue {checkpoint} in"
+        )
+    if lrun_data_in(target):
+        raise CheckpointError(
+            f"run directory {target} holds lrun data ({', '.join(lrun_data_in(target))}): choose an empty "
+            f"run.run_dir to continue {checkpoint} in"
+        )
+
+
+def resolve_existing(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint of its own."""
+    return (run_dir / "checkpoints" / "checkpoint.pt").is_file()
+
+
 class StartupError(RuntimeError):
     """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
 
@@ -473,14 +548,22 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
     plain = config_spec(config, problem)
+    check_run_dir(config.run.run_dir)
     existing = Path(config.run.run_dir) / "checkpoints" / "checkpoint.pt"
     if resume is None and existing.exists():
         raise CheckpointError(
             f"run directory {config.run.run_dir} already holds a run ({existing}): continue it with "
             f"--resume {config.run.run_dir}, or choose another run.run_dir"
         )
+    if resume is None and lrun_data_in(config.run.run_dir):
+        raise CheckpointError(
+            f"run directory {config.run.run_dir} holds lrun data ({', '.join(lrun_data_in(config.run.run_dir))}) "
+            f"but no checkpoint to resume from (a run stopped before its first checkpoint): remove it "
+            f"(rm -r {config.run.run_dir}) or choose another run.run_dir"
+        )
     if resume is not None:
         resume_path = resolve_checkpoint(resume)
+        check_resume_target(resume_path, config.run.run_dir)
         payload = load_checkpoint(resume_path)
         spec = plain
         if config.blend.source:  # the frozen part travels in the checkpoint; the source file is not needed
