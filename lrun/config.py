@@ -286,52 +286,97 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return build_config(data)
 
 
+#: Allowed values of every key that has a range: (test, what is allowed). Floats must also be finite.
+RANGES: dict[str, tuple[Any, str]] = {
+    "layout.learners": (lambda v: v >= 1, ">= 1"),
+    "layout.envs_per_rank": (lambda v: v >= 1, ">= 1 (zero envs collect nothing)"),
+    "layout.ranks": (lambda v: v >= 0, ">= 0 (0 accepts any world size)"),
+    "env.difficulty": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    "env.max_obstacles": (lambda v: v >= 0, ">= 0"),
+    "env.frame_skip": (lambda v: v >= 1, ">= 1"),
+    "reward.speed_cap": (lambda v: v > 0, "> 0"),
+    "reward.knee_bend_max": (lambda v: v >= 0, ">= 0"),
+    "reward.step_margin": (lambda v: v >= 0, ">= 0"),
+    "reward.step_advance": (lambda v: v >= 0, ">= 0"),
+    "policy.activation": (lambda v: v in ("tanh", "relu", "elu"), "tanh, relu or elu"),
+    "policy.distribution": (lambda v: v in ("gaussian", "beta"), "gaussian or beta"),
+    "policy.init_log_std": (lambda v: -20 <= v <= 2, "in [-20, 2]"),
+    "ppo.steps_per_env": (lambda v: v >= 1, ">= 1"),
+    "ppo.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "ppo.reward_scale": (lambda v: v > 0, "> 0"),
+    "ppo.gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "ppo.learning_rate": (lambda v: v > 0, "> 0"),
+    "ppo.lr_schedule": (lambda v: v in ("constant", "linear"), "constant or linear"),
+    "ppo.epochs": (lambda v: v >= 1, ">= 1"),
+    "ppo.minibatches": (lambda v: v >= 1, ">= 1"),
+    "ppo.clip_coef": (lambda v: v > 0, "> 0"),
+    "ppo.ent_coef": (lambda v: v >= 0, ">= 0"),
+    "ppo.vf_coef": (lambda v: v >= 0, ">= 0"),
+    "ppo.max_grad_norm": (lambda v: v > 0, "> 0"),
+    "run.iterations": (lambda v: v >= 1, ">= 1"),
+    "run.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "run.run_dir": (lambda v: bool(v.strip()), "a directory name (not empty)"),
+    "run.checkpoint_every": (lambda v: v >= 1, ">= 1"),
+    "run.sync_check_every": (lambda v: v >= 1, ">= 1"),
+    "run.wait_sleep": (lambda v: 0 <= v <= 1, "in [0, 1] seconds"),
+    "blend.start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "blend.end": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "blend.ramp_iterations": (lambda v: v >= 0, ">= 0"),
+    "blend.distill_coef": (lambda v: v >= 0, ">= 0"),
+    "clone.max_states": (lambda v: v >= 2, ">= 2"),
+    "clone.epochs": (lambda v: v >= 1, ">= 1"),
+    "clone.minibatch_size": (lambda v: v >= 1, ">= 1"),
+    "clone.learning_rate": (lambda v: v > 0, "> 0"),
+    "clone.value_coef": (lambda v: v >= 0, ">= 0"),
+    "clone.holdout_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key} = {value!r}: must be {allowed}")
+
+
 def validate(config: TrainConfig) -> None:
-    """Value checks that do not depend on the MPI world (those live in `lrun.mpi.check_layout`)."""
-    checks = [
-        (config.layout.learners >= 1, "layout.learners must be >= 1"),
-        (config.layout.envs_per_rank >= 1, "layout.envs_per_rank must be >= 1 (zero envs collect nothing)"),
-        (config.layout.ranks >= 0, "layout.ranks must be >= 0"),
-        (config.env.difficulty in (0, 1, 2), "env.difficulty must be 0, 1 or 2"),
-        (config.env.max_obstacles >= 0, "env.max_obstacles must be >= 0"),
-        (config.env.frame_skip >= 1, "env.frame_skip must be >= 1"),
-        (config.ppo.steps_per_env >= 1, "ppo.steps_per_env must be >= 1"),
-        (0.0 < config.ppo.gamma <= 1.0, "ppo.gamma must lie in (0, 1]"),
-        (config.ppo.reward_scale > 0, "ppo.reward_scale must be > 0"),
-        (0.0 <= config.ppo.gae_lambda <= 1.0, "ppo.gae_lambda must lie in [0, 1]"),
-        (config.ppo.learning_rate > 0, "ppo.learning_rate must be > 0"),
-        (config.ppo.lr_schedule in ("constant", "linear"), "ppo.lr_schedule must be constant or linear"),
-        (config.ppo.epochs >= 1, "ppo.epochs must be >= 1"),
-        (config.ppo.minibatches >= 1, "ppo.minibatches must be >= 1"),
-        (config.run.iterations >= 1, "run.iterations must be >= 1"),
-        (config.run.checkpoint_every >= 1, "run.checkpoint_every must be >= 1"),
-        (config.run.sync_check_every >= 1, "run.sync_check_every must be >= 1"),
-        (config.run.wait_sleep >= 0, "run.wait_sleep must be >= 0"),
-        (
-            len(config.policy.hidden_sizes) >= 1 and min(config.policy.hidden_sizes) >= 1,
-            "policy.hidden_sizes needs at least one positive size",
-        ),
-        (config.policy.activation in ("tanh", "relu", "elu"), "policy.activation must be tanh, relu or elu"),
-        (config.policy.distribution in ("gaussian", "beta"), "policy.distribution must be gaussian or beta"),
-        (0.0 <= config.blend.start <= 1.0, "blend.start must lie in [0, 1]"),
-        (0.0 <= config.blend.end <= 1.0, "blend.end must lie in [0, 1]"),
-        (config.blend.ramp_iterations >= 0, "blend.ramp_iterations must be >= 0"),
-        (config.blend.distill_coef >= 0, "blend.distill_coef must be >= 0"),
-        (config.clone.max_states >= 2, "clone.max_states must be >= 2"),
-        (config.clone.epochs >= 1, "clone.epochs must be >= 1"),
-        (config.clone.minibatch_size >= 1, "clone.minibatch_size must be >= 1"),
-        (config.clone.learning_rate > 0, "clone.learning_rate must be > 0"),
-        (config.clone.value_coef >= 0, "clone.value_coef must be >= 0"),
-        (0.0 <= config.clone.holdout_fraction < 1.0, "clone.holdout_fraction must lie in [0, 1)"),
-        (
-            sum(bool(x) for x in (config.run.init_from, config.blend.source, config.clone.teacher)) <= 1,
+    """Value checks that do not depend on the MPI world (those live in `lrun.mpi.check_layout`): every key's
+    range, every float finite, and the keys that depend on each other. One line naming key, value and rule."""
+    import math
+
+    for section in SECTIONS:
+        for f in dataclasses.fields(SECTIONS[section]):
+            key, value = f"{section}.{f.name}", getattr(getattr(config, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _bad(key, value, "a finite number")
+            if key in RANGES and not RANGES[key][0](value):
+                raise _bad(key, value, RANGES[key][1])
+    sizes = config.policy.hidden_sizes
+    if not sizes or min(sizes) < 1:
+        raise _bad("policy.hidden_sizes", sizes, "a list of one or more positive sizes")
+    batch = config.ppo.steps_per_env * config.layout.envs_per_rank  # the smallest batch a learner can get
+    if config.ppo.minibatches > batch:
+        raise _bad(
+            "ppo.minibatches",
+            config.ppo.minibatches,
+            f"<= the samples of one simulator's rollout (ppo.steps_per_env x layout.envs_per_rank = {batch})",
+        )
+    if sum(bool(x) for x in (config.run.init_from, config.blend.source, config.clone.teacher)) > 1:
+        raise ConfigError(
             "run.init_from, blend.source and clone.teacher are three ways to start from a trained policy: "
-            "set at most one",
-        ),
-    ]
+            "set at most one"
+        )
     from lrun.env.physics import PRESETS
 
-    checks.append((config.env.physics in PRESETS, f"env.physics must be one of {sorted(PRESETS)}"))
+    if config.env.physics not in PRESETS:
+        raise _bad("env.physics", config.env.physics, f"one of {', '.join(sorted(PRESETS))}")
+    if config.env.id == "lrun/Run-v0" and config.env.kwargs:
+        import inspect
+
+        from lrun.env.run_env import RunEnv
+
+        accepted = [n for n in inspect.signature(RunEnv.__init__).parameters if n not in ("self", "difficulty")]
+        accepted = [n for n in accepted if n not in ("max_obstacles", "physics")]  # their own keys set these
+        for name in config.env.kwargs:
+            if name not in accepted:
+                raise ConfigError(f"env.kwargs.{name}: not an option of lrun/Run-v0 (options: {', '.join(accepted)})")
     if config.reward.weights:
         from lrun.env.shaping import check_weights
 
@@ -339,19 +384,19 @@ def validate(config: TrainConfig) -> None:
             check_weights(config.reward.weights)
         except ValueError as exc:
             raise ConfigError(f"reward.weights: {exc}") from None
-        checks.append((config.env.id == "lrun/Run-v0", "reward.weights: reward shaping needs env.id = lrun/Run-v0"))
+        for name, weight in config.reward.weights.items():
+            if not math.isfinite(weight):
+                raise _bad(f"reward.weights.{name}", weight, "a finite number")
+        if config.env.id != "lrun/Run-v0":
+            raise ConfigError("reward.weights: reward shaping needs env.id = lrun/Run-v0")
     from lrun.env.features import check_features
 
     try:
         check_features(config.policy.features, config.env.id)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    checks.append((not config.ppo.mirror or config.env.id == "lrun/Run-v0", "ppo.mirror needs env.id = lrun/Run-v0"))
-    checks.append((config.reward.step_margin >= 0, "reward.step_margin must be >= 0"))
-    checks.append((config.reward.step_advance >= 0, "reward.step_advance must be >= 0"))
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    if config.ppo.mirror and config.env.id != "lrun/Run-v0":
+        raise ConfigError("ppo.mirror needs env.id = lrun/Run-v0")
 
 
 def describe_keys() -> str:

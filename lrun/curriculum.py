@@ -74,6 +74,8 @@ def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
             raise ConfigError(
                 f"{path}: stage {entry['name']!r}: transfer must be one of {', '.join(TRANSFER_KEYS)}, got {transfer!r}"
             )
+        if entry["name"] in [s.name for s in stages]:
+            raise ConfigError(f"{path}: stage {i + 1}: name {entry['name']!r} is taken by an earlier stage")
         parent = entry.get("parent")
         if parent is not None and parent not in [s.name for s in stages]:
             raise ConfigError(f"{path}: stage {entry['name']!r}: parent {parent!r} is not an earlier stage")

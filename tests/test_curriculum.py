@@ -83,6 +83,9 @@ def test_bad_curricula_and_missing_parent_checkpoint(tmp_path):
     bad.write_text('roots = "x"\n[[stage]]\nname = "a"\nconfig = "x.toml"\n')
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['roots'\]"):
         load_curriculum(bad)
+    bad.write_text('[[stage]]\nname = "a"\nconfig = "x.toml"\n[[stage]]\nname = "a"\nconfig = "y.toml"\n')
+    with pytest.raises(ConfigError, match="stage 2: name 'a' is taken by an earlier stage"):
+        load_curriculum(bad)
     result = run(
         [
             LRUN,

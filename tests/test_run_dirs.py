@@ -101,5 +101,5 @@ def test_unusable_run_directories_get_one_line(tmp_path):
     before = checksums(tmp_path)
     one_line_error(train(*sets(f"run.run_dir={a_file}")), "is a file, not a directory")
     one_line_error(train(*sets(f"run.run_dir={a_file / 'run'}")), "cannot be created", str(a_file))
-    one_line_error(train(*sets("run.run_dir=")), "run.run_dir is empty")
+    one_line_error(train(*sets("run.run_dir=")), "run.run_dir = '': must be a directory name")
     assert checksums(tmp_path) == before
