@@ -64,11 +64,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: corrupt or not a checkpoint ({first})") from exc
+        raise CheckpointError(f"{path}: corrupt or not a checkpoint ({load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an lrun checkpoint (format {FORMAT!r} expected)")
     return payload
+
+
+def load_failure(exc: BaseException) -> str:
+    """What went wrong in torch.load, in one line, without torch's advice to load with weights_only=False: that
+    would run whatever code a hostile file carries, so lrun never passes it on."""
+    text = str(exc).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data, which lrun does not load"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe_spec(spec: dict[str, Any]) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _bench_env(args: argparse.Namespace) -> int:
@@ -142,22 +144,6 @@ def _transfer_study(args: argparse.Namespace) -> int:
     return _collective("transfer-study", body)
 
 
-def _store_command(func):
-    """Run an analysis command; a bad run directory or file gives one clear line, not an h5py traceback."""
-
-    def wrapped(args: argparse.Namespace) -> int:
-        from lrun.store.reader import StoreError
-
-        try:
-            return func(args)
-        except StoreError as exc:
-            print(f"lrun {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
-@_store_command
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -174,7 +160,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-@_store_command
 def _replay(args: argparse.Namespace) -> int:
     from lrun.analysis.replay import replay_episode
 
@@ -188,10 +173,20 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-@_store_command
 def _render(args: argparse.Namespace) -> int:
     from lrun.analysis.render import render_gif, render_strip
+    from lrun.config import ConfigError
 
+    if not args.output.lower().endswith((".png", ".gif")):
+        raise ConfigError(f"-o {args.output}: write FILE.gif (an animation) or FILE.png (a strip of frames)")
+    if args.frames < 1 or args.stride < 1:
+        raise ConfigError(f"--frames {args.frames} / --stride {args.stride}: both must be >= 1")
+    output = Path(args.output).absolute()
+    if output.is_dir():
+        raise ConfigError(f"-o {args.output} is a directory: name the file to write")
+    blocking = next(p for p in output.parents if p.exists())
+    if not blocking.is_dir():
+        raise ConfigError(f"-o {args.output} cannot be written: {blocking} is a file")
     if args.output.lower().endswith(".png"):
         path = render_strip(args.run_dir, args.episode, args.output, frames=args.frames)
     else:
@@ -346,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")
     replay.add_argument("run_dir")
     replay.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
-    replay.add_argument("--physics", help="replay on this physics preset instead of the episode's own")
+    replay.add_argument(
+        "--physics", choices=sorted(PRESETS), help="replay on this physics preset instead of the episode's own"
+    )
     replay.set_defaults(func=_replay)
     render = commands.add_parser("render", help="stick-figure animation (.gif) or frame strip (.png) of an episode")
     render.add_argument("run_dir")
@@ -421,10 +418,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that describe a problem with the user's input or machine (one line, exit 2), as opposed
+    to a bug in lrun (a traceback, kept for the report)."""
+    from lrun.bench_learn import BenchError
+    from lrun.checkpoint import CheckpointError
+    from lrun.config import ConfigError
+    from lrun.evaluate import EvalError
+    from lrun.mpi import LayoutError
+    from lrun.store.reader import StoreError
+    from lrun.train import StartupError
+
+    return (ConfigError, CheckpointError, StoreError, EvalError, LayoutError, StartupError, BenchError, OSError)
+
+
+#: Set LRUN_DEBUG=1 to see the traceback of a user error too.
+DEBUG_VARIABLE = "LRUN_DEBUG"
+
+
+def report_bug(command: str, exc: BaseException) -> Path:
+    """Write the traceback of an unexpected exception to a log file; returns its path."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"lrun-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `lrun` console script."""
+    """Entry point of the `lrun` console script: one error boundary for every command. The project's own
+    errors and the usual OS errors end in one line and exit 2; anything else is a bug in lrun: one line that
+    says where its traceback is (LRUN_DEBUG=1 prints it)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"lrun {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as exc:
+        if debug:
+            raise
+        print(f"lrun {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        log = report_bug(args.command, exc)
+        print(
+            f"lrun {args.command}: internal error: {type(exc).__name__}: {one_line(exc)} (a bug in lrun: the "
+            f"traceback is in {log}; please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line; an OSError names its file."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
 
 
 if __name__ == "__main__":

@@ -268,10 +268,16 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> Tr
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A TOML file as a dict; ConfigError naming the file if it is missing or not valid TOML."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} file {path} is a directory: name a TOML file")
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        return tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")  # an editor's byte-order mark is not a TOML error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 

@@ -117,6 +117,8 @@ class RunStore:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        if self.run_dir.is_file():
+            raise StoreError(f"{self.run_dir} is a file, not a run directory (name the directory of the run)")
         if not self.run_dir.is_dir():
             raise StoreError(f"{self.run_dir}: no such run directory")
         self.paths = rank_files(self.run_dir)

@@ -1,0 +1,115 @@
+"""Every command has one error boundary: bad input ends within seconds in one line and exit 2, with no traceback
+and no file changed (checksums); a bug in lrun says where its traceback went."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import EXPERIMENTS, LRUN, clean_env, run, sets
+
+from lrun.cli import main
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny serial run with a checkpoint and stored episodes."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    tiny = sets(
+        "env.physics=fast",
+        "layout.envs_per_rank=2",
+        "ppo.steps_per_env=80",
+        "ppo.minibatches=2",
+        "ppo.epochs=1",
+        "policy.hidden_sizes=[8]",
+        "run.iterations=2",
+        f"run.run_dir={run_dir}",
+    )
+    result = run([LRUN, "train", *tiny])
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    checkpoint = run_dir / "checkpoints" / "checkpoint.pt"
+    (tmp / "a-dir").mkdir(exist_ok=True)
+    (tmp / "shots.gif").mkdir(exist_ok=True)
+    (tmp / "notes.txt").write_text("not toml = = \n")
+    hostile = tmp / "hostile.pt"
+    with open(hostile, "wb") as f:
+        pickle.dump({"format": "lrun", "x": Path("/")}, f)  # not tensors: needs weights_only=False to load
+    torch.save({"format": "x", "x": Path("/")}, hostile)
+    return [
+        (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "out.jpg")], "write FILE.gif"),
+        (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "s.png"), "--frames", "0"], "must be >= 1"),
+        (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "shots.gif")], "is a directory"),
+        (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "notes.txt" / "y.gif")], "notes.txt is a file"),
+        (["report", str(checkpoint)], "is a file, not a run directory"),
+        (["train", str(tmp / "a-dir")], "is a directory"),
+        (["train", str(tmp / "notes.txt")], "not valid TOML"),
+        (["eval", str(hostile)], "does not load"),
+        (["replay", str(run_dir), "--episode", "999999"], "no finished episode"),
+    ]
+
+
+def test_bad_inputs_get_one_line_and_change_nothing(trained, tmp_path):
+    cases = bad_inputs(trained, tmp_path)
+    before = checksums(trained)
+    for args, message in cases:
+        started = time.perf_counter()
+        result = run([LRUN, *args], timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert lines[0].startswith(f"lrun {args[0]}: error: ") and message in lines[0], (args, lines[0])
+        assert "weights_only=False" not in result.stderr
+        assert time.perf_counter() - started < 30
+    assert checksums(trained) == before
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path):
+    config = tmp_path / "bom.toml"
+    config.write_bytes("\ufeff".encode() + (EXPERIMENTS / "tiny.toml").read_bytes())
+    from lrun.config import load_config
+
+    assert load_config(config).env.physics == "fast"
+
+
+def test_a_bug_shows_where_its_traceback_is(monkeypatch, capsys):
+    import lrun.analysis.report as report
+
+    def broken(run_dir):
+        raise ZeroDivisionError("deliberate")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    monkeypatch.delenv("LRUN_DEBUG", raising=False)
+    assert main(["report", "anything"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lrun report: internal error: ZeroDivisionError: deliberate") and "please report" in err
+    log = Path(err.split("traceback is in ")[1].split(";")[0])
+    assert "ZeroDivisionError" in log.read_text() and "Traceback" in log.read_text()
+    monkeypatch.setenv("LRUN_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["report", "anything"])
+
+
+def test_debug_variable_shows_the_traceback_of_a_user_error(tmp_path):
+    env = {**clean_env(), "LRUN_DEBUG": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lrun.cli", "report", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 1 and "Traceback" in result.stderr and "StoreError" in result.stderr
+    assert os.environ.get("LRUN_DEBUG") is None
