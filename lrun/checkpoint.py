@@ -39,10 +39,18 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int
     target = directory / f"iter-{iteration:06d}.pt"
     for path in (target, directory / LATEST):
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its writer
+            tmp.unlink(missing_ok=True)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+            raise CheckpointError(
+                f"{directory}: cannot write the checkpoint of iteration {iteration} ({reason}); the previous "
+                f"checkpoint is intact"
+            ) from exc
         os.replace(tmp, path)
     for old in sorted(directory.glob("iter-*.pt"))[:-KEEP]:
         old.unlink()

@@ -46,6 +46,9 @@ def _collective(command: str, body) -> int:
         return 2
     except BaseException as exc:
         if comm.Get_size() > 1:
+            if isinstance(exc, user_errors()):  # a full disk, a vanished file: one line, then end the job
+                print(f"lrun {command}: error on rank {rank}: {one_line(exc)}", file=sys.stderr, flush=True)
+                comm.Abort(2)
             print(f"lrun {command}: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             import traceback
 

@@ -336,9 +336,16 @@ def store_rollout(collector: RolloutCollector, writer: TrajectoryWriter | None) 
     if writer is None:
         return 0.0
     start = time.perf_counter()
-    writer.append_steps(collector.last_record, collector.last_terms)
-    writer.append_episodes(collector.book.take_finished())
-    writer.flush()
+    try:
+        writer.append_steps(collector.last_record, collector.last_terms)
+        writer.append_episodes(collector.book.take_finished())
+        writer.flush()
+    except (OSError, RuntimeError) as exc:  # h5py reports a full disk either way
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        raise StoreError(
+            f"{writer.path}: cannot store this iteration's steps ({reason}); rows up to the last checkpoint are "
+            f"kept: free space, then --resume"
+        ) from exc
     return time.perf_counter() - start
 
 
