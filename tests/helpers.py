@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -41,3 +42,12 @@ def read_until(process: subprocess.Popen, prefix: str) -> None:
 def sets(*items: str) -> list[str]:
     """`--set` options, one per SECTION.KEY=VALUE item."""
     return [arg for item in items for arg in ("--set", item)]
+
+
+def checksums(root: Path) -> dict[str, str]:
+    """SHA-256 of every file below `root`, by relative path (to show that a refused command changed nothing)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

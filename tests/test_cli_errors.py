@@ -3,7 +3,6 @@ and no file changed (checksums); a bug in lrun says where its traceback went."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import subprocess
@@ -13,15 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXPERIMENTS, LRUN, clean_env, run, sets
+from helpers import EXPERIMENTS, LRUN, checksums, clean_env, run, sets
 
 from lrun.cli import main
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

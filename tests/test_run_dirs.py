@@ -4,11 +4,10 @@ line. Every refusal is checked with checksums of every file before and after."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-from helpers import EXPERIMENTS, LRUN, run, sets
+from helpers import EXPERIMENTS, LRUN, checksums, run, sets
 
 from lrun.checkpoint import load_checkpoint
 
@@ -21,15 +20,6 @@ TINY = sets(
     "policy.hidden_sizes=[8]",
     "run.checkpoint_every=1",
 )
-
-
-def checksums(root: Path) -> dict[str, str]:
-    """SHA-256 of every file below `root`, by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def train(*args: str):
