@@ -29,7 +29,7 @@ import numpy as np
 
 from lrun.config import TrainConfig, load_config
 
-DEFAULT_CONFIG = "experiments/recipes/walk-mirror.toml"
+DEFAULT_CONFIG = "experiments/recipes/walk-footstep.toml"
 #: Keys the benchmark sets itself (per seed); a --set of one of them would break the budget or the layout.
 OWN_KEYS = ("run.seed", "run.run_dir", "run.iterations")
 #: Run keys that do not change what is learnt: a seed run may differ from the config in these and still count.

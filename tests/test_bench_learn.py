@@ -12,7 +12,7 @@ from helpers import BIN, EXPERIMENTS, MPIEXEC, run, sets
 from lrun.bench_learn import iterations_for, make_plan
 
 LRUN = str(BIN / "lrun")
-RECIPE = str(EXPERIMENTS / "recipes" / "walk-mirror.toml")
+RECIPE = str(EXPERIMENTS / "recipes" / "walk-footstep.toml")
 # 1 simulator x 2 envs x 8 decisions x frame skip 4 = 64 simulated steps per iteration
 TINY = sets(
     "layout.envs_per_rank=2", "ppo.steps_per_env=8", "ppo.minibatches=2", "ppo.epochs=2", "run.checkpoint_every=1"
