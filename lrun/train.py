@@ -597,7 +597,13 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     if their_features != problem.feature_map:
         raise CheckpointError(
             f"{path}: {key} was trained with policy.features = {their_features!r}, this run uses "
-            f"{problem.feature_map!r}; they must match"
+            f"{problem.feature_map!r}; they must match (--set policy.features={their_features})"
+        )
+    their_skip = int(source["config"]["env"].get("frame_skip", 1))
+    if their_skip != config.env.frame_skip:  # the same excitations held for another time are another policy
+        raise CheckpointError(
+            f"{path}: {key} acts every {their_skip} env steps (env.frame_skip), this run every "
+            f"{config.env.frame_skip}; they must match (--set env.frame_skip={their_skip})"
         )
     theirs = source["meta"].get("policy_spec") or {}
     student = collapse_student(source)

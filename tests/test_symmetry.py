@@ -141,3 +141,21 @@ def test_training_with_features_mirror_and_frame_skip_then_eval(tmp_path):
     expected = policy.env_action(raw, np.zeros(18), np.ones(18)).astype(np.float32)
     np.testing.assert_allclose(steps["excitations"], expected, atol=1e-6)
     assert int(row["sim_steps"][0]) <= 2 * int(row["length"][0])
+
+
+def test_a_parent_with_other_features_or_frame_skip_is_refused(tmp_path):
+    """A child run (init, blend, clone) must see and act like its parent: one line saying which --set fits."""
+    parent = tmp_path / "parent"
+    tiny = sets("env.physics=fast", "layout.envs_per_rank=1", "ppo.steps_per_env=8", "ppo.minibatches=2")
+    tiny += sets("ppo.epochs=1", "policy.hidden_sizes=[8]", "run.iterations=1")
+    made = run(
+        [LRUN, "train", *tiny, *sets("policy.features=relative-v1", "env.frame_skip=2", f"run.run_dir={parent}")]
+    )
+    assert made.returncode == 0, made.stderr
+    for extra, hint in (
+        (sets("env.frame_skip=2"), "--set policy.features=relative-v1"),
+        (sets("policy.features=relative-v1"), "--set env.frame_skip=2"),
+    ):
+        child = run([LRUN, "train", *tiny, *extra, *sets(f"run.init_from={parent}", f"run.run_dir={tmp_path / 'c'}")])
+        assert child.returncode == 2 and hint in child.stderr, child.stderr
+        assert len(child.stderr.strip().splitlines()) == 1

@@ -1,0 +1,44 @@
+"""The shipped policies under models/ are what their files say: small, with provenance, and their evaluation
+reproduces with this lrun (an episode re-run gives the recorded distance to the millimetre)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from helpers import LRUN, ROOT, run
+
+from lrun.checkpoint import load_checkpoint
+
+MODELS = sorted(p for p in (ROOT / "models").glob("*") if (p / "checkpoint.pt").is_file())
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
+def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: Path, tmp_path):
+    checkpoint = load_checkpoint(model)
+    assert (model / "checkpoint.pt").stat().st_size < 2 * 1024 * 1024
+    provenance = (model / "PROVENANCE").read_text()
+    for needed in ("commit", "command", "env steps", "wall time", "machine"):
+        assert needed in provenance.lower(), needed
+    assert f"{checkpoint['env_steps']:,}" in provenance or str(checkpoint["env_steps"]) in provenance
+    recorded = json.loads((model / "eval.json").read_text())
+    settings = recorded["settings"]
+    assert settings["difficulty"] == 0 and settings["physics"] == "reference" and settings["episodes"] >= 100
+    assert recorded["iteration"] == checkpoint["iteration"]
+    with open(model / "episodes.csv") as handle:
+        first = next(csv.DictReader(handle))
+    assert (model / f"{model.name}.gif").stat().st_size > 0
+
+    out = tmp_path / "again"
+    args = ["--episodes", "1", "--difficulty", "0", "--seed", str(settings["seed"]), "--out", str(out)]
+    if not settings["deterministic"]:
+        args.append("--stochastic")
+    result = run([LRUN, "eval", str(model), *args], timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(out / "episodes.csv") as handle:
+        again = next(csv.DictReader(handle))
+    assert int(again["seed"]) == int(first["seed"])
+    assert abs(float(again["distance"]) - float(first["distance"])) < 1e-3
+    assert again["fell"] == first["fell"]
