@@ -59,13 +59,14 @@ run: install
 	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
 	@echo "evaluation of the last stage (reference physics, 10 obstacles): $(RUN_DIR)/eval"
 
-# The shipped walking policy (models/walk): a few evaluation episodes on the graders' physics and a GIF of one.
-MODEL ?= models/walk
+# The shipped policy (models/stand until one walks): a few evaluation episodes on the graders' physics and
+# a GIF of one.
+MODEL ?= models/stand
 DEMO_DIR ?= runs/demo
 demo: install
 	$(BIN)/mpiexec -n 2 $(BIN)/lrun eval $(MODEL) --episodes 2 --difficulty 0 --out $(DEMO_DIR)/eval --overwrite
-	$(BIN)/lrun render $(DEMO_DIR)/eval --episode 0 -o $(DEMO_DIR)/walk.gif --stride 3
-	@echo "the shipped policy's evaluation: $(DEMO_DIR)/eval/eval.json; an episode: $(DEMO_DIR)/walk.gif"
+	$(BIN)/lrun render $(DEMO_DIR)/eval --episode 0 -o $(DEMO_DIR)/episode.gif --stride 3
+	@echo "the shipped policy's evaluation: $(DEMO_DIR)/eval/eval.json; an episode: $(DEMO_DIR)/episode.gif"
 
 # Submit the full curriculum to Slurm: one job per stage, chained with afterok (see README, "Cluster recipe").
 CURRICULUM ?= experiments/curriculum.toml
