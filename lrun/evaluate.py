@@ -244,6 +244,8 @@ def evaluate(
     train_config = config_from_dict(payload["config"])
     env_config = eval_env_config(payload["config"]["env"], settings)
     out = Path(settings.out) if settings.out else default_out(path, settings)
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
     if (out / "eval.json").exists() and not settings.overwrite:
         raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
     sleep = train_config.run.wait_sleep

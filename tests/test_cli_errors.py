@@ -54,6 +54,7 @@ def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", str(tmp / "a-dir")], "is a directory"),
         (["train", str(tmp / "notes.txt")], "not valid TOML"),
         (["eval", str(hostile)], "does not load"),
+        (["eval", str(run_dir), "--episodes", "1", "--out", str(tmp / "notes.txt")], "is a file"),
         (["replay", str(run_dir), "--episode", "999999"], "no finished episode"),
     ]
 
