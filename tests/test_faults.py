@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, sets, start
 
-from lrun.checkpoint import load_checkpoint, save_checkpoint
+from lrun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lrun.store.reader import RunStore
 
 
@@ -86,13 +86,13 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_p
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", dies_half_way)
-    with pytest.raises(OSError, match="No space left"):
+    message = r"cannot write the checkpoint of iteration 2 \(No space left on device\); the previous checkpoint is"
+    with pytest.raises(CheckpointError, match=message):
         save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.arange(1000.0) * 2}, 2)
     monkeypatch.undo()
     latest = load_checkpoint(tmp_path)
     assert latest["iteration"] == 1 and torch.equal(latest["weights"], torch.arange(1000.0))
-    leftovers = list((tmp_path / "checkpoints").glob(".*.tmp-*"))
-    assert leftovers  # the half-written file stayed a temporary file, never became checkpoint.pt
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))  # the half-written file is gone, never renamed
     save_checkpoint(tmp_path, {"iteration": 2, "weights": torch.arange(1000.0) * 2}, 2)
     assert load_checkpoint(tmp_path)["iteration"] == 2
 

@@ -118,7 +118,7 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
     assert run(common).returncode == 0
     result = run([*common, "--set", "policy.hidden_sizes=[8]", "--resume", str(run_dir)])
     assert result.returncode == 2 and "does not fit this config: policy.hidden_sizes [64, 64] vs [8]" in result.stderr
-    result = run([LRUN, "train", "--set", f"run.run_dir={tmp_path}/r2", "--resume", str(run_dir)])
+    result = run([LRUN, "train", "--resume", str(run_dir)])  # continues in place, with the default env (Run-v0)
     assert result.returncode == 2 and "observation size 3 vs 41" in result.stderr
 
 
