@@ -78,3 +78,19 @@ def test_a_full_disk_ends_in_one_line_and_loses_nothing_up_to_the_checkpoint(sma
         versions = store.steps(["policy_version"])["policy_version"]
     assert sorted(set(versions.tolist())) == list(range(done + 2))
     assert len(versions) == (done + 2) * 2 * 100 * max(ranks - 1, 1)
+
+
+def test_a_read_only_file_system_is_refused_before_any_work(tmp_path):
+    mount = Path("/tmp") / f"lrun-ro-{uuid.uuid4().hex[:8]}"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a read-only tmpfs (needs root): {made.stderr.decode().strip()}")
+    try:
+        result = run([LRUN, "train", str(EXPERIMENTS / "tiny.toml"), *TINY, *sets(f"run.run_dir={mount / 'run'}")])
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"run.run_dir {mount / 'run'}: not writable ({mount} is not writable)" in result.stderr
