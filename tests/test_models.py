@@ -42,3 +42,18 @@ def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: 
     assert int(again["seed"]) == int(first["seed"])
     assert abs(float(again["distance"]) - float(first["distance"])) < 1e-3
     assert again["fell"] == first["fell"]
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "walk" / "checkpoint.pt").is_file(), reason="no models/walk")
+def test_make_demo_evaluates_and_draws_the_shipped_policy(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    out = tmp_path / "demo"
+    result = subprocess.run(["make", "-C", str(ROOT), "demo", f"DEMO_DIR={out}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((out / "eval" / "eval.json").read_text())["summary"]
+    assert summary["episodes"] == 2 and (out / "episode.gif").stat().st_size > 10_000
+    assert f"an episode: {out}/episode.gif" in result.stdout
