@@ -46,10 +46,9 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int
                 os.fsync(handle.fileno())
         except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its writer
             tmp.unlink(missing_ok=True)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
             raise CheckpointError(
-                f"{directory}: cannot write the checkpoint of iteration {iteration} ({reason}); the previous "
-                f"checkpoint is intact"
+                f"{directory}: cannot write the checkpoint of iteration {iteration} ({write_failure(exc)}); the "
+                f"previous checkpoint is intact"
             ) from exc
         os.replace(tmp, path)
     for old in sorted(directory.glob("iter-*.pt"))[:-KEEP]:
@@ -76,6 +75,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an lrun checkpoint (format {FORMAT!r} expected)")
     return payload
+
+
+def write_failure(exc: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason (e.g. 'No space left on device'), else the first line
+    of the message (torch and h5py wrap the OS error in a RuntimeError)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_failure(exc: BaseException) -> str:

@@ -482,8 +482,7 @@ def one_line(exc: BaseException) -> str:
     """An exception's message on one line; an OSError names its file."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -378,8 +378,8 @@ def validate(config: TrainConfig) -> None:
 
         from lrun.env.run_env import RunEnv
 
-        accepted = [n for n in inspect.signature(RunEnv.__init__).parameters if n not in ("self", "difficulty")]
-        accepted = [n for n in accepted if n not in ("max_obstacles", "physics")]  # their own keys set these
+        own_keys = ("self", "difficulty", "max_obstacles", "physics")  # env.<key> sets these
+        accepted = [n for n in inspect.signature(RunEnv.__init__).parameters if n not in own_keys]
         for name in config.env.kwargs:
             if name not in accepted:
                 raise ConfigError(f"env.kwargs.{name}: not an option of lrun/Run-v0 (options: {', '.join(accepted)})")

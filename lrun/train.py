@@ -32,12 +32,15 @@ import torch
 from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.checkpoint import (
+    LATEST,
     CheckpointError,
     check_compatible,
+    checkpoint_dir,
     describe_spec,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
+    write_failure,
 )
 from lrun.config import ConfigError, TrainConfig
 from lrun.env.factory import env_factory, reward_terms_of
@@ -341,10 +344,9 @@ def store_rollout(collector: RolloutCollector, writer: TrajectoryWriter | None) 
         writer.append_episodes(collector.book.take_finished())
         writer.flush()
     except (OSError, RuntimeError) as exc:  # h5py reports a full disk either way
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
         raise StoreError(
-            f"{writer.path}: cannot store this iteration's steps ({reason}); rows up to the last checkpoint are "
-            f"kept: free space, then --resume"
+            f"{writer.path}: cannot store this iteration's steps ({write_failure(exc)}); rows up to the last "
+            f"checkpoint are kept: free space, then --resume"
         ) from exc
     return time.perf_counter() - start
 
@@ -497,10 +499,8 @@ def lrun_data_in(run_dir: str | Path) -> list[str]:
 
 
 def check_run_dir(run_dir: str | Path) -> None:
-    """The run directory is usable: not empty as a name, not a file, creatable and writable (OSError naming
-    the path otherwise)."""
-    if not str(run_dir).strip():
-        raise ConfigError("run.run_dir is empty: name a directory for the run")
+    """The run directory is usable: not a file, creatable and writable (ConfigError naming the path otherwise;
+    an empty name is refused by the config's own checks)."""
     path = Path(run_dir).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())  # nothing is created before the run starts
     if not existing.is_dir():
@@ -528,21 +528,22 @@ def check_resume_target(checkpoint: Path, run_dir: str | Path) -> None:
             f"--resume {checkpoint}: a checkpoint kept outside a run directory is continued in a new "
             f"run.run_dir, not in {checkpoint.parent}"
         )
-    if resolve_existing(target):
+    if holds_checkpoint(target):
         raise CheckpointError(
             f"run directory {target} already holds a run: continue that one with --resume {target}, or choose "
             f"another run.run_dir to continue {checkpoint} in"
         )
-    if lrun_data_in(target):
+    found = lrun_data_in(target)
+    if found:
         raise CheckpointError(
-            f"run directory {target} holds lrun data ({', '.join(lrun_data_in(target))}): choose an empty "
-            f"run.run_dir to continue {checkpoint} in"
+            f"run directory {target} holds lrun data ({', '.join(found)}): choose an empty run.run_dir to "
+            f"continue {checkpoint} in"
         )
 
 
-def resolve_existing(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a checkpoint of its own."""
-    return (run_dir / "checkpoints" / "checkpoint.pt").is_file()
+def holds_checkpoint(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a checkpoint of its own (checkpoints/checkpoint.pt)."""
+    return (checkpoint_dir(run_dir) / LATEST).is_file()
 
 
 class StartupError(RuntimeError):
@@ -555,18 +556,18 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
     problem = probe_env(config)
     plain = config_spec(config, problem)
-    check_run_dir(config.run.run_dir)
-    existing = Path(config.run.run_dir) / "checkpoints" / "checkpoint.pt"
-    if resume is None and existing.exists():
+    run_dir = config.run.run_dir
+    check_run_dir(run_dir)
+    if resume is None and holds_checkpoint(run_dir):
         raise CheckpointError(
-            f"run directory {config.run.run_dir} already holds a run ({existing}): continue it with "
-            f"--resume {config.run.run_dir}, or choose another run.run_dir"
+            f"run directory {run_dir} already holds a run ({checkpoint_dir(run_dir) / LATEST}): continue it "
+            f"with --resume {run_dir}, or choose another run.run_dir"
         )
-    if resume is None and lrun_data_in(config.run.run_dir):
+    found = lrun_data_in(run_dir) if resume is None else []
+    if found:
         raise CheckpointError(
-            f"run directory {config.run.run_dir} holds lrun data ({', '.join(lrun_data_in(config.run.run_dir))}) "
-            f"but no checkpoint to resume from (a run stopped before its first checkpoint): remove it "
-            f"(rm -r {config.run.run_dir}) or choose another run.run_dir"
+            f"run directory {run_dir} holds lrun data ({', '.join(found)}) but no checkpoint to resume from (a "
+            f"run stopped before its first checkpoint): remove it (rm -r {run_dir}) or choose another run.run_dir"
         )
     if resume is not None:
         resume_path = resolve_checkpoint(resume)

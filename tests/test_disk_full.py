@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,17 +29,28 @@ TINY = sets(
 )
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = Path("/tmp") / f"lrun-small-{uuid.uuid4().hex[:8]}"
+@contextmanager
+def tmpfs(options: str) -> Iterator[Path]:
+    """A 1 MB tmpfs mounted with `options` for the duration (skips the test where it cannot be mounted)."""
+    mount = Path("/tmp") / f"lrun-tmpfs-{uuid.uuid4().hex[:8]}"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)], capture_output=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"{options},size=1M", "tmpfs", str(mount)], capture_output=True
+    )
     if made.returncode != 0:
         mount.rmdir()
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-    mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs ({options}; needs root): {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    with tmpfs("rw") as mount:
+        yield mount
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -80,17 +93,8 @@ def test_a_full_disk_ends_in_one_line_and_loses_nothing_up_to_the_checkpoint(sma
     assert len(versions) == (done + 2) * 2 * 100 * max(ranks - 1, 1)
 
 
-def test_a_read_only_file_system_is_refused_before_any_work(tmp_path):
-    mount = Path("/tmp") / f"lrun-ro-{uuid.uuid4().hex[:8]}"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1M", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        mount.rmdir()
-        pytest.skip(f"cannot mount a read-only tmpfs (needs root): {made.stderr.decode().strip()}")
-    try:
+def test_a_read_only_file_system_is_refused_before_any_work():
+    with tmpfs("ro") as mount:
         result = run([LRUN, "train", str(EXPERIMENTS / "tiny.toml"), *TINY, *sets(f"run.run_dir={mount / 'run'}")])
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-        mount.rmdir()
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"run.run_dir {mount / 'run'}: not writable ({mount} is not writable)" in result.stderr

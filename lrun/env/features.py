@@ -110,9 +110,7 @@ def feature_size(name: str, task_size: int) -> int:
 
 
 def features(name: str, obs: np.ndarray) -> np.ndarray:
-    """Apply feature map `name` to task observations (any leading shape); float64."""
-    if name == IDENTITY:
-        return np.asarray(obs, dtype=np.float64)
+    """Apply feature map `name` to observations (any leading shape; `task` passes any size through); float64."""
     return FEATURES[name][1](np.asarray(obs))
 
 
