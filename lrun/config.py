@@ -37,7 +37,12 @@ class EnvConfig:
     max_obstacles: int = doc("obstacles per episode at difficulty >= 1 (3 in round 1, 10 in round 2)", 3)
     physics: str = doc("physics preset: reference (graders' RK-Merson 5e-5), medium or fast", "reference")
     frame_skip: int = doc("repeat each action this many env steps (rewards summed)", 1)
-    kwargs: dict = doc("extra keyword arguments for gymnasium.make (non-lrun envs)", default_factory=dict)
+    kwargs: dict = doc(
+        "extra keyword arguments of the env: gymnasium.make's for gymnasium:<id>; for lrun/Run-v0 init_speed "
+        "(m/s, or a [low, high] range drawn per episode: every training episode starts with a push forwards; "
+        "lrun eval always starts at rest) and fault_every (fault injection)",
+        default_factory=dict,
+    )
 
 
 @dataclass
@@ -99,10 +104,26 @@ class PPOConfig:
     vf_coef: float = doc("value loss weight", 0.5)
     max_grad_norm: float = doc("gradient norm clip", 0.5)
     normalise_advantages: bool = doc("normalise advantages per minibatch", True)
+    target_kl: float = doc(
+        "stop an iteration's epochs once a minibatch's approx KL (mean over learners) passes 1.5 x this "
+        "(Spinning Up, SB3); 0: always run every epoch",
+        0.0,
+    )
     mirror: bool = doc(
         "double every batch with its left/right mirror image (legs swapped in observations and excitations, "
         "same advantages), as the 2017 winner did; lrun/Run-v0 only",
         False,
+    )
+    symmetry_loss: float = doc(
+        "weight of a loss on the squared difference (summed over excitations) between the policy's mean action "
+        "at a state and its mirrored mean action at the mirror image (Yu, Turk & Liu 2018); 0: off",
+        0.0,
+    )
+    mirror_min_asymmetry: float = doc(
+        "mirror only samples whose normalised features differ from their mirror image by at least this RMS "
+        "(in standard deviations): a policy trained on mirrored copies of symmetric states (the task's start) "
+        "moves both legs alike there for ever; 0: mirror every sample",
+        0.0,
     )
 
 
@@ -319,6 +340,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "ppo.ent_coef": (lambda v: v >= 0, ">= 0"),
     "ppo.vf_coef": (lambda v: v >= 0, ">= 0"),
     "ppo.max_grad_norm": (lambda v: v > 0, "> 0"),
+    "ppo.target_kl": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "ppo.mirror_min_asymmetry": (lambda v: v >= 0, ">= 0 (0: mirror every sample)"),
+    "ppo.symmetry_loss": (lambda v: v >= 0, ">= 0 (0: off)"),
     "run.iterations": (lambda v: v >= 1, ">= 1"),
     "run.seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
     "run.run_dir": (lambda v: bool(v.strip()), "a directory name (not empty)"),
@@ -383,6 +407,13 @@ def validate(config: TrainConfig) -> None:
         for name in config.env.kwargs:
             if name not in accepted:
                 raise ConfigError(f"env.kwargs.{name}: not an option of lrun/Run-v0 (options: {', '.join(accepted)})")
+        if "init_speed" in config.env.kwargs:
+            from lrun.env.run_env import check_init_speed
+
+            try:
+                check_init_speed(config.env.kwargs["init_speed"])
+            except ValueError as exc:
+                raise ConfigError(f"env.kwargs.{exc}") from None
     if config.reward.weights:
         from lrun.env.shaping import check_weights
 
@@ -403,6 +434,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(str(exc)) from None
     if config.ppo.mirror and config.env.id != "lrun/Run-v0":
         raise ConfigError("ppo.mirror needs env.id = lrun/Run-v0")
+    if config.ppo.symmetry_loss > 0 and config.env.id != "lrun/Run-v0":
+        raise ConfigError("ppo.symmetry_loss needs env.id = lrun/Run-v0")
 
 
 def describe_keys() -> str:

@@ -69,7 +69,8 @@ class ProgressLogger:
             f" len {num('charts/episodic_length', '.0f')}"
             f" (episodes {int(s.get('charts/episodes', 0))}) | pg {num('losses/policy_loss')} v "
             f"{num('losses/value_loss')} ent {num('losses/entropy')} kl {num('losses/approx_kl')} clip "
-            f"{num('losses/clipfrac', '.2f')} | sim {num('time/simulate_s', '.2f')}s comm "
+            f"{num('losses/clipfrac', '.2f')} upd {num('losses/updates', '.0f')}"
+            f" | sim {num('time/simulate_s', '.2f')}s comm "
             f"{num('time/communicate_s', '.2f')}s learn {num('time/learn_s', '.2f')}s"
             f" | sim idle {num('time/simulator_wait_fraction', '.0%')}"
         )

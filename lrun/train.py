@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,7 +53,7 @@ from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
-from lrun.learn.symmetry import mirrored_batch
+from lrun.learn.symmetry import Mirror, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
@@ -167,6 +168,7 @@ def ppo_settings(config: TrainConfig) -> PPOSettings:
         c.vf_coef,
         c.max_grad_norm,
         c.normalise_advantages,
+        c.target_kl,
     )
 
 
@@ -394,6 +396,9 @@ def summarise(
         "losses/entropy": losses.get("entropy", nan),
         "losses/approx_kl": losses.get("approx_kl", nan),
         "losses/clipfrac": losses.get("clipfrac", nan),
+        "losses/updates": losses.get("updates", nan),
+        "losses/mirrored_fraction": losses.get("mirrored_fraction", nan),
+        "losses/symmetry_loss": losses.get("extra_loss", nan),
         "losses/explained_variance": losses.get("explained_variance", nan),
         "time/iteration_s": wall_s,
         "time/simulate_s": simulate,
@@ -801,9 +806,14 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
         t_learn = time.perf_counter()
         state.learner.set_learning_rate(learning_rate(config, state.iteration))
         batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
+        n_collected = len(batch)
+        mirror = mirror_map(config, problem, collected_with)
         if config.ppo.mirror:
-            batch = mirror_batch(config, problem, state, batch, collected_with)
+            batch = mirrored_batch(batch, state.policy, mirror)
+        if config.ppo.symmetry_loss > 0:
+            state.learner.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
         losses = state.learner.update(batch)
+        losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
         learn_s = time.perf_counter() - t_learn
         new_steps = sum(r.n_sim_steps for r in rollouts)
         new_decisions = sum(r.n_steps for r in rollouts)
@@ -904,16 +914,21 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
     return history
 
 
-def mirror_batch(
-    config: TrainConfig, problem: Problem, state: TrainingState, batch: Batch, statistics: tuple[np.ndarray, ...]
-) -> Batch:
-    """The batch and its left/right mirror image, normalised with the statistics the rollouts were collected
-    with (identity statistics when observations are not normalised)."""
+def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarray, ...]) -> Mirror | None:
+    """The left/right mirror of this run's features, for observations normalised with these statistics
+    (identity statistics when observations are not normalised); None unless the run mirrors."""
+    if not (config.ppo.mirror or config.ppo.symmetry_loss > 0):
+        return None
     mean, std = statistics
     if not config.policy.normalise_observations:
         mean, std = np.zeros_like(mean), np.ones_like(std)
     perm = observation_mirror(problem.feature_map)
-    return mirrored_batch(batch, state.policy, perm, action_mirror(problem.act_size), mean, std)
+    return Mirror(perm, action_mirror(problem.act_size), mean, std, config.ppo.mirror_min_asymmetry)
+
+
+def weighted_symmetry_loss(policy: Policy, mirror: Mirror, weight: float, obs: torch.Tensor) -> torch.Tensor:
+    """`weight` x the symmetry loss on a minibatch (PPOLearner.extra_loss)."""
+    return weight * symmetry_loss(policy, obs, mirror)
 
 
 def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:

@@ -271,3 +271,35 @@ def test_vector_env_auto_resets_with_per_env_seeds():
     assert all(info["episode"]["length"] > 10 for info in finished.values())
     # reproducible: the same base seed gives the same episode seeds
     assert [info["episode_seed"] for info in make_vec().reset()[1]] == first_seeds
+
+
+def test_init_speed_pushes_training_episodes_and_the_default_starts_at_rest():
+    """A push (`init_speed`) is a training aid: the body starts moving forwards, the feet slip, and without a
+    step the skeleton falls; the task (and `lrun eval`) starts at rest."""
+    from lrun.config import EnvConfig
+    from lrun.evaluate import EvalSettings, eval_env_config
+
+    rest = RunEnv(physics="fast")
+    obs, _ = rest.reset(seed=3)
+    assert obs[4] == 0.0  # pelvis forward speed
+    pushed = RunEnv(physics="fast", init_speed=[0.6, 1.0])
+    speeds = [pushed.reset(seed=s)[0][4] for s in range(6)]
+    assert all(0.6 <= v <= 1.0 for v in speeds) and len(set(speeds)) == 6
+    assert pushed.reset(seed=2)[0][4] == speeds[2]  # drawn from the episode's seed
+    # the layout draw is unchanged by the push (same obstacles for the same seed)
+    assert RunEnv(physics="fast", init_speed=1.0).reset(seed=5)[1]["layout"] == rest.reset(seed=5)[1]["layout"]
+    # a constant push with zero excitations: the body slides on, then falls within a second or so
+    fixed = RunEnv(physics="fast", init_speed=1.0)
+    obs, _ = fixed.reset(seed=0)
+    assert obs[4] == 1.0
+    for _ in range(300):
+        obs, _, terminated, *_ = fixed.step(np.zeros(18))
+        if terminated:
+            break
+    assert terminated and fixed.step_count < 200
+    for bad in (-0.1, [1.0, 0.5], [0.0, 9.0], "fast", [0.1]):
+        with pytest.raises(ValueError, match="init_speed"):
+            RunEnv(physics="fast", init_speed=bad)
+    # lrun eval's env carries no env kwargs: every evaluated episode starts at rest
+    train_env = vars(EnvConfig(physics="fast", frame_skip=4, kwargs={"init_speed": [0.0, 1.0]}))
+    assert eval_env_config(train_env, EvalSettings()).kwargs == {}

@@ -150,10 +150,48 @@ def test_ppo_update_improves_the_surrogate_and_reduce_hook_sees_every_minibatch(
     before = ppo_losses(policy, batch, 0.2, False)
     metrics = learner.update(batch)
     after = ppo_losses(policy, batch, 0.2, False)
-    assert len(calls) == 12 and calls[0] == (sum(p.numel() for p in policy.parameters()),)
+    # the gradients and this minibatch's approx KL travel in one vector
+    assert len(calls) == 12 and calls[0] == (sum(p.numel() for p in policy.parameters()) + 1,)
     assert float(after["pg_loss"].detach()) < float(before["pg_loss"].detach())
     assert float(after["v_loss"].detach()) < float(before["v_loss"].detach())
     assert set(metrics) >= {"pg_loss", "v_loss", "entropy", "approx_kl", "clipfrac", "explained_variance"}
+
+
+def test_target_kl_stops_the_epochs_once_the_policy_has_moved_too_far():
+    torch.manual_seed(0)
+    settings = PPOSettings(learning_rate=3e-2, epochs=10, minibatches=4)
+    policy = ActorCritic(3, 2, (16,))
+    batch = make_batch(policy)
+    full = PPOLearner(policy, settings).update(batch)
+    assert full["updates"] == 40
+    torch.manual_seed(0)
+    policy = ActorCritic(3, 2, (16,))
+    limited = PPOLearner(policy, PPOSettings(learning_rate=3e-2, epochs=10, minibatches=4, target_kl=0.01))
+    metrics = limited.update(make_batch(policy))
+    assert 1 <= metrics["updates"] < 40
+    # the minibatch that stopped it had left the trust region: at the stopping point the policy's KL from the
+    # behaviour policy is beyond 1.5 x target
+    assert float(ppo_losses(policy, batch, 0.2, False)["approx_kl"]) > 0.015
+
+
+def test_the_early_stop_follows_the_kl_averaged_over_learners():
+    """Every learner must take the same decision: it is made on the KL that came back from the Allreduce."""
+    torch.manual_seed(0)
+    policy = ActorCritic(3, 2, (16,))
+    batch = make_batch(policy)
+    settings = PPOSettings(learning_rate=1e-3, epochs=2, minibatches=2, target_kl=0.01)
+
+    def others_far_off(flat: np.ndarray) -> None:
+        flat[-1] = 1.0  # another learner's minibatch moved a lot: the mean KL is high
+
+    before = flat_parameters(policy)
+    assert PPOLearner(policy, settings, others_far_off).update(batch)["updates"] == 0
+    assert np.array_equal(flat_parameters(policy), before)
+
+    def others_still(flat: np.ndarray) -> None:
+        flat[-1] = 0.0
+
+    assert PPOLearner(policy, settings, others_still).update(batch)["updates"] == 4
 
 
 def test_ppo_rejects_too_few_samples():

@@ -23,7 +23,7 @@ from lrun.env.features import (
 from lrun.evaluate import load_policy
 from lrun.learn.policy import ActorCritic
 from lrun.learn.ppo import Batch
-from lrun.learn.symmetry import mirror_normalised, mirrored_batch
+from lrun.learn.symmetry import Mirror, asymmetry, mirror_normalised, mirrored_batch, symmetry_loss
 from lrun.store.reader import RunStore
 
 ABSOLUTE_X = [PELVIS_X, 18, *(point(name)[0] for name in ("head", "pelvis", "torso", "toes_l", "toes_r"))]
@@ -82,7 +82,7 @@ def test_mirrored_batch_appends_the_mirror_image_with_old_log_probs():
         actions = dist.sample()
         batch = Batch(obs, actions, dist.log_prob(actions), torch.arange(10.0), torch.ones(10), policy.value(obs))
     p, q = observation_mirror("relative-v1"), action_mirror()
-    doubled = mirrored_batch(batch, policy, p, q, mean, std)
+    doubled = mirrored_batch(batch, policy, Mirror(p, q, mean, std))
     assert len(doubled) == 20
     assert torch.equal(doubled.obs[:10], obs) and torch.equal(doubled.logprobs[:10], batch.logprobs)
     # the mirrored observations are the mirrored raw observations, normalised with the same statistics
@@ -94,6 +94,70 @@ def test_mirrored_batch_appends_the_mirror_image_with_old_log_probs():
         expected = policy.distribution(doubled.obs[10:]).log_prob(actions[:, q])
     assert torch.allclose(doubled.logprobs[10:], expected)
     assert torch.equal(doubled.advantages[10:], batch.advantages) and torch.equal(doubled.returns[10:], batch.returns)
+
+
+def symmetric_states(n: int, mean: np.ndarray, std: np.ndarray, p: np.ndarray, rng) -> torch.Tensor:
+    """Normalised observations of states that are their own mirror image (both legs alike)."""
+    raw = rng.normal(size=(n, len(p)))
+    raw = (raw + raw[:, p]) / 2
+    return torch.as_tensor((raw - mean) / std, dtype=torch.float32)
+
+
+def test_symmetric_states_are_kept_out_of_the_mirrored_samples():
+    torch.manual_seed(0)
+    policy = ActorCritic(38, 18, [16])
+    rng = np.random.default_rng(2)
+    p, q = observation_mirror("relative-v1"), action_mirror()
+    mean, std = rng.normal(size=38), rng.uniform(0.5, 2.0, 38)
+    mean = (mean + mean[p]) / 2  # statistics of mirrored data are symmetric, so a symmetric state maps onto itself
+    std = (std + std[p]) / 2
+    symmetric = symmetric_states(4, mean, std, p, rng)
+    asymmetric = torch.as_tensor(rng.normal(size=(6, 38)), dtype=torch.float32)
+    obs = torch.cat([symmetric, asymmetric])
+    mirror = Mirror(p, q, mean, std, min_asymmetry=0.25)
+    scores = asymmetry(obs, mirror_normalised(obs, p, mean, std))
+    assert torch.all(scores[:4] < 1e-5) and torch.all(scores[4:] > 0.25)
+    with torch.no_grad():
+        dist = policy.distribution(obs)
+        actions = dist.sample()
+        batch = Batch(obs, actions, dist.log_prob(actions), torch.arange(10.0), torch.ones(10), policy.value(obs))
+    augmented = mirrored_batch(batch, policy, mirror)
+    assert len(augmented) == 16  # all 10, plus the mirror images of the 6 asymmetric ones
+    assert torch.equal(augmented.advantages[10:], batch.advantages[4:])
+    assert torch.equal(augmented.actions[10:], actions[4:, q])
+
+
+def test_symmetry_loss_is_zero_for_a_symmetric_policy_and_pulls_an_asymmetric_one_towards_it():
+    rng = np.random.default_rng(3)
+    p, q = observation_mirror("relative-v1"), action_mirror()
+    mean, std = np.zeros(38), np.ones(38)
+    mirror = Mirror(p, q, mean, std)
+    obs = torch.as_tensor(rng.normal(size=(64, 38)), dtype=torch.float32)
+
+    class Symmetric(ActorCritic):
+        """Right leg's excitations from the state, left leg's from the mirrored state: exactly symmetric."""
+
+        def distribution_parameters(self, x):
+            right = self.actor(x)[:, :9]
+            left = self.actor(x[:, torch.as_tensor(p)])[:, :9]
+            return torch.cat([right, left, self.log_std.expand(len(x), 18)], dim=-1)
+
+    torch.manual_seed(0)
+    assert symmetry_loss(Symmetric(38, 18, [16]), obs, mirror).item() < 1e-10
+    torch.manual_seed(0)
+    policy = ActorCritic(38, 18, [16])
+    with torch.no_grad():
+        policy.actor[-1].weight.mul_(100.0)  # a clearly asymmetric policy
+    before = symmetry_loss(policy, obs, mirror).item()
+    optimiser = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimiser.zero_grad()
+        symmetry_loss(policy, obs, mirror).backward()
+        optimiser.step()
+    assert before > 0.1 and symmetry_loss(policy, obs, mirror).item() < 0.1 * before
+    # states that are their own mirror image are left out when asked: the loss is 0 on them
+    states = symmetric_states(8, mean, std, p, rng)
+    assert symmetry_loss(policy, states, Mirror(p, q, mean, std, min_asymmetry=0.25)).item() == 0.0
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")

@@ -206,6 +206,12 @@ class GaitModel:
         state.setTime(0.0)
         self.state = state
 
+    def set_forward_speed(self, speed: float) -> None:
+        """Set the pelvis's forward speed (every body translates with it; the joints stay at rest)."""
+        values = self.state_variables()
+        values[self._pelvis_speed_idx[1]] = speed
+        self.set_state_variables(values, self.state.getTime())
+
     def set_excitations(self, excitations: np.ndarray) -> None:
         """Set the 18 muscle excitations (already validated and clipped), held constant over the next step."""
         for control, value in zip(self._controls, excitations.tolist(), strict=False):

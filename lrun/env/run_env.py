@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -17,6 +18,22 @@ MAX_EPISODE_STEPS = 1000
 FALL_HEIGHT = 0.65
 LIGAMENT_WEIGHT = 1e-7
 SNAPSHOT_KEYS = frozenset({"state_variables", "time", "obstacles", "psoas", "step", "difficulty", "max_obstacles"})
+
+
+#: m/s: the fastest push `init_speed` may give (a sprint is ~10 m/s; beyond this the start is a crash)
+MAX_INIT_SPEED = 5.0
+
+
+def check_init_speed(value: Any) -> tuple[float, float]:
+    """`init_speed` as a (low, high) range in m/s; ValueError unless 0 <= low <= high <= MAX_INIT_SPEED."""
+    bounds = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        low, high = (float(v) for v in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"init_speed must be a speed or a [low, high] range in m/s, got {value!r}") from None
+    if not (0.0 <= low <= high <= MAX_INIT_SPEED):
+        raise ValueError(f"init_speed {value!r}: need 0 <= low <= high <= {MAX_INIT_SPEED} m/s")
+    return low, high
 
 
 class RunEnv(gym.Env):
@@ -41,10 +58,15 @@ class RunEnv(gym.Env):
         physics: Physics | str | dict | None = None,
         model_file: str | None = None,
         fault_every: int = 0,
+        init_speed: float | Sequence[float] = 0.0,
     ) -> None:
         """`fault_every` > 0 is fault injection for tests and drills (`env.kwargs = {fault_every = N}`): every
         N-th step of an episode starts from a state with a NaN velocity, which OpenSim's integration and lrun's
-        failure handling then meet as they would a real blow-up."""
+        failure handling then meet as they would a real blow-up.
+
+        `init_speed` (m/s, a number or a [low, high] range drawn uniformly per episode) is a training aid: the
+        whole body starts moving forwards at that speed, a push the feet slip out of and the policy must step
+        out of or fall. The task itself starts at rest (0, the default, which `lrun eval` always uses)."""
         if difficulty not in (0, 1, 2):
             raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
         if not isinstance(max_obstacles, int) or max_obstacles < 0:
@@ -54,6 +76,7 @@ class RunEnv(gym.Env):
         if not isinstance(fault_every, int) or fault_every < 0:
             raise ValueError(f"fault_every must be a non-negative int, got {fault_every!r}")
         self.fault_every = fault_every
+        self.init_speed = check_init_speed(init_speed)
         self.physics = resolve_physics(physics)
         self.sim = GaitModel(max_obstacles, self.physics, model_file)
         self.muscle_names = self.sim.muscle_names
@@ -85,6 +108,9 @@ class RunEnv(gym.Env):
         self.layout = layout
         self.sim.apply_layout(self.layout)
         self.sim.reset_state()
+        low, high = self.init_speed
+        if high > 0.0:
+            self.sim.set_forward_speed(float(self.np_random.uniform(low, high)) if high > low else low)
         self.step_count = 0
         self._obs = self._observe()[0]
         self._done = False

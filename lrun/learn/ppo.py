@@ -29,6 +29,8 @@ class PPOSettings:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     normalise_advantages: bool = True
+    target_kl: float = 0.0
+    """Stop the epochs once a minibatch's approx KL (averaged over learners) exceeds 1.5 x this; 0: never."""
 
 
 @dataclass
@@ -86,21 +88,26 @@ class PPOLearner:
         self.optimizer = torch.optim.Adam(trainable_parameters(policy), lr=settings.learning_rate, eps=1e-5)
         self.reduce_gradients = reduce_gradients
         self.rng = np.random.default_rng(seed)
+        #: an extra loss on each minibatch's observations, already weighted (a symmetry loss), or None
+        self.extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def set_learning_rate(self, lr: float) -> None:
         """Set the optimiser's learning rate (for schedules)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def _average_gradients(self) -> None:
+    def _average_gradients(self, approx_kl: float) -> float:
+        """Average the gradients over learners in place; returns the learners' mean approx KL, carried in the
+        same Allreduce so that every learner takes the same early-stop decision."""
         params = [p for p in trainable_parameters(self.policy) if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()  # a copy: grads are not contiguous as one
+        flat = torch.cat([*(p.grad.reshape(-1) for p in params), torch.tensor([approx_kl])]).numpy()
         self.reduce_gradients(flat)
         offset = 0
         for p in params:
             n = p.numel()
             p.grad.copy_(torch.from_numpy(flat[offset : offset + n]).reshape(p.shape))
             offset += n
+        return float(flat[-1])
 
     def update(self, batch: Batch) -> dict[str, float]:
         """Several epochs of minibatch steps over `batch`; returns mean losses and diagnostics."""
@@ -110,10 +117,13 @@ class PPOLearner:
             raise ValueError(f"batch of {n} samples cannot be split into {s.minibatches} minibatches")
         advantages = batch.advantages
         sums: dict[str, float] = {}
-        count = 0
-        # A fixed number of epochs and minibatches on every learner: an early stop on a learner's own KL could
-        # leave the others waiting in the gradient Allreduce.
+        count = steps = 0
+        stopped = False
+        # An early stop decides on the KL averaged over learners (it travels with the gradients): a learner
+        # stopping on its own KL would leave the others waiting in the gradient Allreduce.
         for _epoch in range(s.epochs):
+            if stopped:
+                break
             order = self.rng.permutation(n)
             for idx in np.array_split(order, s.minibatches):
                 mb_idx = torch.as_tensor(idx)
@@ -135,16 +145,27 @@ class PPOLearner:
                 if auxiliary is not None:
                     loss = loss + auxiliary
                     losses["auxiliary_loss"] = auxiliary
+                if self.extra_loss is not None:
+                    extra = self.extra_loss(mb.obs)
+                    loss = loss + extra
+                    losses["extra_loss"] = extra
                 self.optimizer.zero_grad()
                 loss.backward()
+                approx_kl = float(losses["approx_kl"])
                 if self.reduce_gradients is not None:
-                    self._average_gradients()
-                nn.utils.clip_grad_norm_(trainable_parameters(self.policy), s.max_grad_norm)
-                self.optimizer.step()
+                    approx_kl = self._average_gradients(approx_kl)
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 count += 1
+                if s.target_kl > 0 and approx_kl > 1.5 * s.target_kl:
+                    # the policy has already left the trust region: no further step this iteration
+                    stopped = True
+                    break
+                nn.utils.clip_grad_norm_(trainable_parameters(self.policy), s.max_grad_norm)
+                self.optimizer.step()
+                steps += 1
         metrics = {key: value / count for key, value in sums.items()}
+        metrics["updates"] = float(steps)
         with torch.no_grad():
             y_true, y_pred = batch.returns.numpy(), batch.values.numpy()
             var = np.var(y_true)
