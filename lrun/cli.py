@@ -282,9 +282,23 @@ def _write_json(path: str | None, figures: dict) -> None:
             json.dump(figures, out, indent=2)
 
 
+class ProgressOption(argparse.Action):
+    """`--progress MODE`: shorthand for `--set run.progress=MODE`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.set = [*namespace.set, f"run.progress={values}"]
+
+
 def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
-    """The repeatable `--set SECTION.KEY=VALUE` config override."""
+    """The repeatable `--set SECTION.KEY=VALUE` config override, and `--progress`."""
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help_text)
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "bar", "lines"),
+        action=ProgressOption,
+        help="bar: one live line on the terminal (through mpiexec too); lines: a line per iteration (log files); "
+        "auto (default): bar where a terminal is reachable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

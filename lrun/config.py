@@ -143,6 +143,12 @@ class RunConfig:
     store_trajectories: bool = doc("record every step and episode in trajectories/rank-NNNN.h5 (HDF5)", True)
     sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)
     wait_sleep: float = doc("seconds a waiting rank sleeps between polls (MPICH's blocking waits spin)", 0.002)
+    progress: str = doc(
+        "auto, bar or lines: bar redraws one line on the terminal that rank 0's output reaches (through mpiexec "
+        "too); lines prints one line per iteration (log files, batch jobs); auto: bar where a terminal is "
+        "reachable (the CLI's --progress sets it)",
+        "auto",
+    )
 
 
 @dataclass
@@ -349,6 +355,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "run.checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "run.sync_check_every": (lambda v: v >= 1, ">= 1"),
     "run.wait_sleep": (lambda v: 0 <= v <= 1, "in [0, 1] seconds"),
+    "run.progress": (lambda v: v in ("auto", "bar", "lines"), "auto, bar or lines"),
     "blend.start": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "blend.end": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "blend.ramp_iterations": (lambda v: v >= 0, ">= 0"),

@@ -1,28 +1,110 @@
-"""Per-iteration progress: a line per iteration (a live bar on a terminal) and a CSV of every scalar."""
+"""Per-iteration progress: a live bar where a terminal can see it, else a line per iteration; and a CSV of every
+scalar (`progress.csv`)."""
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TextIO
 
 PROGRESS_FILE = "progress.csv"
+PROGRESS_MODES = ("auto", "bar", "lines")
+#: Process names of MPI launchers and their proxies: a rank's output passes through them on its way to the user.
+LAUNCHERS = frozenset({"mpiexec", "mpiexec.hydra", "mpirun", "hydra_pmi_proxy", "orterun", "orted", "prterun", "prted"})
+
+
+def _parent_and_name(pid: int) -> tuple[int, str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        text = handle.read()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    return int(text[text.rindex(")") + 2 :].split()[1]), name
+
+
+def launcher_terminal() -> str | None:
+    """The terminal an MPI launcher above this process writes to, if any (Linux).
+
+    Under MPICH's mpiexec a rank has no controlling terminal and its stdout is a pipe, even when mpiexec itself
+    runs in a terminal; following the pipes up through the launcher finds that terminal. A launcher writing to a
+    file or into another program (`| tee`) is not a terminal: None.
+    """
+    try:
+        pid, name = _parent_and_name(os.getpid())
+        while pid > 1:
+            pid_parent, name = _parent_and_name(pid)
+            if name not in LAUNCHERS:
+                return None
+            target = os.readlink(f"/proc/{pid}/fd/1")
+            if target.startswith(("/dev/pts/", "/dev/tty")):
+                return target
+            if not target.startswith("pipe:"):
+                return None
+            pid = pid_parent
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 2h03m."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class ProgressLogger:
-    """Writes `progress.csv` in the run directory and prints progress (used by global rank 0 only)."""
+    """Writes `progress.csv` in the run directory and prints progress (used by global rank 0 only).
 
-    def __init__(self, run_dir: str | Path, total_iterations: int, stream: TextIO | None = None) -> None:
+    `progress`: `bar` redraws one line on a terminal (this process's stdout if it is one, else the terminal of
+    the MPI launcher above it); `lines` prints a line per iteration on `stream`; `auto` picks `bar` where a
+    terminal is reachable, `lines` otherwise (a log file, a batch job). Every line carries the elapsed time and
+    an estimate of the time left.
+    """
+
+    def __init__(
+        self, run_dir: str | Path, total_iterations: int, stream: TextIO | None = None, progress: str = "auto"
+    ) -> None:
+        if progress not in PROGRESS_MODES:
+            raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
         self.path = Path(run_dir) / PROGRESS_FILE
         self.total = total_iterations
         self.stream = stream or sys.stdout
-        self.live = self.stream.isatty()
+        self.bar: TextIO | None = None
+        self.note = ""
+        if progress != "lines":
+            self.bar = self._terminal()
+            if self.bar is None and progress == "bar":
+                self.note = "lrun: --progress bar: no terminal reachable from rank 0; printing lines instead"
         self.columns: list[str] | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as handle:
                 self.columns = next(csv.reader(handle), None)
+        self.t0 = time.monotonic()
+        self.first_iteration: int | None = None
+
+    def _terminal(self) -> TextIO | None:
+        if self.stream.isatty():
+            return self.stream
+        path = launcher_terminal() if self.stream is sys.stdout else None
+        if path is None:
+            return None
+        try:
+            return open(path, "w")  # held for the run, closed by close()
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        """Release a terminal opened for the bar."""
+        if self.bar is not None:
+            if self.bar is not self.stream:
+                self.bar.close()
+            self.bar = None
 
     def truncate_after(self, iteration: int) -> None:
         """Drop rows logged after `iteration` (work lost since the checkpoint a resume starts from)."""
@@ -36,25 +118,54 @@ class ProgressLogger:
         with open(self.path, "w", newline="") as handle:
             csv.writer(handle).writerows(kept)
 
-    def log(self, scalars: dict[str, float]) -> None:
-        """Append one row and print the iteration's summary."""
+    def _write_row(self, scalars: dict[str, float]) -> None:
         if self.columns is None:
             self.columns = list(scalars)
             with open(self.path, "w", newline="") as handle:
                 csv.writer(handle).writerow(self.columns)
+        new = [key for key in scalars if key not in self.columns]
+        if new:
+            # a column that appears later (a resumed run of an older lrun, a metric that starts mid-run): rewrite
+            # the file with the wider header, earlier rows empty there, instead of dropping it
+            with open(self.path, newline="") as handle:
+                rows = list(csv.reader(handle))[1:]
+            self.columns = [*self.columns, *new]
+            tmp = self.path.with_suffix(".csv.tmp")
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(self.columns)
+                writer.writerows(row + [""] * (len(self.columns) - len(row)) for row in rows)
+            os.replace(tmp, self.path)
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow([scalars.get(c, "") for c in self.columns])
-        line = self.format(scalars)
-        if self.live:
-            done = int(scalars["iteration"])
+
+    def timing(self, iteration: int) -> str:
+        """'elapsed 4m05s, ETA 1h02m' for this session (the ETA from this session's pace)."""
+        if self.first_iteration is None:
+            self.first_iteration = iteration - 1
+        elapsed = time.monotonic() - self.t0
+        done = iteration - self.first_iteration
+        left = (self.total - iteration) * elapsed / done if done > 0 else math.nan
+        return f"elapsed {format_duration(elapsed)}, ETA {format_duration(left) if math.isfinite(left) else '-'}"
+
+    def log(self, scalars: dict[str, float]) -> None:
+        """Append one row and show the iteration's summary."""
+        self._write_row(scalars)
+        done = int(scalars["iteration"])
+        line = f"{self.format(scalars)} | {self.timing(done)}"
+        if self.note:
+            self.stream.write(self.note + "\n")
+            self.note = ""
+        if self.bar is not None:
             width = 20
             filled = int(width * done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
+            self.bar.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
             if done >= self.total:
-                self.stream.write("\n")
+                self.bar.write("\n")
+            self.bar.flush()
         else:
             self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.flush()
 
     def format(self, s: dict[str, float]) -> str:
         """One human line from the scalars."""

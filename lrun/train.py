@@ -730,7 +730,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
     logger = None
     if layout.is_root:
         run_dir = prepare_run_dir(config)
-        logger = ProgressLogger(run_dir, config.run.iterations, stream)
+        logger = ProgressLogger(run_dir, config.run.iterations, stream, config.run.progress)
         mode = (
             "serial mode: learner and simulator in one process (MPI world of size 1)"
             if serial
@@ -852,6 +852,8 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
                 save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
                 if config.run.store_trajectories and state.iteration < config.run.iterations:
                     write_master(config.run.run_dir)
+    if logger is not None:
+        logger.close()
     if writer is not None:
         writer.close()
     if not serial:

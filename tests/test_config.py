@@ -194,3 +194,47 @@ def test_progress_logger_writes_csv_and_a_live_bar_on_a_terminal(tmp_path):
     assert rows[0].startswith("iteration,env_steps") and len(rows) == 3
     logger.truncate_after(1)
     assert len((tmp_path / "progress.csv").read_text().splitlines()) == 2
+    assert "| elapsed 0s, ETA 0s" in plain.getvalue()  # the last iteration: nothing left
+
+
+def test_a_column_that_appears_later_is_kept_not_dropped(tmp_path):
+    """progress.csv's header once came from the first row alone: a later metric (a resumed run of an older lrun,
+    a term that starts mid-run) vanished silently."""
+    import csv
+
+    from lrun.logger import ProgressLogger
+
+    logger = ProgressLogger(tmp_path, 3, io.StringIO(), progress="lines")
+    logger.log({"iteration": 1, "env_steps": 10, "a": 1.0})
+    logger.log({"iteration": 2, "env_steps": 20, "a": 2.0, "b": 5.0})
+    # a new logger on the same file (a resume) keeps the wider header and can widen it again
+    ProgressLogger(tmp_path, 3, io.StringIO(), progress="lines").log({"iteration": 3, "env_steps": 30, "c": 7.0})
+    with open(tmp_path / "progress.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["iteration", "env_steps", "a", "b", "c"]
+    assert [r["b"] for r in rows] == ["", "5.0", ""] and [r["c"] for r in rows] == ["", "", "7.0"]
+    assert [r["a"] for r in rows] == ["1.0", "2.0", ""]
+
+
+def test_progress_lines_carry_elapsed_time_and_an_eta(tmp_path, monkeypatch):
+    import lrun.logger as logger_module
+
+    clock = iter([100.0, 160.0, 220.0])  # created at 100 s, then one iteration a minute
+    monkeypatch.setattr(logger_module.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    logger = logger_module.ProgressLogger(tmp_path, 10, out, progress="lines")
+    logger.log({"iteration": 1, "env_steps": 1})
+    logger.log({"iteration": 2, "env_steps": 2})
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("| elapsed 1m00s, ETA 9m00s") and second.endswith("| elapsed 2m00s, ETA 8m00s")
+    with pytest.raises(ValueError, match="progress must be one of auto, bar, lines"):
+        logger_module.ProgressLogger(tmp_path, 10, out, progress="fancy")
+
+
+def test_asking_for_a_bar_without_a_terminal_says_so_and_prints_lines(tmp_path):
+    from lrun.logger import ProgressLogger
+
+    out = io.StringIO()
+    ProgressLogger(tmp_path, 2, out, progress="bar").log({"iteration": 1, "env_steps": 1})
+    note, line = out.getvalue().splitlines()
+    assert "no terminal reachable" in note and line.startswith("iter 1/2")

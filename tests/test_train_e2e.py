@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import LRUN, MPIEXEC, run
+from helpers import LRUN, MPIEXEC, clean_env, run, sets
 
 from lrun.checkpoint import load_checkpoint
 
@@ -192,3 +192,41 @@ def test_two_learners_average_gradients_and_stay_in_sync(tmp_path):
     assert [int(r["env_steps"]) for r in rows] == [128, 256, 384]  # both learners' data counted
     roles = sorted(p.read_text().count('"learner"') for p in (run_dir / "ranks").glob("rank-*.json"))
     assert roles == [0, 0, 1, 1]
+
+
+def tiny_run(run_dir: Path) -> list[str]:
+    """A two-rank training run of a few seconds."""
+    return [
+        MPIEXEC, "-n", "2", LRUN, "train",
+        *sets("env.physics=fast", "layout.envs_per_rank=1", "ppo.steps_per_env=16", "ppo.minibatches=2"),
+        *sets("run.iterations=3", f"run.run_dir={run_dir}", "run.store_trajectories=false"),
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_the_live_bar_reaches_the_terminal_through_mpiexec_and_a_log_file_gets_lines(tmp_path):
+    """Under MPICH's mpiexec rank 0's stdout is a pipe even in a terminal: the bar finds mpiexec's terminal."""
+    import pty
+
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        tiny_run(tmp_path / "tty"), stdin=secondary, stdout=secondary, stderr=secondary, env=clean_env()
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closed: every writer has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=120) == 0
+    text = output.decode()
+    assert "\r[#############.......] iter 2/3" in text and "\r[####################] iter 3/3" in text
+    os.close(main)
+    with open(tmp_path / "log.txt", "w") as log:  # nohup ... > log.txt: one line per iteration
+        subprocess.run(tiny_run(tmp_path / "file"), stdout=log, stderr=subprocess.STDOUT, env=clean_env(), timeout=120)
+    lines = (tmp_path / "log.txt").read_text()
+    assert "\r" not in lines and lines.count("iter ") == 3 and "| elapsed " in lines
