@@ -248,13 +248,13 @@ def evaluate(
         raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
     if (out / "eval.json").exists() and not settings.overwrite:
         raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
-    sleep = train_config.run.wait_sleep
-    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # every rank has passed its checks before rank 0 clears OUT
+    waiter = lmpi.Waiter(train_config.run.wait_sleep)
+    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 clears OUT
     if rank == 0:
         if (out / "trajectories").exists():
             shutil.rmtree(out / "trajectories")
         out.mkdir(parents=True, exist_ok=True)
-    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)
+    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)
     env = env_factory(env_config)()
     facts = env_facts(env)
     attrs = {
@@ -313,7 +313,7 @@ def evaluate(
     finally:
         writer.close()
         env.close()
-    lmpi.Allreduce_sum(comm, table, sleep)  # each episode's row is non-zero on exactly one rank
+    lmpi.Allreduce_sum(comm, table, waiter)  # each episode's row is non-zero on exactly one rank
     if rank != 0:
         return {}
     write_master(out)

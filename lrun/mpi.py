@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,6 @@ if TYPE_CHECKING:
     from mpi4py import MPI
 
 ROLLOUT_TAG = 11
-
-#: Wall and CPU seconds this process spent in `wait` (the polite polling loop): the bench shows CPU << wall.
-WAIT_STATS = {"wall_s": 0.0, "cpu_s": 0.0}
 
 
 class LayoutError(RuntimeError):
@@ -104,27 +102,42 @@ def split_roles(comm: MPI.Comm, learners: int) -> RankLayout:
     return RankLayout("simulator", rank, size, learners, None, learner_rank=index % learners, simulator_index=index)
 
 
-def wait(request: MPI.Request, sleep: float) -> float:
-    """Complete a non-blocking request, sleeping between polls. Returns the seconds waited."""
-    start, cpu_start = time.perf_counter(), time.process_time()
-    while not request.Test():
-        time.sleep(sleep)
-    waited = time.perf_counter() - start
-    WAIT_STATS["wall_s"] += waited
-    WAIT_STATS["cpu_s"] += time.process_time() - cpu_start
-    return waited
+@dataclass
+class Waiter:
+    """How a rank waits for MPI, and how long it has: polls with `sleep` seconds between them, and adds up the
+    wall and CPU seconds spent waiting (CPU << wall shows the waits leave the core to others).
+
+    One per run (`lrun train` makes its own), so a curriculum's stages each count only their own waiting.
+    """
+
+    sleep: float = 0.002
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+    def _poll(self, done: Callable[[], bool]) -> float:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        while not done():
+            time.sleep(self.sleep)
+        waited = time.perf_counter() - start
+        self.wall_s += waited
+        self.cpu_s += time.process_time() - cpu_start
+        return waited
+
+    def wait(self, request: MPI.Request) -> float:
+        """Complete a non-blocking request. Returns the seconds waited."""
+        return self._poll(request.Test)
 
 
-def Bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, sleep: float) -> float:
+def Bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, waiter: Waiter) -> float:
     """Broadcast `buffer` in place from `root`, politely. Collective over `comm`."""
-    return wait(comm.Ibcast(buffer, root=root), sleep)
+    return waiter.wait(comm.Ibcast(buffer, root=root))
 
 
-def Allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, sleep: float) -> float:
+def Allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, waiter: Waiter) -> float:
     """Sum `buffer` in place over `comm`, politely. Collective over `comm`."""
     from mpi4py import MPI
 
-    return wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM), sleep)
+    return waiter.wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
 
 
 def Allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
@@ -135,21 +148,17 @@ def Allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
     buffer /= comm.Get_size()
 
 
-def Send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, sleep: float) -> float:
+def Send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, waiter: Waiter) -> float:
     """Send `buffer` to `dest`, politely. Returns seconds waited."""
-    return wait(comm.Isend(buffer, dest=dest, tag=tag), sleep)
+    return waiter.wait(comm.Isend(buffer, dest=dest, tag=tag))
 
 
-def Recv_any_size(comm: MPI.Comm, source: int, tag: int, sleep: float, dtype: type = np.float32) -> np.ndarray:
+def Recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: type = np.float32) -> np.ndarray:
     """Receive a vector of unknown length from `source`, politely (probe, then receive)."""
     from mpi4py import MPI
 
     status = MPI.Status()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    while not comm.Iprobe(source=source, tag=tag, status=status):
-        time.sleep(sleep)
-    WAIT_STATS["wall_s"] += time.perf_counter() - start
-    WAIT_STATS["cpu_s"] += time.process_time() - cpu_start
+    waiter._poll(lambda: comm.Iprobe(source=source, tag=tag, status=status))
     buffer = np.empty(status.Get_count(MPI._typedict[np.dtype(dtype).char]), dtype=dtype)
     comm.Recv(buffer, source=source, tag=tag)
     return buffer

@@ -445,46 +445,63 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         return {"nothing_to_do": True}
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    RSS.reset()  # a curriculum trains several stages in one process
-    previous = install_stop_handlers(comm.Get_rank() == 0)
-    if layout.role == "simulator":
-        stop = simulate(config, start, comm, layout)
-        result: dict = {"stopped_early": stop == STOP_SIGNAL}
-    else:
-        result = learn(config, start, comm, layout, stream)
-    restore_handlers(previous)
-    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0)
-    if layout.learner_comm is not None:
-        layout.learner_comm.Free()  # a curriculum splits the world again for every stage
+    rank = RankContext(lmpi.Waiter(config.run.wait_sleep), RssLog(), StopRequest())
+    rank.stop.install(comm.Get_rank() == 0)
+    try:
+        if layout.role == "simulator":
+            stop = simulate(config, start, comm, layout, rank)
+            result: dict = {"stopped_early": stop == STOP_SIGNAL}
+        else:
+            result = learn(config, start, comm, layout, stream, rank)
+    finally:
+        # also on an exception: the host process (a curriculum, a test) keeps its own handlers, and the next
+        # stage splits the world again
+        rank.stop.restore()
+        if layout.learner_comm is not None:
+            layout.learner_comm.Free()
+    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0, rank)
     return result
+
+
+@dataclass
+class RankContext:
+    """What one rank's run owns besides the training state, made afresh by every `train` call (a curriculum
+    runs several in one process): how it waits for MPI and how long it did, its memory samples, and the stop
+    request a signal leaves."""
+
+    waiter: lmpi.Waiter
+    rss: RssLog
+    stop: StopRequest
 
 
 STOP_NONE, STOP_DONE, STOP_SIGNAL = 0, 1, 2
 #: Signals that ask a run to stop early (Slurm: `--signal=B:USR1@120` forwarded by the job script, `scancel`'s
 #: SIGTERM, Ctrl-C's SIGINT under mpiexec): rank 0 finishes the iteration, checkpoints, and all ranks exit.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-STOP_REQUEST: dict[str, int | None] = {"signal": None}
 
 
-def install_stop_handlers(is_root: bool) -> dict:
-    """Rank 0 records a stop request; other ranks ignore the signal and wait for rank 0's decision."""
-    STOP_REQUEST["signal"] = None
+class StopRequest:
+    """Rank 0 records a stop signal here; other ranks ignore the signal and wait for rank 0's decision."""
 
-    def record(signum: int, frame: Any) -> None:
-        STOP_REQUEST["signal"] = signum
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict = {}
 
-    previous = {}
-    if threading.current_thread() is not threading.main_thread():
-        return previous  # embedded in a thread: signals are the host's business
-    for sig in STOP_SIGNALS:
-        previous[sig] = signal.signal(sig, record if is_root else signal.SIG_IGN)
-    return previous
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signal = signum
 
+    def install(self, is_root: bool) -> None:
+        """Take over the stop signals (not from a thread: signals are then the host's business)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record if is_root else signal.SIG_IGN)
 
-def restore_handlers(previous: dict) -> None:
-    """Put back the handlers `install_stop_handlers` replaced."""
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    def restore(self) -> None:
+        """Put back the handlers `install` replaced."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def resumed_run_dir(checkpoint: Path) -> Path | None:
@@ -653,12 +670,10 @@ def distribution_of(spec: dict) -> str:
     return distribution_of(spec["student"]) if spec.get("kind") == "blend" else spec.get("distribution", "")
 
 
-#: This process's RSS after each iteration (every rank role samples it; `lrun bench soak` reads it).
-RSS = RssLog()
-
-
-def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float) -> None:
-    """Each rank's wall and CPU time, in total and while waiting, and its RSS per iteration:
+def write_rank_stats(
+    config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float, rank: RankContext
+) -> None:
+    """Each rank's wall and CPU time, in total and while waiting, and its RSS per iteration, for this run only:
     run_dir/ranks/rank-NNNN.json."""
     directory = Path(config.run.run_dir) / "ranks"
     directory.mkdir(parents=True, exist_ok=True)
@@ -667,16 +682,16 @@ def write_rank_stats(config: TrainConfig, layout: lmpi.RankLayout, wall_s: float
         "world_rank": layout.world_rank,
         "wall_s": wall_s,
         "cpu_s": cpu_s,
-        "wait_wall_s": lmpi.WAIT_STATS["wall_s"],
-        "wait_cpu_s": lmpi.WAIT_STATS["cpu_s"],
-        "rss_mb": RSS.samples,
+        "wait_wall_s": rank.waiter.wall_s,
+        "wait_cpu_s": rank.waiter.cpu_s,
+        "rss_mb": rank.rss.samples,
     }
     (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
 
 
-def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout) -> int:
+def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
     """A simulator rank: receive the policy, collect, send, until told to stop."""
-    sleep = config.run.wait_sleep
+    waiter = rank.waiter
     problem = start.problem
     start_iteration = int(start.payload["iteration"]) if start.payload else 0
     policy = initial_policy(config, start)
@@ -686,7 +701,7 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
     )
     normaliser = RunningNormaliser(problem.obs_size)
     message = np.empty(message_size(policy, problem.obs_size))
-    lmpi.Bcast(comm, message, 0, sleep)  # rank 0 has cut the store back (on resume) before this first broadcast
+    lmpi.Bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
     collector, writer = make_collector(
         config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
     )
@@ -700,22 +715,24 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
             collector.policy_version = iteration
             rollout, moments = collector.collect(config.ppo.steps_per_env)
             rollout.wait_s, rollout.store_s = waited, stored
-            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, sleep)
+            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
             stored = store_rollout(collector, writer)  # while the learners update
-            RSS.sample(iteration + 1)
-            waited += lmpi.Allreduce_sum(comm, moments, sleep)
-            waited += lmpi.Bcast(comm, message, 0, sleep)
+            rank.rss.sample(iteration + 1)
+            waited += lmpi.Allreduce_sum(comm, moments, waiter)
+            waited += lmpi.Bcast(comm, message, 0, waiter)
     finally:
         if writer is not None:
             writer.close()
-    lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # tell rank 0 the rank file is closed
+    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # tell rank 0 the rank file is closed
     return stop
 
 
-def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO) -> dict:
+def learn(
+    config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO, rank: RankContext
+) -> dict:
     """A learner rank (or the whole run in serial mode)."""
     problem, payload = start.problem, start.payload
-    sleep = config.run.wait_sleep
+    waiter = rank.waiter
     serial = layout.role == "serial"
     learner_comm = layout.learner_comm
     reduce = None
@@ -760,12 +777,12 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
     last: dict = {"stopped_early": False}
     while True:
         stop = STOP_DONE if state.iteration >= config.run.iterations else STOP_NONE
-        if stop == STOP_NONE and layout.is_root and STOP_REQUEST["signal"] is not None:
+        if stop == STOP_NONE and layout.is_root and rank.stop.signal is not None:
             stop = STOP_SIGNAL  # rank 0 alone decides, between iterations, so no rank is left in a collective
             if state.iteration > start_iteration and state.iteration % config.run.checkpoint_every:
                 save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
             print(
-                f"lrun train: signal {STOP_REQUEST['signal']} received: checkpoint at iteration "
+                f"lrun train: signal {rank.stop.signal} received: checkpoint at iteration "
                 f"{state.iteration} written; stopping (resume with --resume {config.run.run_dir})",
                 file=stream,
                 flush=True,
@@ -774,7 +791,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
         coefficient = schedule_blend(state.policy, config, state.iteration)
         if not serial:
             message = state.message(stop)
-            lmpi.Bcast(comm, message, 0, sleep)
+            lmpi.Bcast(comm, message, 0, waiter)
             stop = int(message[1])  # rank 0's decision
         if stop:
             last["stopped_early"] = stop == STOP_SIGNAL
@@ -788,7 +805,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
         else:
             rollouts = [
                 unpack_rollout(
-                    lmpi.Recv_any_size(comm, source, lmpi.ROLLOUT_TAG, sleep),
+                    lmpi.Recv_any_size(comm, source, lmpi.ROLLOUT_TAG, waiter),
                     steps,
                     envs,
                     problem.obs_size,
@@ -798,7 +815,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
                 for source in layout.simulator_ranks
             ]
             moments = np.zeros(2 * problem.obs_size + 1)
-            lmpi.Allreduce_sum(comm, moments, sleep)
+            lmpi.Allreduce_sum(comm, moments, waiter)
         if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
             state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
         collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
@@ -830,7 +847,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
                 raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
         state.env_steps += new_steps if layout.is_root else 0
         state.decisions += new_decisions if layout.is_root else 0
-        RSS.sample(state.iteration)
+        rank.rss.sample(state.iteration)
         if layout.is_root:
             last = summarise(
                 state.iteration,
@@ -857,7 +874,7 @@ def learn(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout,
     if writer is not None:
         writer.close()
     if not serial:
-        lmpi.Allreduce_sum(comm, np.zeros(1), sleep)  # every simulator has closed its rank file
+        lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # every simulator has closed its rank file
     if layout.is_root and config.run.store_trajectories:
         write_master(config.run.run_dir)
     return last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,13 @@ def test_stages_chain_and_a_rerun_continues(tmp_path):
     # stage 2 really started from stage 1's weights: its normaliser continued from stage 1's statistics
     assert second["normaliser"][-1] == walk["normaliser"][-1] + 2 * 2 * 2 * 30
     assert second["config"]["reward"]["weights"] == {"progress": 1.0, "ligament": 1.0, "knee_bend": 0.1}
+    # each stage's rank records count that stage alone (they once carried the earlier stages' waiting too)
+    for stage in ("walk", "run"):
+        records = [json.loads(f.read_text()) for f in sorted((tmp_path / "runs" / stage / "ranks").glob("*.json"))]
+        assert len(records) == 3
+        for record in records:
+            assert 0 < record["wait_wall_s"] < record["wall_s"], (stage, record)
+            assert len(record["rss_mb"]) == 2  # one sample per iteration of this stage
 
     again = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(curriculum)])
     assert again.returncode == 0

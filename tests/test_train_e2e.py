@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,52 @@ def test_the_live_bar_reaches_the_terminal_through_mpiexec_and_a_log_file_gets_l
         subprocess.run(tiny_run(tmp_path / "file"), stdout=log, stderr=subprocess.STDOUT, env=clean_env(), timeout=120)
     lines = (tmp_path / "log.txt").read_text()
     assert "\r" not in lines and lines.count("iter ") == 3 and "| elapsed " in lines
+
+
+FAILING_RUN = """
+import signal, sys
+from mpi4py import MPI
+import lrun.train as t
+from lrun.config import build_config
+
+def sentinel(signum, frame):
+    pass
+
+signal.signal(signal.SIGUSR1, sentinel)
+seen = {}
+split_roles = t.lmpi.split_roles
+
+def spy(comm, learners):
+    seen["layout"] = split_roles(comm, learners)
+    return seen["layout"]
+
+def fail(*args, **kwargs):
+    seen["during"] = signal.getsignal(signal.SIGUSR1)
+    raise RuntimeError("failed mid-run")
+
+t.lmpi.split_roles, t.learn, t.simulate = spy, fail, fail
+settings = ["env.id=gymnasium:Pendulum-v1", "run.run_dir=" + sys.argv[1], "run.store_trajectories=false"]
+config = build_config({}, settings)
+try:
+    t.train(config)
+except RuntimeError:
+    pass
+comm = seen["layout"].learner_comm
+assert seen["during"] is not sentinel, "train() did not take the stop signals over"
+assert signal.getsignal(signal.SIGUSR1) is sentinel, "handlers not restored after an exception"
+assert comm is None or comm == MPI.COMM_NULL, "learner communicator not freed after an exception"
+rank = MPI.COMM_WORLD.Get_rank()
+with open(sys.argv[1] + f"-rank{rank}.txt", "w") as out:
+    out.write(seen["layout"].role)
+"""
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_a_failing_run_gives_back_signal_handlers_and_the_learner_communicator(tmp_path):
+    """A host process (a curriculum, a notebook) keeps its own handlers and can run the next stage."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_RUN)
+    result = run([MPIEXEC, "-n", "2", sys.executable, str(script), str(tmp_path / "run")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    roles = [(tmp_path / f"run-rank{r}.txt").read_text() for r in (0, 1)]
+    assert roles == ["learner", "simulator"]  # both ranks got to the end of the checks
