@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a one-line help text (shown by `lrun config --help-keys` and in the README)."""
+    """A dataclass field with a one-line help text (shown by `lrun config-keys` and in the README)."""
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
@@ -205,8 +205,10 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # type: ignore[misc]
-SECTIONS = {name: typing.get_type_hints(TrainConfig)[name] for name in SECTIONS}
+#: section name -> its dataclass (resolved from the annotations, which are strings under __future__ annotations)
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig)
+}
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:

@@ -28,6 +28,7 @@ from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig, config_from_dict
 from lrun.env.factory import env_factory
 from lrun.env.features import IDENTITY, features
+from lrun.env.physics import STEP_SECONDS
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -36,7 +37,6 @@ from lrun.store.recorder import EpisodeBook, env_facts
 from lrun.store.writer import TrajectoryWriter
 
 #: Simulated seconds per env step (RunEnv).
-STEP_SECONDS = 0.01
 #: Per-episode result columns, in the order of episodes.csv.
 COLUMNS = ("episode", "seed", "distance", "task_return", "length", "sim_time_s", "fell", "integrator_failure")
 FLOAT_COLUMNS = ("distance", "task_return", "sim_time_s")

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -157,19 +157,7 @@ def schedule_blend(policy: Policy, config: TrainConfig, iteration: int) -> float
 
 def ppo_settings(config: TrainConfig) -> PPOSettings:
     """The subset of the config the PPO update needs."""
-    c = config.ppo
-    return PPOSettings(
-        c.learning_rate,
-        c.epochs,
-        c.minibatches,
-        c.clip_coef,
-        c.clip_value_loss,
-        c.ent_coef,
-        c.vf_coef,
-        c.max_grad_norm,
-        c.normalise_advantages,
-        c.target_kl,
-    )
+    return PPOSettings(**{f.name: getattr(config.ppo, f.name) for f in fields(PPOSettings)})
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:

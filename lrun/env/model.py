@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lrun.env.layout import EpisodeLayout
-from lrun.env.physics import INTEGRATORS, Physics
+from lrun.env.physics import INTEGRATORS, STEP_SECONDS, Physics
 
 try:
     import opensim
@@ -38,7 +38,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 opensim.Logger.setLevelString("off")  # 4.6 logs ~12 lines per integrate call otherwise
 
 MODEL_FILE_NAME = "gait9dof18musc.osim"
-STEP_SECONDS = 0.01
 PELVIS_COORDINATES = ("pelvis_tilt", "pelvis_tx", "pelvis_ty")
 JOINT_COORDINATES = ("hip_flexion_r", "knee_angle_r", "ankle_angle_r", "hip_flexion_l", "knee_angle_l", "ankle_angle_l")
 OBSERVED_BODIES = ("head", "pelvis", "torso", "toes_l", "toes_r", "talus_l", "talus_r")

@@ -20,6 +20,9 @@ INTEGRATORS: dict[str, str] = {
     "verlet": "Verlet",
 }
 
+#: Seconds of simulated time per env step: the task's control interval (0.01 s, as in 2017).
+STEP_SECONDS = 0.01
+
 
 @dataclass(frozen=True)
 class Physics:

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from lrun.env.layout import EpisodeLayout, draw_layout
-from lrun.env.model import STEP_SECONDS, GaitModel, IntegratorFailure
+from lrun.env.model import GaitModel, IntegratorFailure
 from lrun.env.physics import Physics, resolve_physics
 
 OBSERVATION_SIZE = 41
@@ -193,11 +193,6 @@ class RunEnv(gym.Env):
         return self._obs.copy()
 
     # --- helpers ---------------------------------------------------------------------------------------------
-    @property
-    def time_step(self) -> float:
-        """Simulated seconds per step."""
-        return STEP_SECONDS
-
     def _validate_action(self, action: np.ndarray) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (N_MUSCLES,):

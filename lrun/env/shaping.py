@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-STEP_SECONDS = 0.01
+from lrun.env.physics import STEP_SECONDS
+
 KNEE_ANGLES = (7, 10)  # observation indices of knee_angle_r, knee_angle_l (negative = flexed)
 PELVIS_X, PELVIS_Y, HEAD_X = 1, 2, 22  # observation indices
 TALUS_L_X, TALUS_R_X = 32, 34  # observation indices of the ankles' x
