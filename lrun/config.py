@@ -51,7 +51,7 @@ class RewardConfig:
 
     weights: dict = doc(
         "term -> weight; empty: the task's own reward. Terms: progress, ligament, capped_progress, "
-        "knee_bend, speed_target, alive, upright, head_ahead, footstep",
+        "knee_bend, speed_target, alive, upright, head_ahead, footstep, fall",
         default_factory=dict,
     )
     speed_cap: float = doc("m/s up to which capped_progress counts pelvis progress", 1.5)

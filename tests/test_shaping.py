@@ -46,6 +46,22 @@ def test_head_ahead_penalises_a_head_behind_the_pelvis_only():
     assert term_values(obs_with(), ahead, info, ShapingParams())["head_ahead"] == 0.0
 
 
+def test_fall_is_paid_once_on_the_step_that_ends_the_episode_by_falling():
+    info = {"delta_x": 0.0, "ligament_penalty": 0.0}
+    assert term_values(obs_with(), obs_with(), info, ShapingParams(), fell=True)["fall"] == -1.0
+    assert term_values(obs_with(), obs_with(), info, ShapingParams())["fall"] == 0.0
+    # on the real skeleton: zero excitations fall within ~1 s; only that last step pays the penalty
+    env = make_env("lrun/Run-v0", physics="fast", reward_weights={"fall": 10.0}, shaping=ShapingParams())
+    env.reset(seed=0)
+    paid = []
+    terminated = truncated = False
+    while not (terminated or truncated):
+        _, reward, terminated, truncated, info = env.step(np.zeros(18))
+        paid.append(reward)
+    assert terminated and not info["integrator_failure"]
+    assert paid[-1] == -10.0 and all(r == 0.0 for r in paid[:-1])
+
+
 def test_shaped_env_reports_every_term_and_the_task_reward():
     weights = {"progress": 1.0, "ligament": 1.0, "knee_bend": 2.0, "alive": 0.5}
     shaped = make_env("lrun/Run-v0", physics="fast", reward_weights=weights, shaping=ShapingParams())

@@ -74,10 +74,15 @@ class StepCounter:
 
 
 def term_values(
-    prev_obs: np.ndarray, obs: np.ndarray, info: dict[str, Any], p: ShapingParams, footstep: float = 0.0
+    prev_obs: np.ndarray,
+    obs: np.ndarray,
+    info: dict[str, Any],
+    p: ShapingParams,
+    footstep: float = 0.0,
+    fell: bool = False,
 ) -> dict[str, float]:
     """Every available term for one step (RunEnv observations before and after it; `footstep` from a
-    `StepCounter`, the one stateful term)."""
+    `StepCounter`, the one stateful term; `fell`: this step ended the episode with the pelvis too low)."""
     delta_x = float(info["delta_x"])
     speed = delta_x / STEP_SECONDS
     flexion = np.clip(-obs[list(KNEE_ANGLES)], 0.0, p.knee_bend_max)
@@ -93,6 +98,7 @@ def term_values(
         "upright": -abs(float(obs[0])) * STEP_SECONDS,
         "head_ahead": min(0.0, float(obs[HEAD_X] - obs[PELVIS_X])) * STEP_SECONDS,
         "footstep": footstep,
+        "fall": -1.0 if fell else 0.0,
     }
 
 
@@ -106,6 +112,7 @@ TERMS = (
     "upright",
     "head_ahead",
     "footstep",
+    "fall",
 )
 #: What each term rewards, for `lrun config-keys` and the README.
 TERM_HELP = {
@@ -118,6 +125,8 @@ TERM_HELP = {
     "upright": "minus |pelvis tilt| (rad), per second",
     "head_ahead": "minus how far the head is behind the pelvis (m, 0 when ahead), per second: lean into the walk",
     "footstep": "1 per step: the leading ankle changes (by step_margin) after the pelvis advanced step_advance",
+    "fall": "-1 once, on the step the pelvis drops below 0.65 m (the fall that ends the episode; not an integrator "
+    "failure): makes a forward dive cost more than it gains",
 }
 TASK_WEIGHTS = {"progress": 1.0, "ligament": 1.0}
 
@@ -157,7 +166,8 @@ class ShapedReward(gym.Wrapper):
         """Step and reshape the reward."""
         obs, task_reward, terminated, truncated, info = self.env.step(action)
         footstep = self.steps.update(np.asarray(obs)) if "footstep" in self.weights else 0.0
-        terms = term_values(self._obs, np.asarray(obs), info, self.params, footstep)
+        fell = bool(terminated) and not info.get("integrator_failure")
+        terms = term_values(self._obs, np.asarray(obs), info, self.params, footstep, fell)
         shaped = 0.0
         for name, weight in self.weights.items():
             value = terms[name] if not info.get("integrator_failure") else 0.0
