@@ -34,7 +34,7 @@ def _collective(command: str, body) -> int:
     """
     from lrun.config import ConfigError
     from lrun.mpi import comm_world
-    from lrun.train import StartupError
+    from lrun.startup import StartupError
 
     comm = comm_world()
     rank = comm.Get_rank()
@@ -76,7 +76,7 @@ def resume_in_place(resume: str, overrides: list[str]) -> list[str]:
     user named one (then `lrun train` checks that it is RUN's, or an empty one for a checkpoint kept outside
     any run)."""
     from lrun.checkpoint import CheckpointError, resolve_checkpoint
-    from lrun.train import resumed_run_dir
+    from lrun.startup import resumed_run_dir
 
     if any(item.split("=", 1)[0].strip() == "run.run_dir" for item in overrides):
         return []
@@ -101,7 +101,7 @@ def _transfer(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
     from lrun.evaluate import EvalError, EvalSettings, evaluate
-    from lrun.train import StartupError
+    from lrun.startup import StartupError
 
     settings = EvalSettings(
         args.episodes,
@@ -126,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _transfer_study(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
-    from lrun.train import StartupError
+    from lrun.startup import StartupError
     from lrun.transfer_study import run_transfer_study
 
     def body(comm) -> int:
@@ -443,8 +443,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lrun.config import ConfigError
     from lrun.evaluate import EvalError
     from lrun.mpi import LayoutError
+    from lrun.startup import StartupError
     from lrun.store.reader import StoreError
-    from lrun.train import StartupError
 
     return (ConfigError, CheckpointError, StoreError, EvalError, LayoutError, StartupError, BenchError, OSError)
 

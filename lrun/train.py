@@ -12,12 +12,16 @@ One iteration, as every rank sees it:
 5. rank 0 logs, and checkpoints every `checkpoint_every` iterations and at the end.
 
 A world of size 1 runs all roles in one process (serial mode) with the same maths and no MPI traffic.
+
+`learn` reads as those steps (collect, update, tally, log) over a rollout source chosen once (`LocalRollouts` in
+serial mode, `RemoteRollouts` on a learner with simulators); `simulate`, the simulator's side, follows them so
+that the matching order of the collectives can be checked at a glance. How a run starts is resolved before any
+of this, in `lrun.startup`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -33,156 +37,417 @@ import torch
 from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.checkpoint import (
-    LATEST,
     CheckpointError,
-    check_compatible,
-    checkpoint_dir,
     describe_spec,
-    load_checkpoint,
-    resolve_checkpoint,
     save_checkpoint,
     write_failure,
 )
 from lrun.config import ConfigError, TrainConfig
-from lrun.env.factory import env_factory, reward_terms_of
-from lrun.env.features import IDENTITY, action_mirror, feature_size, features, observation_mirror
+from lrun.env.factory import env_factory
+from lrun.env.features import action_mirror, features, observation_mirror
 from lrun.env.vector import SerialVectorEnv
-from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec, new_blend
+from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec
 from lrun.learn.clone import CloneSettings, clone_policy
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
-from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
+from lrun.learn.policy import Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
 from lrun.learn.symmetry import Mirror, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
+from lrun.startup import Problem, Start, StartupError, initial_policy, startup_checks
 from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts
 from lrun.store.writer import TrajectoryWriter, cut_back
 
-
-@dataclass
-class Problem:
-    """Sizes every rank derives from the config before any MPI call."""
-
-    obs_size: int  # what the networks see (after the feature map)
-    act_size: int
-    distance_index: int | None
-    reward_terms: tuple[str, ...] = ()
-    task_obs_size: int = 0  # what the env returns and the store records
-    feature_map: str = IDENTITY
+#: Rank 0's decision before each iteration, broadcast with the policy: go on, done, or stopped by a signal.
+STOP_NONE, STOP_DONE, STOP_SIGNAL = 0, 1, 2
+#: Signals that ask a run to stop early (Slurm: `--signal=B:USR1@120` forwarded by the job script, `scancel`'s
+#: SIGTERM, Ctrl-C's SIGINT under mpiexec): rank 0 finishes the iteration, checkpoints, and all ranks exit.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
-def probe_env(config: TrainConfig) -> Problem:
-    """Build one env to learn the spaces (and to fail early, on every rank, on a bad env config)."""
-    env = env_factory(config.env, config.reward)()
+def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stream: TextIO | None = None) -> dict:
+    """Run `lrun train` on this rank. Collective over `comm` (default: MPI world; None-world = serial).
+
+    Returns the last logged scalars on global rank 0 (an empty dict elsewhere).
+    """
+    stream = stream or sys.stdout
+    torch.set_num_threads(1)  # one core per rank: simulators and learners share the node
+    if comm is None:
+        comm = lmpi.comm_world()
     try:
-        task_obs_size = int(np.prod(env.observation_space.shape))
-        act_size = int(np.prod(env.action_space.shape))
-        terms = reward_terms_of(env)
+        start = startup_checks(config, resume, comm.Get_size())
+    except (ConfigError, lmpi.LayoutError, CheckpointError, StoreError, ValueError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    if start.payload is not None and int(start.payload["iteration"]) >= config.run.iterations:
+        if comm.Get_rank() == 0:  # every rank found the same and returns: no MPI traffic, no file touched
+            print(
+                f"lrun train: {resume} already has {int(start.payload['iteration'])} iterations "
+                f"(run.iterations = {config.run.iterations}): nothing to do; raise run.iterations to train on",
+                file=stream,
+                flush=True,
+            )
+        return {"nothing_to_do": True}
+    layout = lmpi.split_roles(comm, config.layout.learners)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    rank = RankContext(lmpi.Waiter(config.run.wait_sleep), RssLog(), StopRequest())
+    rank.stop.install(comm.Get_rank() == 0)
+    try:
+        if layout.role == "simulator":
+            stop = simulate(config, start, comm, layout, rank)
+            result: dict = {"stopped_early": stop == STOP_SIGNAL}
+        else:
+            result = learn(config, start, comm, layout, stream, rank)
     finally:
-        env.close()
-    name = config.policy.features
-    distance_index = 1 if config.env.id == "lrun/Run-v0" else None
-    return Problem(feature_size(name, task_obs_size), act_size, distance_index, terms, task_obs_size, name)
-
-
-def build_policy(config: TrainConfig, problem: Problem) -> ActorCritic:
-    """The actor-critic the config describes, initialised from the run seed (identical on every rank)."""
-    torch.manual_seed(config.run.seed)
-    p = config.policy
-    return ActorCritic(problem.obs_size, problem.act_size, p.hidden_sizes, p.activation, p.distribution, p.init_log_std)
-
-
-def config_spec(config: TrainConfig, problem: Problem) -> dict:
-    """The architecture of the network the [policy] section describes."""
-    p = config.policy
-    return {
-        "kind": "mlp",
-        "obs_size": problem.obs_size,
-        "act_size": problem.act_size,
-        "hidden_sizes": list(p.hidden_sizes),
-        "activation": p.activation,
-        "distribution": p.distribution,
-    }
+        # also on an exception: the host process (a curriculum, a test) keeps its own handlers, and the next
+        # stage splits the world again
+        rank.stop.restore()
+        if layout.learner_comm is not None:
+            layout.learner_comm.Free()
+    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0, rank)
+    return result
 
 
 @dataclass
-class Start:
-    """What a run starts from, found by `startup_checks` on every rank alike."""
+class RankContext:
+    """What one rank's run owns besides the training state, made afresh by every `train` call (a curriculum
+    runs several in one process): how it waits for MPI and how long it did, its memory samples, and the stop
+    request a signal leaves."""
 
-    problem: Problem
-    spec: dict  # the architecture of the policy this run trains
-    payload: dict | None = None  # the checkpoint a resumed run continues
-    source: dict | None = None  # the trained policy it starts from (run.init_from, blend.source or clone.teacher)
-    how: str = "new"  # new | resume | init | blend | clone
-
-
-def collapse_student(payload: dict) -> dict | None:
-    """A blend checkpoint whose coefficient reached 1: the state dict of its new network alone; else None."""
-    if payload["meta"].get("policy_spec", {}).get("kind") != "blend":
-        return None
-    state = payload["policy"]
-    if float(state["coefficient"]) != 1.0:
-        return None
-    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    waiter: lmpi.Waiter
+    rss: RssLog
+    stop: StopRequest
 
 
-def initial_policy(config: TrainConfig, start: Start) -> Policy:
-    """The policy a rank starts with (identical on every rank): built from the seed, then filled in from the
-    resumed checkpoint, the parent (`init`), or the frozen policy of a new blend."""
-    torch.manual_seed(config.run.seed)
-    if start.how == "blend":
-        student = build_policy(config, start.problem)
-        frozen = build_from_spec(start.source["meta"]["policy_spec"])
-        frozen.load_state_dict(start.source["policy"])
-        return new_blend(frozen, start.source["normaliser"].numpy(), student)
-    policy = build_from_spec(start.spec, config.policy.init_log_std)
-    if start.how == "resume":
-        policy.load_state_dict(start.payload["policy"])
-    elif start.how == "init":
-        policy.load_state_dict(start.source["policy"])
-    return policy
+class StopRequest:
+    """Rank 0 records a stop signal here; other ranks ignore the signal and wait for rank 0's decision."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def install(self, is_root: bool) -> None:
+        """Take over the stop signals (not from a thread: signals are then the host's business)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record if is_root else signal.SIG_IGN)
+
+    def restore(self) -> None:
+        """Put back the handlers `install` replaced."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
-def schedule_blend(policy: Policy, config: TrainConfig, iteration: int) -> float | None:
-    """Set a blend's coefficient for this (0-based) iteration; returns it, or None for a plain policy."""
-    if not isinstance(policy, BlendedPolicy) or not config.blend.source:
-        return None
-    c = blend_coefficient(iteration, config.blend.start, config.blend.end, config.blend.ramp_iterations)
-    policy.set_coefficient(c, config.blend.distill_coef)
-    return c
+def learn(
+    config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO, rank: RankContext
+) -> dict:
+    """A learner rank (or the whole run in serial mode): collect, update, log, until rank 0 says stop."""
+    state = learner_state(config, start, layout)
+    reporter = Reporter(config, start, state, layout, stream) if layout.is_root else None
+    if start.how == "clone":
+        clone_from_store(config, state, start.source, stream if layout.is_root else None)
+    rollout_source = (
+        LocalRollouts(config, start.problem, state)
+        if layout.role == "serial"
+        else RemoteRollouts(config, start.problem, comm, layout, rank.waiter)
+    )
+    first_iteration = state.iteration
+    last: dict = {"stopped_early": False}
+    try:
+        while True:
+            stop = STOP_DONE if state.iteration >= config.run.iterations else STOP_NONE
+            if stop == STOP_NONE and reporter is not None and rank.stop.signal is not None:
+                stop = reporter.stop_for_signal(state, rank.stop.signal, first_iteration)
+            t0 = time.perf_counter()
+            coefficient = schedule_blend(state.policy, config, state.iteration)
+            stop = rollout_source.share_decision(state, stop)  # rank 0's decision, with the policy
+            if stop:
+                last["stopped_early"] = stop == STOP_SIGNAL
+                break
+            rollouts, moments = rollout_source.collect(state.iteration)
+            losses, learn_s = update(config, state, rollouts, moments)
+            state.iteration += 1
+            new_steps, new_decisions, rollouts = tally(config, state, layout, rollouts)
+            rank.rss.sample(state.iteration)
+            if reporter is not None:
+                wall_s = time.perf_counter() - t0
+                last = reporter.log(state, wall_s, new_steps, new_decisions, learn_s, rollouts, losses, coefficient)
+    finally:
+        rollout_source.close()
+        if reporter is not None:
+            reporter.close()
+    rollout_source.finish()
+    if reporter is not None:
+        reporter.finish()
+    return last
 
 
-def ppo_settings(config: TrainConfig) -> PPOSettings:
-    """The subset of the config the PPO update needs."""
-    return PPOSettings(**{f.name: getattr(config.ppo, f.name) for f in fields(PPOSettings)})
+def learner_state(config: TrainConfig, start: Start, layout: lmpi.RankLayout) -> TrainingState:
+    """The policy, normaliser, optimiser and counters of a learner: new, resumed or from a parent."""
+    learner_comm = layout.learner_comm
+    reduce = None
+    if learner_comm is not None and learner_comm.Get_size() > 1:
+        reduce = partial(lmpi.Allreduce_mean, learner_comm)
+    state = TrainingState(config, start, 0 if learner_comm is None else learner_comm.Get_rank(), reduce)
+    if start.payload is not None:
+        state.restore(start.payload)
+    elif start.source is not None:
+        state.start_from(start.source, start.how)
+    return state
 
 
-def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """The scheduled learning rate at this iteration (0-based)."""
-    if config.ppo.lr_schedule == "linear":
-        return config.ppo.learning_rate * (1.0 - iteration / config.run.iterations)
-    return config.ppo.learning_rate
+class LocalRollouts:
+    """Serial mode: this process steps the envs itself (no MPI)."""
 
-
-def rollouts_to_batch(rollouts: list[Rollout], gamma: float, lam: float, reward_scale: float = 1.0) -> Batch:
-    """GAE per rollout, then one flat batch over all of a learner's simulators."""
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values")
-    }
-    for r in rollouts:
-        advantages, returns = compute_gae(
-            r.rewards * reward_scale, r.values, r.terminated, r.truncated, r.final_values, r.next_value, gamma, lam
+    def __init__(self, config: TrainConfig, problem: Problem, state: TrainingState) -> None:
+        self.collector, self.writer = make_collector(
+            config, problem, state.policy, state.normaliser, 0, state.iteration, 0
         )
-        parts["obs"].append(r.obs.reshape(-1, r.obs.shape[-1]))
-        parts["actions"].append(r.actions.reshape(-1, r.actions.shape[-1]))
-        parts["logprobs"].append(r.logprobs.reshape(-1))
-        parts["advantages"].append(advantages.reshape(-1))
-        parts["returns"].append(returns.reshape(-1))
-        parts["values"].append(r.values.reshape(-1))
-    return Batch.from_numpy(**{k: np.concatenate(v) for k, v in parts.items()})
+        self.steps = config.ppo.steps_per_env
+        self.stored = 0.0
+
+    def share_decision(self, state: TrainingState, stop: int) -> int:
+        """Nobody to tell: the decision stands."""
+        return stop
+
+    def collect(self, iteration: int) -> tuple[list[Rollout], np.ndarray]:
+        """One rollout of every env, stored; and its observation moments."""
+        self.collector.policy_version = iteration
+        rollout, moments = self.collector.collect(self.steps)
+        rollout.store_s = self.stored
+        self.stored = store_rollout(self.collector, self.writer)
+        return [rollout], moments
+
+    def close(self) -> None:
+        """Close the rank file."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def finish(self) -> None:
+        """Nothing to agree on."""
+
+
+class RemoteRollouts:
+    """A learner's simulator ranks. Its collectives pair with `simulate`'s, in the same order: Bcast of the
+    decision and policy; one rollout received from each simulator; Allreduce of the observation moments; at the
+    end, one Allreduce once every rank file is closed."""
+
+    def __init__(
+        self, config: TrainConfig, problem: Problem, comm: Any, layout: lmpi.RankLayout, waiter: lmpi.Waiter
+    ) -> None:
+        self.config, self.problem, self.comm, self.layout, self.waiter = config, problem, comm, layout, waiter
+
+    def share_decision(self, state: TrainingState, stop: int) -> int:
+        """Broadcast [iteration, stop, parameters, normaliser]; returns global rank 0's stop decision."""
+        message = state.message(stop)
+        lmpi.Bcast(self.comm, message, 0, self.waiter)
+        return int(message[1])
+
+    def collect(self, iteration: int) -> tuple[list[Rollout], np.ndarray]:
+        """This learner's simulators' rollouts, and the observation moments summed over every rank."""
+        p = self.problem
+        rollouts = [
+            unpack_rollout(
+                lmpi.Recv_any_size(self.comm, source, lmpi.ROLLOUT_TAG, self.waiter),
+                self.config.ppo.steps_per_env,
+                self.config.layout.envs_per_rank,
+                p.obs_size,
+                p.act_size,
+                len(p.reward_terms),
+            )
+            for source in self.layout.simulator_ranks
+        ]
+        moments = np.zeros(2 * p.obs_size + 1)
+        lmpi.Allreduce_sum(self.comm, moments, self.waiter)
+        return rollouts, moments
+
+    def close(self) -> None:
+        """The simulators own the rank files."""
+
+    def finish(self) -> None:
+        """Wait until every simulator has closed its rank file (rank 0 then writes the master file)."""
+        lmpi.Allreduce_sum(self.comm, np.zeros(1), self.waiter)
+
+
+def update(
+    config: TrainConfig, state: TrainingState, rollouts: list[Rollout], moments: np.ndarray
+) -> tuple[dict[str, float], float]:
+    """Fold the new observation moments into the normaliser and run PPO on the rollouts (mirrored, or with the
+    symmetry loss, where the config asks); returns the losses and the seconds the update took."""
+    if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
+        state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
+    collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
+    state.normaliser.update_from_moments(moments)
+    t_learn = time.perf_counter()
+    state.learner.set_learning_rate(learning_rate(config, state.iteration))
+    batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
+    n_collected = len(batch)
+    mirror = mirror_map(config, state.problem, collected_with)
+    if config.ppo.mirror:
+        batch = mirrored_batch(batch, state.policy, mirror)
+    if config.ppo.symmetry_loss > 0:
+        state.learner.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
+    losses = state.learner.update(batch)
+    losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
+    return losses, time.perf_counter() - t_learn
+
+
+def tally(
+    config: TrainConfig, state: TrainingState, layout: lmpi.RankLayout, rollouts: list[Rollout]
+) -> tuple[int, int, list[Rollout]]:
+    """This iteration's simulated steps and decisions, over every learner's simulators (gathered to the first
+    learner, with the episodes for its log), added to rank 0's counters; every `sync_check_every` iterations the
+    learners check they still hold identical parameters."""
+    new_steps = sum(r.n_sim_steps for r in rollouts)
+    new_decisions = sum(r.n_steps for r in rollouts)
+    learner_comm = layout.learner_comm
+    if learner_comm is not None and learner_comm.Get_size() > 1:
+        gathered = lmpi.gather_objects(learner_comm, (new_steps, new_decisions, rollouts_summary(rollouts)))
+        if learner_comm.Get_rank() == 0:
+            new_steps = sum(g[0] for g in gathered)
+            new_decisions = sum(g[1] for g in gathered)
+            rollouts = [r for g in gathered for r in g[2]]
+        if state.iteration % config.run.sync_check_every == 0 and not lmpi.check_synced(
+            learner_comm, flat_parameters(state.policy)
+        ):
+            raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
+    if layout.is_root:
+        state.env_steps += new_steps
+        state.decisions += new_decisions
+    return new_steps, new_decisions, rollouts
+
+
+class Reporter:
+    """Global rank 0's side of a run: the run directory and its start-up lines, the per-iteration log, the
+    checkpoints and the store's master file."""
+
+    def __init__(
+        self, config: TrainConfig, start: Start, state: TrainingState, layout: lmpi.RankLayout, stream: TextIO
+    ) -> None:
+        self.config, self.state, self.stream = config, state, stream
+        run_dir = prepare_run_dir(config)
+        self.logger = ProgressLogger(run_dir, config.run.iterations, stream, config.run.progress)
+        mode = (
+            "serial mode: learner and simulator in one process (MPI world of size 1)"
+            if layout.role == "serial"
+            else world_description(layout)
+        )
+        self.say(f"lrun train: {mode}; run directory {run_dir}")
+        if start.source is not None:
+            self.say(describe_start(start, state.policy))
+        if start.payload is not None:
+            self.logger.truncate_after(state.iteration)
+            self.say(
+                f"resuming at iteration {state.iteration} ({state.env_steps} env steps, {state.decisions} decisions)"
+            )
+            for path in rank_files(run_dir):
+                kept, _ = cut_back(path, state.iteration)
+                self.say(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}")
+
+    def say(self, line: str) -> None:
+        """One line on the run's stream."""
+        print(line, file=self.stream, flush=True)
+
+    def stop_for_signal(self, state: TrainingState, signum: int, first_iteration: int) -> int:
+        """A stop signal arrived: checkpoint (unless this iteration's is written) and say so. Rank 0 alone
+        decides, between iterations, so no rank is left in a collective."""
+        run = self.config.run
+        if state.iteration > first_iteration and state.iteration % run.checkpoint_every:
+            save_checkpoint(run.run_dir, state.payload(), state.iteration)
+        self.say(
+            f"lrun train: signal {signum} received: checkpoint at iteration {state.iteration} written; "
+            f"stopping (resume with --resume {run.run_dir})"
+        )
+        return STOP_SIGNAL
+
+    def log(
+        self,
+        state: TrainingState,
+        wall_s: float,
+        new_steps: int,
+        new_decisions: int,
+        learn_s: float,
+        rollouts: list[Rollout],
+        losses: dict[str, float],
+        coefficient: float | None,
+    ) -> dict:
+        """Log the iteration and checkpoint where due; returns the logged scalars."""
+        run = self.config.run
+        scalars = summarise(
+            state.iteration,
+            state.env_steps,
+            state.decisions,
+            wall_s,
+            new_steps,
+            new_decisions,
+            learn_s,
+            rollouts,
+            losses,
+            state.problem.reward_terms,
+        )
+        if coefficient is not None:
+            scalars["blend/coefficient"] = coefficient
+            scalars["blend/distillation_loss"] = losses.get("auxiliary_loss", 0.0)
+        self.logger.log(scalars)
+        if state.iteration % run.checkpoint_every == 0 or state.iteration == run.iterations:
+            save_checkpoint(run.run_dir, state.payload(), state.iteration)
+            if run.store_trajectories and state.iteration < run.iterations:
+                write_master(run.run_dir)
+        return scalars
+
+    def close(self) -> None:
+        """Release the progress display."""
+        self.logger.close()
+
+    def finish(self) -> None:
+        """The store's master file over every rank file (all closed by now)."""
+        if self.config.run.store_trajectories:
+            write_master(self.config.run.run_dir)
+
+
+def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
+    """A simulator rank: receive the policy, collect, send, until told to stop."""
+    waiter = rank.waiter
+    problem = start.problem
+    start_iteration = int(start.payload["iteration"]) if start.payload else 0
+    policy = initial_policy(config, start)
+    # every simulator explores with its own noise (the policy was built from the shared seed)
+    torch.manual_seed(
+        int(np.random.SeedSequence([config.run.seed, layout.simulator_index, start_iteration, 1]).generate_state(1)[0])
+    )
+    normaliser = RunningNormaliser(problem.obs_size)
+    message = np.empty(message_size(policy, problem.obs_size))
+    lmpi.Bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
+    collector, writer = make_collector(
+        config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
+    )
+    waited = stored = 0.0
+    try:
+        while True:
+            iteration, stop = load_message(message, policy, normaliser)
+            if stop:
+                break
+            schedule_blend(policy, config, iteration)
+            collector.policy_version = iteration
+            rollout, moments = collector.collect(config.ppo.steps_per_env)
+            rollout.wait_s, rollout.store_s = waited, stored
+            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
+            stored = store_rollout(collector, writer)  # while the learners update
+            rank.rss.sample(iteration + 1)
+            waited += lmpi.Allreduce_sum(comm, moments, waiter)
+            waited += lmpi.Bcast(comm, message, 0, waiter)
+    finally:
+        if writer is not None:
+            writer.close()
+    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # tell rank 0 the rank file is closed
+    return stop
 
 
 class TrainingState:
@@ -341,6 +606,88 @@ def store_rollout(collector: RolloutCollector, writer: TrajectoryWriter | None) 
     return time.perf_counter() - start
 
 
+def schedule_blend(policy: Policy, config: TrainConfig, iteration: int) -> float | None:
+    """Set a blend's coefficient for this (0-based) iteration; returns it, or None for a plain policy."""
+    if not isinstance(policy, BlendedPolicy) or not config.blend.source:
+        return None
+    c = blend_coefficient(iteration, config.blend.start, config.blend.end, config.blend.ramp_iterations)
+    policy.set_coefficient(c, config.blend.distill_coef)
+    return c
+
+
+def ppo_settings(config: TrainConfig) -> PPOSettings:
+    """The subset of the config the PPO update needs."""
+    return PPOSettings(**{f.name: getattr(config.ppo, f.name) for f in fields(PPOSettings)})
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """The scheduled learning rate at this iteration (0-based)."""
+    if config.ppo.lr_schedule == "linear":
+        return config.ppo.learning_rate * (1.0 - iteration / config.run.iterations)
+    return config.ppo.learning_rate
+
+
+def rollouts_to_batch(rollouts: list[Rollout], gamma: float, lam: float, reward_scale: float = 1.0) -> Batch:
+    """GAE per rollout, then one flat batch over all of a learner's simulators."""
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("obs", "actions", "logprobs", "advantages", "returns", "values")
+    }
+    for r in rollouts:
+        advantages, returns = compute_gae(
+            r.rewards * reward_scale, r.values, r.terminated, r.truncated, r.final_values, r.next_value, gamma, lam
+        )
+        parts["obs"].append(r.obs.reshape(-1, r.obs.shape[-1]))
+        parts["actions"].append(r.actions.reshape(-1, r.actions.shape[-1]))
+        parts["logprobs"].append(r.logprobs.reshape(-1))
+        parts["advantages"].append(advantages.reshape(-1))
+        parts["returns"].append(returns.reshape(-1))
+        parts["values"].append(r.values.reshape(-1))
+    return Batch.from_numpy(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarray, ...]) -> Mirror | None:
+    """The left/right mirror of this run's features, for observations normalised with these statistics
+    (identity statistics when observations are not normalised); None unless the run mirrors."""
+    if not (config.ppo.mirror or config.ppo.symmetry_loss > 0):
+        return None
+    mean, std = statistics
+    if not config.policy.normalise_observations:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    perm = observation_mirror(problem.feature_map)
+    return Mirror(perm, action_mirror(problem.act_size), mean, std, config.ppo.mirror_min_asymmetry)
+
+
+def weighted_symmetry_loss(policy: Policy, mirror: Mirror, weight: float, obs: torch.Tensor) -> torch.Tensor:
+    """`weight` x the symmetry loss on a minibatch (PPOLearner.extra_loss)."""
+    return weight * symmetry_loss(policy, obs, mirror)
+
+
+def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
+    """Rollouts stripped to what logging needs (episodes and timings), to gather them cheaply."""
+    empty = np.zeros((0,), np.float32)
+    return [
+        Rollout(
+            empty,
+            empty,
+            empty,
+            np.zeros(r.n_steps, np.float32),
+            empty,
+            empty,
+            empty,
+            empty,
+            empty,
+            r.episodes,
+            r.policy_version,
+            r.simulate_s,
+            r.wait_s,
+            r.store_s,
+            r.term_sums,
+            r.sim_steps,
+        )
+        for r in rollouts
+    ]
+
+
 def summarise(
     iteration: int,
     env_steps: int,
@@ -409,465 +756,6 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stream: TextIO | None = None) -> dict:
-    """Run `lrun train` on this rank. Collective over `comm` (default: MPI world; None-world = serial).
-
-    Returns the last logged scalars on global rank 0 (an empty dict elsewhere).
-    """
-    stream = stream or sys.stdout
-    torch.set_num_threads(1)  # one core per rank: simulators and learners share the node
-    if comm is None:
-        comm = lmpi.comm_world()
-    try:
-        start = startup_checks(config, resume, comm.Get_size())
-    except (ConfigError, lmpi.LayoutError, CheckpointError, StoreError, ValueError, OSError) as exc:
-        raise StartupError(str(exc)) from exc
-    if start.payload is not None and int(start.payload["iteration"]) >= config.run.iterations:
-        if comm.Get_rank() == 0:  # every rank found the same and returns: no MPI traffic, no file touched
-            print(
-                f"lrun train: {resume} already has {int(start.payload['iteration'])} iterations "
-                f"(run.iterations = {config.run.iterations}): nothing to do; raise run.iterations to train on",
-                file=stream,
-                flush=True,
-            )
-        return {"nothing_to_do": True}
-    layout = lmpi.split_roles(comm, config.layout.learners)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    rank = RankContext(lmpi.Waiter(config.run.wait_sleep), RssLog(), StopRequest())
-    rank.stop.install(comm.Get_rank() == 0)
-    try:
-        if layout.role == "simulator":
-            stop = simulate(config, start, comm, layout, rank)
-            result: dict = {"stopped_early": stop == STOP_SIGNAL}
-        else:
-            result = learn(config, start, comm, layout, stream, rank)
-    finally:
-        # also on an exception: the host process (a curriculum, a test) keeps its own handlers, and the next
-        # stage splits the world again
-        rank.stop.restore()
-        if layout.learner_comm is not None:
-            layout.learner_comm.Free()
-    write_rank_stats(config, layout, time.perf_counter() - wall0, time.process_time() - cpu0, rank)
-    return result
-
-
-@dataclass
-class RankContext:
-    """What one rank's run owns besides the training state, made afresh by every `train` call (a curriculum
-    runs several in one process): how it waits for MPI and how long it did, its memory samples, and the stop
-    request a signal leaves."""
-
-    waiter: lmpi.Waiter
-    rss: RssLog
-    stop: StopRequest
-
-
-STOP_NONE, STOP_DONE, STOP_SIGNAL = 0, 1, 2
-#: Signals that ask a run to stop early (Slurm: `--signal=B:USR1@120` forwarded by the job script, `scancel`'s
-#: SIGTERM, Ctrl-C's SIGINT under mpiexec): rank 0 finishes the iteration, checkpoints, and all ranks exit.
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-
-
-class StopRequest:
-    """Rank 0 records a stop signal here; other ranks ignore the signal and wait for rank 0's decision."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict = {}
-
-    def _record(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def install(self, is_root: bool) -> None:
-        """Take over the stop signals (not from a thread: signals are then the host's business)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._record if is_root else signal.SIG_IGN)
-
-    def restore(self) -> None:
-        """Put back the handlers `install` replaced."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-
-def resumed_run_dir(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint belongs to (RUN/checkpoints/FILE), or None for a file kept elsewhere
-    (a shipped model under models/, say)."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-
-
-#: What lrun writes into a run directory; any of them marks the directory as holding a run.
-RUN_DATA = ("checkpoints", "trajectories", "progress.csv", "config.json", "ranks", "clone.csv")
-
-
-def lrun_data_in(run_dir: str | Path) -> list[str]:
-    """The lrun outputs present in `run_dir` (empty if none, or if it does not exist)."""
-    run_dir = Path(run_dir)
-    return [name for name in RUN_DATA if (run_dir / name).exists()]
-
-
-def check_run_dir(run_dir: str | Path) -> None:
-    """The run directory is usable: not a file, creatable and writable (ConfigError naming the path otherwise;
-    an empty name is refused by the config's own checks)."""
-    path = Path(run_dir).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())  # nothing is created before the run starts
-    if not existing.is_dir():
-        what = "is a file, not a directory" if existing == path else f"cannot be created: {existing} is a file"
-        raise ConfigError(f"run.run_dir {run_dir} {what}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" ({existing} is not writable)"
-        raise ConfigError(f"run.run_dir {run_dir}: not writable{where}")
-
-
-def check_resume_target(checkpoint: Path, run_dir: str | Path) -> None:
-    """`--resume` continues a run in its own directory; a checkpoint kept outside any run (models/...) is
-    continued in a new, empty run directory, never in the checkpoint's own folder."""
-    own = resumed_run_dir(checkpoint)
-    target = Path(run_dir)
-    if own is not None:
-        if own.resolve() != target.resolve():
-            raise ConfigError(
-                f"--resume {checkpoint} continues the run in {own}, but run.run_dir is {target}: drop "
-                f"run.run_dir to continue in place, or start a new run from it with run.init_from"
-            )
-        return
-    if target.resolve() == checkpoint.parent.resolve():
-        raise ConfigError(
-            f"--resume {checkpoint}: a checkpoint kept outside a run directory is continued in a new "
-            f"run.run_dir, not in {checkpoint.parent}"
-        )
-    if holds_checkpoint(target):
-        raise CheckpointError(
-            f"run directory {target} already holds a run: continue that one with --resume {target}, or choose "
-            f"another run.run_dir to continue {checkpoint} in"
-        )
-    found = lrun_data_in(target)
-    if found:
-        raise CheckpointError(
-            f"run directory {target} holds lrun data ({', '.join(found)}): choose an empty run.run_dir to "
-            f"continue {checkpoint} in"
-        )
-
-
-def holds_checkpoint(run_dir: str | Path) -> bool:
-    """Whether `run_dir` holds a checkpoint of its own (checkpoints/checkpoint.pt)."""
-    return (checkpoint_dir(run_dir) / LATEST).is_file()
-
-
-class StartupError(RuntimeError):
-    """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
-
-
-def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> Start:
-    """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
-    layout_cfg = config.layout
-    lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
-    problem = probe_env(config)
-    plain = config_spec(config, problem)
-    run_dir = config.run.run_dir
-    check_run_dir(run_dir)
-    if resume is None and holds_checkpoint(run_dir):
-        raise CheckpointError(
-            f"run directory {run_dir} already holds a run ({checkpoint_dir(run_dir) / LATEST}): continue it "
-            f"with --resume {run_dir}, or choose another run.run_dir"
-        )
-    found = lrun_data_in(run_dir) if resume is None else []
-    if found:
-        raise CheckpointError(
-            f"run directory {run_dir} holds lrun data ({', '.join(found)}) but no checkpoint to resume from (a "
-            f"run stopped before its first checkpoint): remove it (rm -r {run_dir}) or choose another run.run_dir"
-        )
-    if resume is not None:
-        resume_path = resolve_checkpoint(resume)
-        check_resume_target(resume_path, config.run.run_dir)
-        payload = load_checkpoint(resume_path)
-        spec = plain
-        if config.blend.source:  # the frozen part travels in the checkpoint; the source file is not needed
-            theirs = payload["meta"].get("policy_spec") or {}
-            spec = {"kind": "blend", "frozen": theirs.get("frozen", {}), "student": plain}
-        check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
-        return Start(problem, spec, payload=payload, how="resume")
-    origins = [
-        (key, how, where)
-        for key, how, where in (
-            ("run.init_from", "init", config.run.init_from),
-            ("blend.source", "blend", config.blend.source),
-            ("clone.teacher", "clone", config.clone.teacher),
-        )
-        if where
-    ]
-    if not origins:  # config validation allows at most one
-        return Start(problem, plain)
-    key, how, where = origins[0]
-    path = resolve_checkpoint(where)
-    source = load_checkpoint(path)
-    source["path"] = str(path)
-    their_features = source["config"]["policy"].get("features", IDENTITY)
-    if their_features != problem.feature_map:
-        raise CheckpointError(
-            f"{path}: {key} was trained with policy.features = {their_features!r}, this run uses "
-            f"{problem.feature_map!r}; they must match (--set policy.features={their_features})"
-        )
-    their_skip = int(source["config"]["env"].get("frame_skip", 1))
-    if their_skip != config.env.frame_skip:  # the same excitations held for another time are another policy
-        raise CheckpointError(
-            f"{path}: {key} acts every {their_skip} env steps (env.frame_skip), this run every "
-            f"{config.env.frame_skip}; they must match (--set env.frame_skip={their_skip})"
-        )
-    theirs = source["meta"].get("policy_spec") or {}
-    student = collapse_student(source)
-    if student is not None:  # a finished blend (c = 1) is its new network alone: start from just that
-        theirs = theirs["student"]
-        source = {**source, "policy": student, "meta": {**source["meta"], "policy_spec": theirs}}
-    if how == "init":
-        if theirs.get("kind") == "blend":
-            raise CheckpointError(
-                f"{path}: {key} names a blend whose coefficient has not reached 1, so its new network cannot "
-                f"act alone; blend it again (blend.source) or let its ramp finish"
-            )
-        check_compatible(source, path, problem.obs_size, problem.act_size, plain)
-        return Start(problem, plain, source=source, how="init")
-    # blend and clone take any architecture, as long as observations, actions and the distribution match
-    check_compatible(source, path, problem.obs_size, problem.act_size, theirs)
-    if distribution_of(theirs) != plain["distribution"]:
-        raise CheckpointError(
-            f"{path}: {key} has a {distribution_of(theirs)} policy and policy.distribution is "
-            f"{plain['distribution']!r}; they must match"
-        )
-    if how == "clone":
-        check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.task_obs_size)
-    spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
-    return Start(problem, spec, source=source, how=how)
-
-
-def check_clone_store(store_dir: str, obs_size: int) -> None:
-    """The store cloning learns from exists, holds steps, and its observations fit this env."""
-    with RunStore(store_dir) as store:
-        widths = {f["steps/obs"].shape[1] for f in store.files}
-        rows = sum(f["steps/obs"].shape[0] for f in store.files)
-    if widths != {obs_size}:
-        raise StoreError(f"{store_dir}: stored observations have {sorted(widths)} values, this env {obs_size}")
-    if rows < 2:
-        raise StoreError(f"{store_dir}: the store holds {rows} steps; cloning needs stored states")
-
-
-def distribution_of(spec: dict) -> str:
-    """The action distribution of a policy spec (a blend's is its networks')."""
-    return distribution_of(spec["student"]) if spec.get("kind") == "blend" else spec.get("distribution", "")
-
-
-def write_rank_stats(
-    config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float, rank: RankContext
-) -> None:
-    """Each rank's wall and CPU time, in total and while waiting, and its RSS per iteration, for this run only:
-    run_dir/ranks/rank-NNNN.json."""
-    directory = Path(config.run.run_dir) / "ranks"
-    directory.mkdir(parents=True, exist_ok=True)
-    stats = {
-        "role": layout.role,
-        "world_rank": layout.world_rank,
-        "wall_s": wall_s,
-        "cpu_s": cpu_s,
-        "wait_wall_s": rank.waiter.wall_s,
-        "wait_cpu_s": rank.waiter.cpu_s,
-        "rss_mb": rank.rss.samples,
-    }
-    (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
-
-
-def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
-    """A simulator rank: receive the policy, collect, send, until told to stop."""
-    waiter = rank.waiter
-    problem = start.problem
-    start_iteration = int(start.payload["iteration"]) if start.payload else 0
-    policy = initial_policy(config, start)
-    # every simulator explores with its own noise (the policy was built from the shared seed)
-    torch.manual_seed(
-        int(np.random.SeedSequence([config.run.seed, layout.simulator_index, start_iteration, 1]).generate_state(1)[0])
-    )
-    normaliser = RunningNormaliser(problem.obs_size)
-    message = np.empty(message_size(policy, problem.obs_size))
-    lmpi.Bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
-    collector, writer = make_collector(
-        config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
-    )
-    waited = stored = 0.0
-    try:
-        while True:
-            iteration, stop = load_message(message, policy, normaliser)
-            if stop:
-                break
-            schedule_blend(policy, config, iteration)
-            collector.policy_version = iteration
-            rollout, moments = collector.collect(config.ppo.steps_per_env)
-            rollout.wait_s, rollout.store_s = waited, stored
-            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
-            stored = store_rollout(collector, writer)  # while the learners update
-            rank.rss.sample(iteration + 1)
-            waited += lmpi.Allreduce_sum(comm, moments, waiter)
-            waited += lmpi.Bcast(comm, message, 0, waiter)
-    finally:
-        if writer is not None:
-            writer.close()
-    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # tell rank 0 the rank file is closed
-    return stop
-
-
-def learn(
-    config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO, rank: RankContext
-) -> dict:
-    """A learner rank (or the whole run in serial mode)."""
-    problem, payload = start.problem, start.payload
-    waiter = rank.waiter
-    serial = layout.role == "serial"
-    learner_comm = layout.learner_comm
-    reduce = None
-    if learner_comm is not None and learner_comm.Get_size() > 1:
-        reduce = lambda flat: lmpi.Allreduce_mean(learner_comm, flat)  # noqa: E731
-    state = TrainingState(config, start, 0 if serial else learner_comm.Get_rank(), reduce)
-    if payload is not None:
-        state.restore(payload)
-    elif start.source is not None:
-        state.start_from(start.source, start.how)
-    start_iteration = state.iteration
-    logger = None
-    if layout.is_root:
-        run_dir = prepare_run_dir(config)
-        logger = ProgressLogger(run_dir, config.run.iterations, stream, config.run.progress)
-        mode = (
-            "serial mode: learner and simulator in one process (MPI world of size 1)"
-            if serial
-            else (f"{world_description(layout)}")
-        )
-        print(f"lrun train: {mode}; run directory {run_dir}", file=stream, flush=True)
-        if start.source is not None:
-            print(describe_start(start, state.policy), file=stream, flush=True)
-        if payload is not None:
-            logger.truncate_after(state.iteration)
-            print(
-                f"resuming at iteration {state.iteration} ({state.env_steps} env steps, {state.decisions} decisions)",
-                file=stream,
-                flush=True,
-            )
-            for path in rank_files(run_dir):
-                kept, _ = cut_back(path, state.iteration)
-                print(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}", file=stream)
-    if start.how == "clone":
-        clone_from_store(config, state, start.source, stream if layout.is_root else None)
-    collector = writer = None
-    if serial:
-        collector, writer = make_collector(config, problem, state.policy, state.normaliser, 0, start_iteration, 0)
-    stored = 0.0
-    steps = config.ppo.steps_per_env
-    envs = config.layout.envs_per_rank
-    last: dict = {"stopped_early": False}
-    while True:
-        stop = STOP_DONE if state.iteration >= config.run.iterations else STOP_NONE
-        if stop == STOP_NONE and layout.is_root and rank.stop.signal is not None:
-            stop = STOP_SIGNAL  # rank 0 alone decides, between iterations, so no rank is left in a collective
-            if state.iteration > start_iteration and state.iteration % config.run.checkpoint_every:
-                save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
-            print(
-                f"lrun train: signal {rank.stop.signal} received: checkpoint at iteration "
-                f"{state.iteration} written; stopping (resume with --resume {config.run.run_dir})",
-                file=stream,
-                flush=True,
-            )
-        t0 = time.perf_counter()
-        coefficient = schedule_blend(state.policy, config, state.iteration)
-        if not serial:
-            message = state.message(stop)
-            lmpi.Bcast(comm, message, 0, waiter)
-            stop = int(message[1])  # rank 0's decision
-        if stop:
-            last["stopped_early"] = stop == STOP_SIGNAL
-            break
-        if serial:
-            collector.policy_version = state.iteration
-            rollout, moments = collector.collect(steps)
-            rollout.store_s = stored
-            stored = store_rollout(collector, writer)
-            rollouts = [rollout]
-        else:
-            rollouts = [
-                unpack_rollout(
-                    lmpi.Recv_any_size(comm, source, lmpi.ROLLOUT_TAG, waiter),
-                    steps,
-                    envs,
-                    problem.obs_size,
-                    problem.act_size,
-                    len(problem.reward_terms),
-                )
-                for source in layout.simulator_ranks
-            ]
-            moments = np.zeros(2 * problem.obs_size + 1)
-            lmpi.Allreduce_sum(comm, moments, waiter)
-        if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
-            state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
-        collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
-        state.normaliser.update_from_moments(moments)
-        t_learn = time.perf_counter()
-        state.learner.set_learning_rate(learning_rate(config, state.iteration))
-        batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
-        n_collected = len(batch)
-        mirror = mirror_map(config, problem, collected_with)
-        if config.ppo.mirror:
-            batch = mirrored_batch(batch, state.policy, mirror)
-        if config.ppo.symmetry_loss > 0:
-            state.learner.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
-        losses = state.learner.update(batch)
-        losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
-        learn_s = time.perf_counter() - t_learn
-        new_steps = sum(r.n_sim_steps for r in rollouts)
-        new_decisions = sum(r.n_steps for r in rollouts)
-        state.iteration += 1
-        if learner_comm is not None and learner_comm.Get_size() > 1:
-            gathered = lmpi.gather_objects(learner_comm, (new_steps, new_decisions, rollouts_summary(rollouts)))
-            if learner_comm.Get_rank() == 0:
-                new_steps = sum(g[0] for g in gathered)
-                new_decisions = sum(g[1] for g in gathered)
-                rollouts = [r for g in gathered for r in g[2]]
-            if state.iteration % config.run.sync_check_every == 0 and not lmpi.check_synced(
-                learner_comm, flat_parameters(state.policy)
-            ):
-                raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
-        state.env_steps += new_steps if layout.is_root else 0
-        state.decisions += new_decisions if layout.is_root else 0
-        rank.rss.sample(state.iteration)
-        if layout.is_root:
-            last = summarise(
-                state.iteration,
-                state.env_steps,
-                state.decisions,
-                time.perf_counter() - t0,
-                new_steps,
-                new_decisions,
-                learn_s,
-                rollouts,
-                losses,
-                problem.reward_terms,
-            )
-            if coefficient is not None:
-                last["blend/coefficient"] = coefficient
-                last["blend/distillation_loss"] = losses.get("auxiliary_loss", 0.0)
-            logger.log(last)
-            if state.iteration % config.run.checkpoint_every == 0 or state.iteration == config.run.iterations:
-                save_checkpoint(config.run.run_dir, state.payload(), state.iteration)
-                if config.run.store_trajectories and state.iteration < config.run.iterations:
-                    write_master(config.run.run_dir)
-    if logger is not None:
-        logger.close()
-    if writer is not None:
-        writer.close()
-    if not serial:
-        lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # every simulator has closed its rank file
-    if layout.is_root and config.run.store_trajectories:
-        write_master(config.run.run_dir)
-    return last
-
-
 def describe_start(start: Start, policy: Policy) -> str:
     """One line on what a new run starts from."""
     source = start.source
@@ -878,6 +766,13 @@ def describe_start(start: Start, policy: Policy) -> str:
     if start.how == "clone":
         return f"behavioural cloning of {where} into {describe_spec(policy.spec())}, then PPO"
     return f"starting from {where}"
+
+
+def world_description(layout: lmpi.RankLayout) -> str:
+    """e.g. '1 learner + 2 simulator ranks'."""
+    sims = layout.world_size - layout.learners
+    learners = f"{layout.learners} learner{'s' if layout.learners > 1 else ''}"
+    return f"{learners} + {sims} simulator rank{'s' if sims > 1 else ''}"
 
 
 def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload: dict, stream: TextIO | None) -> list:
@@ -921,51 +816,20 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
     return history
 
 
-def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarray, ...]) -> Mirror | None:
-    """The left/right mirror of this run's features, for observations normalised with these statistics
-    (identity statistics when observations are not normalised); None unless the run mirrors."""
-    if not (config.ppo.mirror or config.ppo.symmetry_loss > 0):
-        return None
-    mean, std = statistics
-    if not config.policy.normalise_observations:
-        mean, std = np.zeros_like(mean), np.ones_like(std)
-    perm = observation_mirror(problem.feature_map)
-    return Mirror(perm, action_mirror(problem.act_size), mean, std, config.ppo.mirror_min_asymmetry)
-
-
-def weighted_symmetry_loss(policy: Policy, mirror: Mirror, weight: float, obs: torch.Tensor) -> torch.Tensor:
-    """`weight` x the symmetry loss on a minibatch (PPOLearner.extra_loss)."""
-    return weight * symmetry_loss(policy, obs, mirror)
-
-
-def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
-    """Rollouts stripped to what logging needs (episodes and timings), to gather them cheaply."""
-    empty = np.zeros((0,), np.float32)
-    return [
-        Rollout(
-            empty,
-            empty,
-            empty,
-            np.zeros(r.n_steps, np.float32),
-            empty,
-            empty,
-            empty,
-            empty,
-            empty,
-            r.episodes,
-            r.policy_version,
-            r.simulate_s,
-            r.wait_s,
-            r.store_s,
-            r.term_sums,
-            r.sim_steps,
-        )
-        for r in rollouts
-    ]
-
-
-def world_description(layout: lmpi.RankLayout) -> str:
-    """e.g. '1 learner + 2 simulator ranks'."""
-    sims = layout.world_size - layout.learners
-    learners = f"{layout.learners} learner{'s' if layout.learners > 1 else ''}"
-    return f"{learners} + {sims} simulator rank{'s' if sims > 1 else ''}"
+def write_rank_stats(
+    config: TrainConfig, layout: lmpi.RankLayout, wall_s: float, cpu_s: float, rank: RankContext
+) -> None:
+    """Each rank's wall and CPU time, in total and while waiting, and its RSS per iteration, for this run only:
+    run_dir/ranks/rank-NNNN.json."""
+    directory = Path(config.run.run_dir) / "ranks"
+    directory.mkdir(parents=True, exist_ok=True)
+    stats = {
+        "role": layout.role,
+        "world_rank": layout.world_rank,
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "wait_wall_s": rank.waiter.wall_s,
+        "wait_cpu_s": rank.waiter.cpu_s,
+        "rss_mb": rank.rss.samples,
+    }
+    (directory / f"rank-{layout.world_rank:04d}.json").write_text(json.dumps(stats, indent=1) + "\n")
