@@ -76,7 +76,10 @@ class PolicyConfig:
 
     hidden_sizes: list[int] = doc("hidden layer sizes of both MLPs", default_factory=lambda: [64, 64])
     activation: str = doc("tanh, relu or elu", "tanh")
-    distribution: str = doc("gaussian (state-independent std) or beta", "gaussian")
+    distribution: str = doc(
+        "gaussian (state-independent std), beta, or squashed (tanh of a Gaussian with state-dependent std: SAC)",
+        "gaussian",
+    )
     init_log_std: float = doc("initial log std of the Gaussian, in [-1, 1] action units", -0.5)
     normalise_observations: bool = doc("normalise observations by running statistics merged over ranks", True)
     features: str = doc(
@@ -128,10 +131,36 @@ class PPOConfig:
 
 
 @dataclass
+class SACConfig:
+    """Soft actor-critic, the off-policy learner (run.algorithm = "sac"; policy.distribution = "squashed")."""
+
+    learning_rate: float = doc("Adam learning rate of actor, critics and temperature", 3e-4)
+    batch_size: int = doc("transitions per gradient step", 256)
+    gamma: float = doc("discount factor (per decision)", 0.99)
+    tau: float = doc("Polyak rate of the target critics", 0.005)
+    init_alpha: float = doc("initial entropy temperature", 0.2)
+    target_entropy: float = doc("target entropy per action dimension (SAC's heuristic: -1)", -1.0)
+    reward_scale: float = doc("multiply rewards by this in the critics' targets (logs stay unscaled)", 1.0)
+    hidden_sizes: list[int] = doc("hidden layer sizes of the two Q networks", default_factory=lambda: [256, 256])
+    updates_per_step: float = doc("gradient steps per new decision (update-to-data ratio)", 0.5)
+    learning_starts: int = doc("decisions collected (over all simulators) before the first update", 10_000)
+    buffer_size: int = doc("transitions the replay buffer keeps (per learner; not checkpointed)", 1_000_000)
+    mirror: bool = doc("also store every transition's left/right mirror image (lrun/Run-v0)", False)
+    mirror_min_asymmetry: float = doc(
+        "store the mirror image only of states that differ from it by at least this RMS (normalised units)", 0.0
+    )
+
+
+@dataclass
 class RunConfig:
     """Length, checkpoints and bookkeeping of a run."""
 
-    iterations: int = doc("PPO iterations (the run ends after this many in total, resumes included)", 100)
+    iterations: int = doc("iterations (the run ends after this many in total, resumes included)", 100)
+    algorithm: str = doc(
+        "the learner: ppo (on-policy, [ppo]) or sac (soft actor-critic with a replay buffer, [sac]; needs "
+        "policy.distribution = squashed). Rollouts are ppo.steps_per_env steps of every env per iteration either way",
+        "ppo",
+    )
     seed: int = doc("base seed of networks, minibatch order and every env's episode seeds", 0)
     run_dir: str = doc("directory for checkpoints, logs and the resolved config", "runs/default")
     init_from: str = doc(
@@ -192,6 +221,7 @@ class TrainConfig:
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
     run: RunConfig = field(default_factory=RunConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     clone: CloneConfig = field(default_factory=CloneConfig)
@@ -334,7 +364,18 @@ RANGES: dict[str, tuple[Any, str]] = {
     "reward.step_margin": (lambda v: v >= 0, ">= 0"),
     "reward.step_advance": (lambda v: v >= 0, ">= 0"),
     "policy.activation": (lambda v: v in ("tanh", "relu", "elu"), "tanh, relu or elu"),
-    "policy.distribution": (lambda v: v in ("gaussian", "beta"), "gaussian or beta"),
+    "policy.distribution": (lambda v: v in ("gaussian", "beta", "squashed"), "gaussian, beta or squashed"),
+    "run.algorithm": (lambda v: v in ("ppo", "sac"), "ppo or sac"),
+    "sac.learning_rate": (lambda v: v > 0, "> 0"),
+    "sac.batch_size": (lambda v: v >= 1, ">= 1"),
+    "sac.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sac.tau": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "sac.init_alpha": (lambda v: v > 0, "> 0"),
+    "sac.reward_scale": (lambda v: v > 0, "> 0"),
+    "sac.updates_per_step": (lambda v: v > 0, "> 0"),
+    "sac.learning_starts": (lambda v: v >= 0, ">= 0"),
+    "sac.buffer_size": (lambda v: v >= 1, ">= 1"),
+    "sac.mirror_min_asymmetry": (lambda v: v >= 0, ">= 0"),
     "policy.init_log_std": (lambda v: -20 <= v <= 2, "in [-20, 2]"),
     "ppo.steps_per_env": (lambda v: v >= 1, ">= 1"),
     "ppo.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -387,6 +428,8 @@ def validate(config: TrainConfig) -> None:
                 raise _bad(key, value, "a finite number")
             if key in RANGES and not RANGES[key][0](value):
                 raise _bad(key, value, RANGES[key][1])
+    if not config.sac.hidden_sizes or any(size < 1 for size in config.sac.hidden_sizes):
+        raise _bad("sac.hidden_sizes", config.sac.hidden_sizes, "a list of one or more positive sizes")
     sizes = config.policy.hidden_sizes
     if not sizes or min(sizes) < 1:
         raise _bad("policy.hidden_sizes", sizes, "a list of one or more positive sizes")
@@ -445,6 +488,17 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("ppo.mirror needs env.id = lrun/Run-v0")
     if config.ppo.symmetry_loss > 0 and config.env.id != "lrun/Run-v0":
         raise ConfigError("ppo.symmetry_loss needs env.id = lrun/Run-v0")
+    if config.sac.mirror and config.env.id != "lrun/Run-v0":
+        raise ConfigError("sac.mirror needs env.id = lrun/Run-v0")
+    sac = config.run.algorithm == "sac"
+    if sac != (config.policy.distribution == "squashed"):
+        raise ConfigError(
+            "run.algorithm = sac trains policy.distribution = squashed, and only SAC trains it: set both or neither"
+        )
+    if sac and (config.blend.source or config.clone.teacher):
+        raise ConfigError(
+            "run.algorithm = sac: blending and cloning are PPO's (run.init_from starts from a trained SAC policy)"
+        )
 
 
 def describe_keys() -> str:

@@ -174,13 +174,19 @@ class ProgressLogger:
             value = s.get(key, math.nan)
             return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
+        if num("losses/q_loss") != "-":  # SAC
+            learner = f"q {num('losses/q_loss')} Q {num('losses/q_mean')} alpha {num('losses/alpha')}"
+        else:
+            learner = (
+                f"pg {num('losses/policy_loss')} v {num('losses/value_loss')} kl {num('losses/approx_kl')} "
+                f"clip {num('losses/clipfrac', '.2f')}"
+            )
         return (
             f"iter {int(s['iteration'])}/{self.total} | steps {int(s['env_steps'])}"
             f" | {num('charts/steps_per_s', '.0f')} steps/s | return {num('charts/episodic_return')}"
             f" len {num('charts/episodic_length', '.0f')}"
-            f" (episodes {int(s.get('charts/episodes', 0))}) | pg {num('losses/policy_loss')} v "
-            f"{num('losses/value_loss')} ent {num('losses/entropy')} kl {num('losses/approx_kl')} clip "
-            f"{num('losses/clipfrac', '.2f')} upd {num('losses/updates', '.0f')}"
+            f" (episodes {int(s.get('charts/episodes', 0))}) | {learner} ent {num('losses/entropy')}"
+            f" upd {num('losses/updates', '.0f')}"
             f" | sim {num('time/simulate_s', '.2f')}s comm "
             f"{num('time/communicate_s', '.2f')}s learn {num('time/learn_s', '.2f')}s"
             f" | sim idle {num('time/simulator_wait_fraction', '.0%')}"

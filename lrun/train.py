@@ -52,7 +52,8 @@ from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
-from lrun.learn.symmetry import Mirror, mirrored_batch, symmetry_loss
+from lrun.learn.sac import SACLearner, SACSettings
+from lrun.learn.symmetry import Mirror, asymmetry, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
@@ -172,7 +173,7 @@ def learn(
                 last["stopped_early"] = stop == STOP_SIGNAL
                 break
             rollouts, moments = rollout_source.collect(state.iteration)
-            losses, learn_s = update(config, state, rollouts, moments)
+            losses, learn_s = update(config, state, layout, rollouts, moments)
             state.iteration += 1
             new_steps, new_decisions, rollouts = tally(config, state, layout, rollouts)
             rank.rss.sample(state.iteration)
@@ -277,19 +278,23 @@ class RemoteRollouts:
 
 
 def update(
-    config: TrainConfig, state: TrainingState, rollouts: list[Rollout], moments: np.ndarray
+    config: TrainConfig, state: TrainingState, layout: lmpi.RankLayout, rollouts: list[Rollout], moments: np.ndarray
 ) -> tuple[dict[str, float], float]:
-    """Fold the new observation moments into the normaliser and run PPO on the rollouts (mirrored, or with the
-    symmetry loss, where the config asks); returns the losses and the seconds the update took."""
+    """Fold the new observation moments into the normaliser and learn from the rollouts: PPO (mirrored, or with
+    the symmetry loss, where the config asks) or SAC; returns the losses and the seconds the update took."""
     if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
         state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
     collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
     state.normaliser.update_from_moments(moments)
     t_learn = time.perf_counter()
+    if config.run.algorithm == "sac":
+        losses = sac_update(config, state, layout, rollouts, collected_with)
+        return losses, time.perf_counter() - t_learn
     state.learner.set_learning_rate(learning_rate(config, state.iteration))
     batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
     n_collected = len(batch)
-    mirror = mirror_map(config, state.problem, collected_with)
+    symmetric = config.ppo.mirror or config.ppo.symmetry_loss > 0
+    mirror = mirror_map(config, state.problem, collected_with) if symmetric else None
     if config.ppo.mirror:
         batch = mirrored_batch(batch, state.policy, mirror)
     if config.ppo.symmetry_loss > 0:
@@ -297,6 +302,53 @@ def update(
     losses = state.learner.update(batch)
     losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
     return losses, time.perf_counter() - t_learn
+
+
+def sac_update(
+    config: TrainConfig,
+    state: TrainingState,
+    layout: lmpi.RankLayout,
+    rollouts: list[Rollout],
+    collected_with: tuple[np.ndarray, np.ndarray],
+) -> dict[str, float]:
+    """Store the rollouts' transitions (and their mirror images, where asked) in the replay buffer, then take
+    `sac.updates_per_step` gradient steps per new decision once `sac.learning_starts` decisions are in.
+
+    Every learner takes the same number of steps (computed from the config and the layout, not from what it
+    received), so their gradient Allreduces pair up."""
+    learner: SACLearner = state.learner
+    mean, std = collected_with
+    if not config.policy.normalise_observations:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    mirror = mirror_map(config, state.problem, collected_with) if config.sac.mirror else None
+    for k, r in enumerate(rollouts):
+        features = (r.obs.astype(np.float64) * std + mean).astype(np.float32)  # as the buffer keeps them
+        transitions = learner.stitcher.transitions(k, features, r.actions, r.rewards, r.terminated, r.truncated)
+        learner.buffer.add(*transitions)
+        if mirror is not None:
+            obs, actions, rewards, next_obs, terminated = transitions
+            z = normalised_features(config, state, obs)
+            keep = asymmetry(torch.as_tensor(z), torch.as_tensor(z[:, mirror.obs_perm])).numpy() >= (
+                config.sac.mirror_min_asymmetry
+            )
+            p, q = mirror.obs_perm, mirror.act_perm
+            learner.buffer.add(
+                obs[keep][:, p], actions[keep][:, q], rewards[keep], next_obs[keep][:, p], terminated[keep]
+            )
+    simulators = max(layout.world_size - layout.learners, 1)
+    per_iteration = config.ppo.steps_per_env * config.layout.envs_per_rank
+    if per_iteration * simulators * (state.iteration + 1) < config.sac.learning_starts:
+        return {"updates": 0.0}
+    n_updates = round(config.sac.updates_per_step * per_iteration * max(simulators // layout.learners, 1))
+    return learner.update(n_updates, partial(normalised_features, config, state))
+
+
+def normalised_features(config: TrainConfig, state: TrainingState, features: np.ndarray) -> np.ndarray:
+    """Features as the networks take them: normalised with the run's current statistics (unclipped: the
+    networks clip their own inputs)."""
+    if not config.policy.normalise_observations:
+        return features.astype(np.float32)
+    return state.normaliser.normalise(features, clip=False)
 
 
 def tally(
@@ -458,9 +510,12 @@ class TrainingState:
         self.problem = problem = start.problem
         self.policy = initial_policy(config, start)
         self.normaliser = RunningNormaliser(problem.obs_size)
-        self.learner = PPOLearner(
-            self.policy, ppo_settings(config), reduce_gradients, seed=config.run.seed * 1000 + learner_index
-        )
+        seed = config.run.seed * 1000 + learner_index
+        self.learner: PPOLearner | SACLearner
+        if config.run.algorithm == "sac":
+            self.learner = SACLearner(self.policy, sac_settings(config), reduce_gradients, seed, config.sac.buffer_size)
+        else:
+            self.learner = PPOLearner(self.policy, ppo_settings(config), reduce_gradients, seed=seed)
         self.iteration = 0
         self.env_steps = 0  # simulated env steps (0.01 s each in RunEnv): budgets are counted in these
         self.decisions = 0  # agent steps: env_steps / frame_skip
@@ -482,7 +537,7 @@ class TrainingState:
             "env_steps": self.env_steps,
             "decisions": self.decisions,
             "policy": self.policy.state_dict(),
-            "optimizer": self.learner.optimizer.state_dict(),
+            "optimizer": self.learner.state_dict(),
             "normaliser": torch.from_numpy(self.normaliser.state_vector()),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": json.dumps(self.learner.rng.bit_generator.state),
@@ -493,7 +548,7 @@ class TrainingState:
     def restore(self, payload: dict[str, Any]) -> None:
         """Load a checkpoint payload (already checked for fit)."""
         self.policy.load_state_dict(payload["policy"])
-        self.learner.optimizer.load_state_dict(payload["optimizer"])
+        self.learner.load_state_dict(payload["optimizer"])
         self.normaliser.load_state_vector(payload["normaliser"].numpy())
         torch.set_rng_state(payload["torch_rng"])
         self.learner.rng.bit_generator.state = json.loads(payload["numpy_rng"])
@@ -620,6 +675,12 @@ def ppo_settings(config: TrainConfig) -> PPOSettings:
     return PPOSettings(**{f.name: getattr(config.ppo, f.name) for f in fields(PPOSettings)})
 
 
+def sac_settings(config: TrainConfig) -> SACSettings:
+    """The subset of the config the SAC update needs."""
+    names = [f.name for f in fields(SACSettings)]
+    return SACSettings(**{name: getattr(config.sac, name) for name in names})
+
+
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     """The scheduled learning rate at this iteration (0-based)."""
     if config.ppo.lr_schedule == "linear":
@@ -645,11 +706,9 @@ def rollouts_to_batch(rollouts: list[Rollout], gamma: float, lam: float, reward_
     return Batch.from_numpy(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
-def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarray, ...]) -> Mirror | None:
+def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarray, ...]) -> Mirror:
     """The left/right mirror of this run's features, for observations normalised with these statistics
-    (identity statistics when observations are not normalised); None unless the run mirrors."""
-    if not (config.ppo.mirror or config.ppo.symmetry_loss > 0):
-        return None
+    (identity statistics when observations are not normalised)."""
     mean, std = statistics
     if not config.policy.normalise_observations:
         mean, std = np.zeros_like(mean), np.ones_like(std)
@@ -734,6 +793,10 @@ def summarise(
         "losses/updates": losses.get("updates", nan),
         "losses/mirrored_fraction": losses.get("mirrored_fraction", nan),
         "losses/symmetry_loss": losses.get("extra_loss", nan),
+        "losses/q_loss": losses.get("q_loss", nan),
+        "losses/actor_loss": losses.get("actor_loss", nan),
+        "losses/alpha": losses.get("alpha", nan),
+        "losses/q_mean": losses.get("q_mean", nan),
         "losses/explained_variance": losses.get("explained_variance", nan),
         "time/iteration_s": wall_s,
         "time/simulate_s": simulate,

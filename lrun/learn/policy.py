@@ -1,4 +1,4 @@
-"""Actor-critic networks over a box action space (Gaussian or Beta policy)."""
+"""Actor-critic networks over a box action space (Gaussian, Beta, or a tanh-squashed Gaussian for SAC)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Beta, Distribution, Independent, Normal
+from torch.distributions import Beta, Distribution, Independent, Normal, TanhTransform, TransformedDistribution
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 #: Networks clip their (normalised) inputs to +-INPUT_CLIP themselves, as the normaliser would.
 INPUT_CLIP = 10.0
-DISTRIBUTIONS = ("gaussian", "beta")
+DISTRIBUTIONS = ("gaussian", "beta", "squashed")
+#: Log std range of the squashed Gaussian (SAC's actor): wide enough to explore, narrow enough to stay finite.
+SQUASHED_LOG_STD = (-5.0, 2.0)
+#: Raw actions are kept this far inside the open interval of a Beta's (0, 1) or a squashed Gaussian's (-1, 1).
+EDGE = 1e-6
 
 
 def mlp(sizes: Sequence[int], activation: str, out_gain: float) -> nn.Sequential:
@@ -34,8 +38,9 @@ class Policy(nn.Module):
     """What every policy offers the collectors and PPO: a distribution over raw actions and a value.
 
     Subclasses give `distribution_parameters` (batch, 2 * act_size): Gaussian [mean, log std] in [-1, 1]-scaled
-    action units, Beta [alpha, beta] > 1 so samples lie in (0, 1); `env_action` maps raw samples onto the env's
-    [low, high] box and clips. PPO works on the raw samples.
+    action units, Beta [alpha, beta] > 1 so samples lie in (0, 1), squashed Gaussian [mean, log std] of the
+    Gaussian whose tanh is the action in (-1, 1); `env_action` maps raw samples onto the env's [low, high] box and
+    clips. PPO and SAC work on the raw samples.
     """
 
     obs_size: int
@@ -66,6 +71,8 @@ class Policy(nn.Module):
         first, second = torch.chunk(parameters, 2, dim=-1)
         if self.distribution_name == "gaussian":
             return Independent(Normal(first, second.exp()), 1)
+        if self.distribution_name == "squashed":
+            return Independent(TransformedDistribution(Normal(first, second.exp()), [TanhTransform(cache_size=1)]), 1)
         return Independent(Beta(first, second), 1)
 
     def distribution(self, obs: torch.Tensor) -> Distribution:
@@ -73,17 +80,26 @@ class Policy(nn.Module):
         return self.distribution_from(self.distribution_parameters(obs))
 
     def mode(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic action (Gaussian mean, Beta mean) in raw units."""
-        return self.distribution(obs).mean
+        """The deterministic action (Gaussian mean, Beta mean, tanh of the squashed Gaussian's mean) in raw units."""
+        return self.mode_of(self.distribution_parameters(obs))
+
+    def mode_of(self, parameters: torch.Tensor) -> torch.Tensor:
+        """The deterministic action these distribution parameters give."""
+        if self.distribution_name == "squashed":
+            return torch.tanh(torch.chunk(parameters, 2, dim=-1)[0])
+        return self.distribution_from(parameters).mean
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample raw actions for a batch of normalised observations: (actions, log-probs, values)."""
         obs_t = torch.as_tensor(obs, dtype=torch.float32)
-        dist = self.distribution(obs_t)
-        raw = dist.mean if deterministic else dist.sample()
+        parameters = self.distribution_parameters(obs_t)
+        dist = self.distribution_from(parameters)
+        raw = self.mode_of(parameters) if deterministic else dist.sample()
         if self.distribution_name == "beta":
-            raw = raw.clamp(1e-6, 1.0 - 1e-6)  # keep log-probs finite at the edges
+            raw = raw.clamp(EDGE, 1.0 - EDGE)  # keep log-probs finite at the edges
+        elif self.distribution_name == "squashed":
+            raw = raw.clamp(-1.0 + EDGE, 1.0 - EDGE)
         return raw.numpy(), dist.log_prob(raw).numpy(), self.value(obs_t).numpy()
 
     @torch.no_grad()
@@ -93,12 +109,13 @@ class Policy(nn.Module):
 
     def env_action(self, raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
         """Map raw policy outputs onto the env's action box and clip."""
-        unit = (raw + 1.0) / 2.0 if self.distribution_name == "gaussian" else raw
+        unit = raw if self.distribution_name == "beta" else (raw + 1.0) / 2.0
         return np.clip(low + unit * (high - low), low, high)
 
 
 class ActorCritic(Policy):
-    """Separate policy and value MLPs; the Gaussian has a state-independent log std."""
+    """Separate policy and value MLPs; the Gaussian has a state-independent log std, the squashed Gaussian (SAC's
+    actor, whose critics live in its learner) a state-dependent one."""
 
     def __init__(
         self,
@@ -129,6 +146,10 @@ class ActorCritic(Policy):
         out = self.actor(obs.clamp(-INPUT_CLIP, INPUT_CLIP))
         if self.distribution_name == "gaussian":
             return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
+        if self.distribution_name == "squashed":
+            mean, log_std = torch.chunk(out, 2, dim=-1)
+            low, high = SQUASHED_LOG_STD
+            return torch.cat([mean, low + (high - low) * (torch.tanh(log_std) + 1.0) / 2.0], dim=-1)
         return nn.functional.softplus(out) + 1.0
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:

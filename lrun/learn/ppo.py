@@ -91,6 +91,14 @@ class PPOLearner:
         #: an extra loss on each minibatch's observations, already weighted (a symmetry loss), or None
         self.extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the learner: the optimiser."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of `state_dict`."""
+        self.optimizer.load_state_dict(state)
+
     def set_learning_rate(self, lr: float) -> None:
         """Set the optimiser's learning rate (for schedules)."""
         for group in self.optimizer.param_groups:

@@ -1,0 +1,160 @@
+"""Soft actor-critic: the squashed-Gaussian policy, the replay buffer, stitching rollouts into transitions, the
+learner on a problem with a known answer, and a whole SAC run under mpiexec with resume and `lrun eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import LRUN, MPIEXEC, run, sets
+
+from lrun.checkpoint import load_checkpoint
+from lrun.config import ConfigError, build_config
+from lrun.learn.blend import build_from_spec
+from lrun.learn.policy import ActorCritic
+from lrun.learn.sac import ReplayBuffer, SACLearner, SACSettings, TransitionStitcher
+
+
+def test_squashed_policy_acts_inside_the_box_and_its_mode_is_tanh_of_the_mean():
+    torch.manual_seed(0)
+    policy = ActorCritic(5, 3, [16], distribution="squashed")
+    obs = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32) * 3
+    raw, logprob, _ = policy.act(obs)
+    assert np.all(np.abs(raw) < 1) and np.all(np.isfinite(logprob))
+    excitations = policy.env_action(raw, np.zeros(3), np.ones(3))
+    assert np.all((excitations > 0) & (excitations < 1))
+    mode, _, _ = policy.act(obs, deterministic=True)
+    mean = torch.chunk(policy.distribution_parameters(torch.as_tensor(obs)), 2, dim=-1)[0]
+    np.testing.assert_allclose(mode, torch.tanh(mean).detach().numpy(), atol=1e-6)
+    # the log std stays in its range however far out the inputs are
+    log_std = torch.chunk(policy.distribution_parameters(torch.full((1, 5), 1e6)), 2, dim=-1)[1]
+    assert torch.all((log_std >= -5.0) & (log_std <= 2.0))
+    rebuilt = build_from_spec(policy.spec())
+    rebuilt.load_state_dict(policy.state_dict())
+    assert np.array_equal(rebuilt.act(obs, deterministic=True)[0], mode)
+
+
+def test_replay_buffer_overwrites_the_oldest_and_samples_what_it_holds():
+    buffer = ReplayBuffer(5, 2, 1, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        buffer.sample(1)
+    for start in (0, 3):  # 6 transitions into 5 slots: the first is gone
+        ids = np.arange(start, start + 3, dtype=np.float32)
+        buffer.add(np.stack([ids, ids], 1), ids[:, None], ids, np.stack([ids, ids], 1) + 1, np.zeros(3))
+    assert buffer.size == 5
+    obs, actions, rewards, next_obs, _terminated = buffer.sample(1000)
+    assert set(rewards.tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert np.array_equal(obs[:, 0], rewards) and np.array_equal(actions[:, 0], rewards)
+    assert np.array_equal(next_obs[:, 1], rewards + 1)
+
+
+def test_stitcher_pairs_each_state_with_the_next_and_carries_the_last_step_over():
+    steps, envs = 3, 2
+    features = np.arange(steps * envs, dtype=np.float32).reshape(steps, envs, 1)  # state id = t * envs + e
+    actions = features.copy()
+    rewards = features[..., 0] * 10
+    terminated = np.zeros((steps, envs), bool)
+    truncated = np.zeros((steps, envs), bool)
+    terminated[1, 0] = True  # env 0 falls at t = 1: its next row is a new episode, never bootstrapped from
+    truncated[0, 1] = True  # env 1 hits the time limit at t = 0: its final observation is not in the rollout
+    stitcher = TransitionStitcher()
+    obs, acts, rews, nxt, term = stitcher.transitions(0, features, actions, rewards, terminated, truncated)
+    pairs = sorted(zip(obs[:, 0].tolist(), nxt[:, 0].tolist(), term.tolist(), strict=True))
+    # t=0: (0 -> 2); env 1's truncated step left out; t=1: (2 -> 4, terminated), (3 -> 5)
+    assert pairs == [(0.0, 2.0, 0.0), (2.0, 4.0, 1.0), (3.0, 5.0, 0.0)]
+    assert np.array_equal(rews, obs[:, 0] * 10) and np.array_equal(acts, obs)
+    later = features + 100
+    obs, _, _, nxt, _ = stitcher.transitions(
+        0, later, later, later[..., 0], np.zeros_like(terminated), np.zeros_like(truncated)
+    )
+    carried = sorted((o, n) for o, n in zip(obs[:, 0].tolist(), nxt[:, 0].tolist(), strict=True) if o < 100)
+    assert carried == [(4.0, 100.0), (5.0, 101.0)]  # the last rows of the first rollout meet the next first rows
+    _, _, _, nxt_other, _ = TransitionStitcher().transitions(7, later, later, later[..., 0], terminated, truncated)
+    assert len(nxt_other) == 3  # another source (simulator) carries nothing over from source 0
+
+
+def test_sac_learns_the_best_action_of_a_one_step_problem():
+    """Reward -(sum (a - 0.4)^2) and the episode ends: Q learns the reward and the actor's actions centre on 0.4
+    (their mean: with the entropy it keeps, the squashed Gaussian's mode sits a little nearer 0)."""
+    torch.manual_seed(0)
+    actor = ActorCritic(3, 2, [32], distribution="squashed")
+    calls = []
+
+    def reduce(flat: np.ndarray) -> None:
+        calls.append(len(flat))  # an identity average over one learner
+
+    settings = SACSettings(learning_rate=3e-3, batch_size=128, hidden_sizes=[64], init_alpha=0.01)
+    learner = SACLearner(actor, settings, reduce, seed=1, buffer_size=4096)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(4096, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (4096, 2)).astype(np.float32)
+    rewards = -np.square(actions - 0.4).sum(axis=1).astype(np.float32)
+    learner.buffer.add(obs, actions, rewards, obs, np.ones(4096, np.float32))
+    metrics = learner.update(1500, lambda f: f)
+    assert len(calls) == 3 * 1500  # critics, actor and temperature each average their gradients
+    sampled = np.stack([actor.act(obs[:50])[0] for _ in range(200)])
+    assert np.abs(sampled.mean(axis=0) - 0.4).max() < 0.1, sampled.mean(axis=(0, 1))
+    with torch.no_grad():
+        q1, _ = learner.critic(torch.as_tensor(obs[:200]), torch.as_tensor(actions[:200]))
+    assert np.corrcoef(q1.numpy(), rewards[:200])[0, 1] > 0.95
+    assert metrics["updates"] == 1500 and np.isfinite(metrics["q_loss"])
+    # the learner's state round-trips (critics, targets, temperature, optimisers)
+    other = SACLearner(ActorCritic(3, 2, [32], distribution="squashed"), settings, seed=2, buffer_size=8)
+    other.load_state_dict(learner.state_dict())
+    assert torch.equal(other.log_alpha, learner.log_alpha)
+    assert all(torch.equal(a, b) for a, b in zip(other.target.parameters(), learner.target.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run.algorithm=sac"], "run.algorithm = sac trains policy.distribution = squashed"),
+        (["policy.distribution=squashed"], "run.algorithm = sac trains policy.distribution = squashed"),
+        (["run.algorithm=sac", "policy.distribution=squashed", "clone.teacher=x"], "blending and cloning are PPO's"),
+        (["run.algorithm=sac", "policy.distribution=squashed", "sac.tau=0"], r"sac.tau = 0.0: must be in \(0, 1\]"),
+        (["run.algorithm=sac", "policy.distribution=squashed", "sac.hidden_sizes=[]"], "sac.hidden_sizes"),
+        (["run.algorithm=a2c"], "run.algorithm = 'a2c': must be ppo or sac"),
+    ],
+)
+def test_bad_sac_configs_are_refused_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({}, overrides)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
+    run_dir = tmp_path / "sac"
+    settings = sets(
+        "env.physics=fast",
+        "layout.envs_per_rank=2",
+        "ppo.steps_per_env=16",
+        "sac.learning_starts=64",
+        "sac.batch_size=32",
+        "sac.hidden_sizes=[32]",
+        "policy.hidden_sizes=[32]",
+        "sac.mirror=true",
+        "sac.mirror_min_asymmetry=0.25",
+        f"run.run_dir={run_dir}",
+    )
+    recipe = ["experiments/recipes/walk-sac.toml"]
+    first = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *settings, *sets("run.iterations=2")], timeout=300)
+    assert first.returncode == 0, first.stderr
+    payload = load_checkpoint(run_dir)
+    assert payload["meta"]["policy_spec"]["distribution"] == "squashed" and "critic" in payload["optimizer"]
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    assert len(rows) == 3 and "losses/q_loss" in rows[0]
+    resume = ["--resume", str(run_dir), *settings, *sets("run.iterations=3")]
+    again = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *resume])
+    assert again.returncode == 0, again.stderr
+    resumed = load_checkpoint(run_dir)
+    assert resumed["iteration"] == 3 and not torch.equal(
+        resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"]
+    )
+    out = tmp_path / "eval"
+    ev = run(
+        [LRUN, "eval", str(run_dir), "--episodes", "1", "--difficulty", "0", "--physics", "fast", "--out", str(out)]
+    )
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((out / "eval.json").read_text())["summary"]["episodes"] == 1
