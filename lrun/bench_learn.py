@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lrun.config import TrainConfig, load_config
+from lrun.launcher import find_mpiexec, lrun_command
 
 DEFAULT_CONFIG = "experiments/recipes/walk-footstep.toml"
 #: Keys the benchmark sets itself (per seed); a --set of one of them would break the budget or the layout.
@@ -102,12 +103,10 @@ def default_out(config_path: str) -> Path:
 
 def find_commands() -> tuple[str, str]:
     """(mpiexec, lrun) next to this Python, else on PATH."""
-    bin_dir = Path(sys.executable).parent
-    mpiexec = shutil.which("mpiexec", path=str(bin_dir)) or shutil.which("mpiexec")
+    mpiexec = find_mpiexec()
     if mpiexec is None:
         raise BenchError("mpiexec not found (pip install mpich)")
-    lrun = bin_dir / "lrun"
-    return mpiexec, str(lrun) if lrun.is_file() else (shutil.which("lrun") or "lrun")
+    return mpiexec, lrun_command()
 
 
 def make_plan(

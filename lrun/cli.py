@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _bench_env(args: argparse.Namespace) -> int:
-    from lrun.bench import bench_env, format_env_bench, result_json
+    from lrun.env.timing import bench_env, format_env_bench, result_json
 
     result = bench_env(steps=args.steps, memory_steps=args.memory_steps, physics=args.physics)
     print(format_env_bench(result, args.physics))

@@ -21,7 +21,6 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.analysis.report import wilson_interval
 from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
@@ -33,7 +32,7 @@ from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
 from lrun.store.reader import write_master
-from lrun.store.recorder import EpisodeBook, env_facts
+from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
 from lrun.store.writer import TrajectoryWriter
 
 #: Simulated seconds per env step (RunEnv).
@@ -249,25 +248,16 @@ def evaluate(
     if (out / "eval.json").exists() and not settings.overwrite:
         raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
     waiter = lmpi.Waiter(train_config.run.wait_sleep)
-    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 clears OUT
+    lmpi.allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 clears OUT
     if rank == 0:
         if (out / "trajectories").exists():
             shutil.rmtree(out / "trajectories")
         out.mkdir(parents=True, exist_ok=True)
-    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)
+    lmpi.allreduce_sum(comm, np.zeros(1), waiter)
     env = env_factory(env_config)()
     facts = env_facts(env)
-    attrs = {
-        "lrun_version": __version__,
-        "config": json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)}),
-        "model_checksum": "",
-        "world_rank": rank,
-        "simulator_index": 0,
-        "checkpoint": str(path),
-    }
-    from lrun.env.model import model_checksum
-
-    attrs["model_checksum"] = model_checksum()
+    config_json = json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)})
+    attrs = trajectory_attributes(config_json, env_config.id, rank, 0, checkpoint=str(path))
     writer = TrajectoryWriter(
         out / "trajectories" / f"rank-{rank:04d}.h5",
         int(np.prod(env.observation_space.shape)),  # the task's observations (the policy may see features)
@@ -313,7 +303,7 @@ def evaluate(
     finally:
         writer.close()
         env.close()
-    lmpi.Allreduce_sum(comm, table, waiter)  # each episode's row is non-zero on exactly one rank
+    lmpi.allreduce_sum(comm, table, waiter)  # each episode's row is non-zero on exactly one rank
     if rank != 0:
         return {}
     write_master(out)

@@ -128,19 +128,19 @@ class Waiter:
         return self._poll(request.Test)
 
 
-def Bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, waiter: Waiter) -> float:
+def bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, waiter: Waiter) -> float:
     """Broadcast `buffer` in place from `root`, politely. Collective over `comm`."""
     return waiter.wait(comm.Ibcast(buffer, root=root))
 
 
-def Allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, waiter: Waiter) -> float:
+def allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, waiter: Waiter) -> float:
     """Sum `buffer` in place over `comm`, politely. Collective over `comm`."""
     from mpi4py import MPI
 
     return waiter.wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
 
 
-def Allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
+def allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
     """Average `buffer` in place over `comm` (blocking: used where every rank is busy anyway)."""
     from mpi4py import MPI
 
@@ -148,12 +148,12 @@ def Allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
     buffer /= comm.Get_size()
 
 
-def Send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, waiter: Waiter) -> float:
+def send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, waiter: Waiter) -> float:
     """Send `buffer` to `dest`, politely. Returns seconds waited."""
     return waiter.wait(comm.Isend(buffer, dest=dest, tag=tag))
 
 
-def Recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: type = np.float32) -> np.ndarray:
+def recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: type = np.float32) -> np.ndarray:
     """Receive a vector of unknown length from `source`, politely (probe, then receive)."""
     from mpi4py import MPI
 

@@ -59,7 +59,7 @@ from lrun.memory import RssLog
 from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
 from lrun.startup import Problem, Start, StartupError, initial_policy, startup_checks
 from lrun.store.reader import RunStore, StoreError, rank_files, write_master
-from lrun.store.recorder import EpisodeBook, env_facts
+from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
 from lrun.store.writer import TrajectoryWriter, cut_back
 
 #: Rank 0's decision before each iteration, broadcast with the policy: go on, done, or stopped by a signal.
@@ -195,7 +195,7 @@ def learner_state(config: TrainConfig, start: Start, layout: lmpi.RankLayout) ->
     learner_comm = layout.learner_comm
     reduce = None
     if learner_comm is not None and learner_comm.Get_size() > 1:
-        reduce = partial(lmpi.Allreduce_mean, learner_comm)
+        reduce = partial(lmpi.allreduce_mean, learner_comm)
     state = TrainingState(config, start, 0 if learner_comm is None else learner_comm.Get_rank(), reduce)
     if start.payload is not None:
         state.restore(start.payload)
@@ -248,7 +248,7 @@ class RemoteRollouts:
     def share_decision(self, state: TrainingState, stop: int) -> int:
         """Broadcast [iteration, stop, parameters, normaliser]; returns global rank 0's stop decision."""
         message = state.message(stop)
-        lmpi.Bcast(self.comm, message, 0, self.waiter)
+        lmpi.bcast(self.comm, message, 0, self.waiter)
         return int(message[1])
 
     def collect(self, iteration: int) -> tuple[list[Rollout], np.ndarray]:
@@ -256,7 +256,7 @@ class RemoteRollouts:
         p = self.problem
         rollouts = [
             unpack_rollout(
-                lmpi.Recv_any_size(self.comm, source, lmpi.ROLLOUT_TAG, self.waiter),
+                lmpi.recv_any_size(self.comm, source, lmpi.ROLLOUT_TAG, self.waiter),
                 self.config.ppo.steps_per_env,
                 self.config.layout.envs_per_rank,
                 p.obs_size,
@@ -266,7 +266,7 @@ class RemoteRollouts:
             for source in self.layout.simulator_ranks
         ]
         moments = np.zeros(2 * p.obs_size + 1)
-        lmpi.Allreduce_sum(self.comm, moments, self.waiter)
+        lmpi.allreduce_sum(self.comm, moments, self.waiter)
         return rollouts, moments
 
     def close(self) -> None:
@@ -274,7 +274,7 @@ class RemoteRollouts:
 
     def finish(self) -> None:
         """Wait until every simulator has closed its rank file (rank 0 then writes the master file)."""
-        lmpi.Allreduce_sum(self.comm, np.zeros(1), self.waiter)
+        lmpi.allreduce_sum(self.comm, np.zeros(1), self.waiter)
 
 
 def update(
@@ -432,7 +432,7 @@ class Reporter:
     ) -> dict:
         """Log the iteration and checkpoint where due; returns the logged scalars."""
         run = self.config.run
-        scalars = summarise(
+        scalars = iteration_scalars(
             state.iteration,
             state.env_steps,
             state.decisions,
@@ -476,7 +476,7 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
     )
     normaliser = RunningNormaliser(problem.obs_size)
     message = np.empty(message_size(policy, problem.obs_size))
-    lmpi.Bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
+    lmpi.bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
     collector, writer = make_collector(
         config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
     )
@@ -490,15 +490,15 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
             collector.policy_version = iteration
             rollout, moments = collector.collect(config.ppo.steps_per_env)
             rollout.wait_s, rollout.store_s = waited, stored
-            waited = lmpi.Send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
+            waited = lmpi.send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
             stored = store_rollout(collector, writer)  # while the learners update
             rank.rss.sample(iteration + 1)
-            waited += lmpi.Allreduce_sum(comm, moments, waiter)
-            waited += lmpi.Bcast(comm, message, 0, waiter)
+            waited += lmpi.allreduce_sum(comm, moments, waiter)
+            waited += lmpi.bcast(comm, message, 0, waiter)
     finally:
         if writer is not None:
             writer.close()
-    lmpi.Allreduce_sum(comm, np.zeros(1), waiter)  # tell rank 0 the rank file is closed
+    lmpi.allreduce_sum(comm, np.zeros(1), waiter)  # tell rank 0 the rank file is closed
     return stop
 
 
@@ -614,18 +614,7 @@ def make_collector(
     writer = book = None
     if config.run.store_trajectories:
         facts = env_facts(vec.envs[0])
-        checksum = ""
-        if config.env.id == "lrun/Run-v0":
-            from lrun.env.model import model_checksum
-
-            checksum = model_checksum()
-        attrs = {
-            "lrun_version": __version__,
-            "config": config.to_json(),
-            "model_checksum": checksum,
-            "world_rank": world_rank,
-            "simulator_index": simulator_index,
-        }
+        attrs = trajectory_attributes(config.to_json(), config.env.id, world_rank, simulator_index)
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
         writer = TrajectoryWriter(
             path, problem.task_obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
@@ -747,7 +736,7 @@ def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
     ]
 
 
-def summarise(
+def iteration_scalars(
     iteration: int,
     env_steps: int,
     decisions: int,
@@ -765,10 +754,16 @@ def summarise(
     skip), so runs with different frame skips compare on one budget; `decisions` counts the agent's steps.
     """
     episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, len(EPISODE_FIELDS)))
+    column = {name: episodes[:, i] for i, name in enumerate(EPISODE_FIELDS)}
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
     store = float(np.mean([r.store_s for r in rollouts]))
     nan = float("nan")
+    some = len(episodes) > 0
+
+    def mean(name: str) -> float:
+        return float(column[name].mean()) if some else nan
+
     return {
         "iteration": iteration,
         "env_steps": env_steps,
@@ -776,14 +771,14 @@ def summarise(
         "charts/steps_per_s": new_steps / wall_s,
         "charts/decisions_per_s": new_decisions / wall_s,
         "charts/episodes": len(episodes),
-        "charts/episodic_return": float(episodes[:, 0].mean()) if len(episodes) else nan,
-        "charts/episodic_return_median": float(np.median(episodes[:, 0])) if len(episodes) else nan,
-        "charts/episodic_length": float(episodes[:, 1].mean()) if len(episodes) else nan,
-        "charts/episodic_sim_steps": float(episodes[:, 5].mean()) if len(episodes) else nan,
-        "charts/episodic_task_return": float(episodes[:, 3].mean()) if len(episodes) else nan,
-        "charts/integrator_failures": int(episodes[:, 4].sum()),
-        "charts/distance": float(np.nanmean(episodes[:, 2]))
-        if len(episodes) and not np.isnan(episodes[:, 2]).all()
+        "charts/episodic_return": mean("return"),
+        "charts/episodic_return_median": float(np.median(column["return"])) if some else nan,
+        "charts/episodic_length": mean("length"),
+        "charts/episodic_sim_steps": mean("sim_steps"),
+        "charts/episodic_task_return": mean("task_return"),
+        "charts/integrator_failures": int(column["integrator_failure"].sum()),
+        "charts/distance": float(np.nanmean(column["distance"]))
+        if some and not np.isnan(column["distance"]).all()
         else nan,
         "losses/policy_loss": losses.get("pg_loss", nan),
         "losses/value_loss": losses.get("v_loss", nan),

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from lrun.launcher import find_mpiexec, launch_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 BIN = Path(sys.executable).parent
 LRUN = str(BIN / "lrun")
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
+MPIEXEC = find_mpiexec()
 
 
 def clean_env() -> dict[str, str]:
     """This environment without Slurm or PMI variables (tests may run inside a Slurm job)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
+    return launch_environment()
 
 
 def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

@@ -123,3 +123,24 @@ class EpisodeBook:
                 rows[name][i] = value
         self.finished = []
         return rows
+
+
+def trajectory_attributes(config_json: str, env_id: str, world_rank: int, simulator_index: int, **extra: Any) -> dict:
+    """The attributes every rank file carries: lrun's version, the resolved config, the model file's checksum
+    (lrun/Run-v0; empty for other envs), which rank wrote it, and anything a command adds (`lrun eval`'s
+    checkpoint)."""
+    checksum = ""
+    if env_id == "lrun/Run-v0":
+        from lrun.env.model import model_checksum  # opensim: only where the env is RunEnv
+
+        checksum = model_checksum()
+    from lrun import __version__
+
+    return {
+        "lrun_version": __version__,
+        "config": config_json,
+        "model_checksum": checksum,
+        "world_rank": world_rank,
+        "simulator_index": simulator_index,
+        **extra,
+    }

@@ -39,17 +39,17 @@ def test_split_roles_learners_first_simulators_round_robin():
 
 def test_polite_bcast_allreduce_and_any_size_receive():
     buffer = np.arange(5, dtype=np.float64) if rank == 0 else np.zeros(5)
-    lmpi.Bcast(world, buffer, 0, lmpi.Waiter(0.001))
+    lmpi.bcast(world, buffer, 0, lmpi.Waiter(0.001))
     assert np.array_equal(buffer, np.arange(5))
     total = np.full(3, float(rank + 1))
-    lmpi.Allreduce_sum(world, total, lmpi.Waiter(0.001))
+    lmpi.allreduce_sum(world, total, lmpi.Waiter(0.001))
     assert np.array_equal(total, np.full(3, size * (size + 1) / 2))
     if rank == 0:
         for source in range(1, size):
-            got = lmpi.Recv_any_size(world, source, 5, lmpi.Waiter(0.001))
+            got = lmpi.recv_any_size(world, source, 5, lmpi.Waiter(0.001))
             assert np.array_equal(got, np.full(10 * source + 1, source, np.float32))
     else:
-        lmpi.Send(world, np.full(10 * rank + 1, rank, np.float32), 0, 5, lmpi.Waiter(0.001))
+        lmpi.send(world, np.full(10 * rank + 1, rank, np.float32), 0, 5, lmpi.Waiter(0.001))
 
 
 def test_check_synced_detects_divergence():
@@ -70,7 +70,7 @@ def test_gradient_allreduce_keeps_learners_identical_on_different_data():
     learner = PPOLearner(
         policy,
         PPOSettings(learning_rate=1e-2, epochs=2, minibatches=4),
-        lambda flat: lmpi.Allreduce_mean(world, flat),
+        lambda flat: lmpi.allreduce_mean(world, flat),
         seed=rank,
     )
     before = flat_parameters(policy)
