@@ -1,13 +1,14 @@
 """Collecting rollouts with the current policy, and packing them into one flat float32 buffer (no MPI).
 
 A simulator rank holds a `RolloutCollector`; what it collects crosses to the learner as one float32 vector
-(`pack_rollout` / `unpack_rollout`), with a small header and the finished episodes' statistics at the end.
+(`Rollout.pack` / `Rollout.unpack`), with a small header and the finished episodes' statistics at the end.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,24 +19,40 @@ from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
 from lrun.store.recorder import EpisodeBook
 
-HEADER = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s", "sim_steps")
-EPISODE_FIELDS = ("return", "length", "distance", "task_return", "integrator_failure", "sim_steps")
+#: Per-episode statistics a rollout carries (columns of `Rollout.episodes`); the store's own episode table is
+#: richer (`lrun.store.schema.EPISODE_FIELDS`).
+EPISODE_COLUMNS = ("return", "length", "distance", "task_return", "integrator_failure", "sim_steps")
 
 
 @dataclass
 class Rollout:
-    """One simulator's data for one iteration; arrays of shape (steps, envs, ...)."""
+    """One simulator's data for one iteration, and the one owner of its layout: which per-step arrays there are
+    (`STEP_ARRAYS`, shape (steps, envs, ...)), how they travel as one float32 vector (`pack` / `unpack`, header
+    first, finished episodes and reward-term sums last) and what logging keeps of it (`summary`)."""
 
-    obs: np.ndarray  # normalised observations the policy saw
-    actions: np.ndarray  # raw policy samples
+    #: name -> per-step width: "obs" and "act" are the observation and action sizes, 0 a scalar per env
+    STEP_ARRAYS: ClassVar[dict[str, str | int]] = {
+        "obs": "obs",  # normalised observations the policy saw (features, unclipped)
+        "actions": "act",  # raw policy samples
+        "logprobs": 0,
+        "rewards": 0,
+        "terminated": 0,
+        "truncated": 0,
+        "values": 0,
+        "final_values": 0,  # V(final observation) where truncated, else 0
+    }
+    HEADER: ClassVar[tuple[str, ...]] = ("policy_version", "n_episodes", "simulate_s", "wait_s", "store_s", "sim_steps")
+
+    obs: np.ndarray
+    actions: np.ndarray
     logprobs: np.ndarray
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     values: np.ndarray
-    final_values: np.ndarray  # V(final observation) where truncated, else 0
+    final_values: np.ndarray
     next_value: np.ndarray  # (envs,) V after the last step
-    episodes: np.ndarray = field(default_factory=lambda: np.zeros((0, len(EPISODE_FIELDS))))
+    episodes: np.ndarray = field(default_factory=lambda: np.zeros((0, len(EPISODE_COLUMNS))))
     policy_version: int = 0
     simulate_s: float = 0.0
     wait_s: float = 0.0
@@ -53,79 +70,76 @@ class Rollout:
         """Simulated env steps (0.01 s each in RunEnv) in this rollout: the budget's unit."""
         return self.sim_steps if self.sim_steps >= 0 else self.n_steps
 
+    def episode_column(self, name: str) -> np.ndarray:
+        """One statistic of every finished episode (a name in EPISODE_COLUMNS)."""
+        return self.episodes[:, EPISODE_COLUMNS.index(name)]
 
-def rollout_size(steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int, n_terms: int = 0) -> int:
-    """Length of the packed buffer."""
-    per_step = obs_size + act_size + 6
-    return len(HEADER) + steps * envs * per_step + envs + n_episodes * len(EPISODE_FIELDS) + n_terms
+    @classmethod
+    def step_shapes(cls, steps: int, envs: int, obs_size: int, act_size: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every per-step array."""
+        widths = {"obs": obs_size, "act": act_size}
+        return {
+            name: (steps, envs, widths[width]) if isinstance(width, str) else (steps, envs)
+            for name, width in cls.STEP_ARRAYS.items()
+        }
 
+    @classmethod
+    def size(cls, steps: int, envs: int, obs_size: int, act_size: int, n_episodes: int, n_terms: int = 0) -> int:
+        """Length of the packed vector."""
+        per_step = sum(int(np.prod(shape)) for shape in cls.step_shapes(steps, envs, obs_size, act_size).values())
+        return len(cls.HEADER) + per_step + envs + n_episodes * len(EPISODE_COLUMNS) + n_terms
 
-def pack_rollout(r: Rollout) -> np.ndarray:
-    """Flatten a rollout into one float32 vector (header, per-step arrays, next values, episodes)."""
-    header = np.array(
-        [r.policy_version, len(r.episodes), r.simulate_s, r.wait_s, r.store_s, r.n_sim_steps], dtype=np.float32
-    )
-    parts = [
-        header,
-        r.obs,
-        r.actions,
-        r.logprobs,
-        r.rewards,
-        r.terminated,
-        r.truncated,
-        r.values,
-        r.final_values,
-        r.next_value,
-        r.episodes,
-        r.term_sums,
-    ]
-    return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1) for p in parts])
+    def pack(self) -> np.ndarray:
+        """The rollout as one float32 vector: header, per-step arrays, next values, episodes, term sums."""
+        header = [self.policy_version, len(self.episodes), self.simulate_s, self.wait_s, self.store_s]
+        parts = [np.array([*header, self.n_sim_steps])]
+        parts += [getattr(self, name) for name in self.STEP_ARRAYS]
+        parts += [self.next_value, self.episodes, self.term_sums]
+        return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1) for p in parts])
 
+    @classmethod
+    def unpack(
+        cls, buffer: np.ndarray, steps: int, envs: int, obs_size: int, act_size: int, n_terms: int = 0
+    ) -> Rollout:
+        """Inverse of `pack`; ValueError if the vector's size does not fit the shapes."""
+        n_episodes = int(buffer[1]) if len(buffer) >= len(cls.HEADER) else -1
+        expected = cls.size(steps, envs, obs_size, act_size, max(n_episodes, 0), n_terms)
+        if n_episodes < 0 or len(buffer) != expected:
+            raise ValueError(
+                f"rollout buffer of {len(buffer)} values does not match {steps} steps x {envs} envs "
+                f"x obs {obs_size} / act {act_size} with {n_episodes} episodes ({expected} expected)"
+            )
+        offset = len(cls.HEADER)
 
-def unpack_rollout(
-    buffer: np.ndarray, steps: int, envs: int, obs_size: int, act_size: int, n_terms: int = 0
-) -> Rollout:
-    """Inverse of `pack_rollout`; raises ValueError if the buffer's size does not fit the shapes."""
-    n_episodes = int(buffer[1]) if len(buffer) >= len(HEADER) else -1
-    expected = rollout_size(steps, envs, obs_size, act_size, max(n_episodes, 0), n_terms)
-    if n_episodes < 0 or len(buffer) != expected:
-        raise ValueError(
-            f"rollout buffer of {len(buffer)} values does not match {steps} steps x {envs} envs "
-            f"x obs {obs_size} / act {act_size} with {n_episodes} episodes ({expected} expected)"
+        def take(*shape: int) -> np.ndarray:
+            nonlocal offset
+            n = int(np.prod(shape))
+            out = buffer[offset : offset + n].reshape(shape)
+            offset += n
+            return out
+
+        arrays = {name: take(*shape) for name, shape in cls.step_shapes(steps, envs, obs_size, act_size).items()}
+        arrays["terminated"] = arrays["terminated"].astype(bool)
+        arrays["truncated"] = arrays["truncated"].astype(bool)
+        header = dict(zip(cls.HEADER, buffer[: len(cls.HEADER)].tolist(), strict=True))
+        return cls(
+            **arrays,
+            next_value=take(envs),
+            episodes=take(n_episodes, len(EPISODE_COLUMNS)),
+            term_sums=take(n_terms),
+            policy_version=int(header["policy_version"]),
+            simulate_s=header["simulate_s"],
+            wait_s=header["wait_s"],
+            store_s=header["store_s"],
+            sim_steps=int(header["sim_steps"]),
         )
-    offset = len(HEADER)
 
-    def take(*shape: int) -> np.ndarray:
-        nonlocal offset
-        n = int(np.prod(shape))
-        out = buffer[offset : offset + n].reshape(shape)
-        offset += n
-        return out
-
-    obs = take(steps, envs, obs_size)
-    actions = take(steps, envs, act_size)
-    logprobs, rewards, terminated, truncated, values, final_values = (take(steps, envs) for _ in range(6))
-    next_value = take(envs)
-    episodes = take(n_episodes, len(EPISODE_FIELDS))
-    term_sums = take(n_terms)
-    return Rollout(
-        obs,
-        actions,
-        logprobs,
-        rewards,
-        terminated.astype(bool),
-        truncated.astype(bool),
-        values,
-        final_values,
-        next_value,
-        episodes,
-        int(buffer[0]),
-        float(buffer[2]),
-        float(buffer[3]),
-        float(buffer[4]),
-        term_sums,
-        int(buffer[5]),
-    )
+    def summary(self) -> Rollout:
+        """What logging needs (episodes, timings, counts, term sums), without the per-step arrays: cheap to
+        gather from other learners."""
+        empty = {name: np.zeros((0,), np.float32) for name in self.STEP_ARRAYS}
+        empty["rewards"] = np.zeros(self.n_steps, np.float32)  # keeps n_steps
+        return replace(self, **empty, next_value=np.zeros((0,), np.float32))
 
 
 class RolloutCollector:
@@ -178,13 +192,16 @@ class RolloutCollector:
             self.policy.set_input_statistics(self.normaliser.mean, self.normaliser.var)
         envs, obs_size = self.raw_obs.shape
         act_size = self.low.shape[0]
-        obs = np.zeros((steps, envs, feature_size(self.feature_map, obs_size)), np.float32)
+        shapes = Rollout.step_shapes(steps, envs, feature_size(self.feature_map, obs_size), act_size)
+        arrays = {
+            name: np.zeros(shape, bool if name in ("terminated", "truncated") else np.float32)
+            for name, shape in shapes.items()
+        }
+        obs, actions, logprobs, rewards = arrays["obs"], arrays["actions"], arrays["logprobs"], arrays["rewards"]
+        terminated, truncated, values = arrays["terminated"], arrays["truncated"], arrays["values"]
+        final_values = arrays["final_values"]
         raw_obs = np.zeros((steps, envs, obs_size), np.float32)
-        actions = np.zeros((steps, envs, act_size), np.float32)
         applied = np.zeros((steps, envs, act_size), np.float32)
-        logprobs, rewards, values, final_values = (np.zeros((steps, envs), np.float32) for _ in range(4))
-        terminated = np.zeros((steps, envs), bool)
-        truncated = np.zeros((steps, envs), bool)
         episode_ids = np.zeros((steps, envs), np.int64)
         steps_in_episode = np.zeros((steps, envs), np.int32)
         terms = {name: np.zeros((steps, envs), np.float32) for name in self.reward_terms}
@@ -247,18 +264,11 @@ class RolloutCollector:
             }
             self.last_terms = {name: values_.reshape(n) for name, values_ in terms.items()}
         rollout = Rollout(
-            obs,
-            actions,
-            logprobs,
-            rewards,
-            terminated,
-            truncated,
-            values,
-            final_values,
-            next_value,
-            np.array(episodes, dtype=np.float64).reshape(-1, len(EPISODE_FIELDS)),
-            self.policy_version,
-            time.perf_counter() - start,
+            **arrays,
+            next_value=next_value,
+            episodes=np.array(episodes, dtype=np.float64).reshape(-1, len(EPISODE_COLUMNS)),
+            policy_version=self.policy_version,
+            simulate_s=time.perf_counter() - start,
             term_sums=np.array([float(np.nansum(terms[name])) for name in self.reward_terms]),
             sim_steps=sim_steps,
         )

@@ -56,7 +56,7 @@ from lrun.learn.sac import SACLearner, SACSettings
 from lrun.learn.symmetry import Mirror, asymmetry, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
-from lrun.rollout import EPISODE_FIELDS, Rollout, RolloutCollector, pack_rollout, unpack_rollout
+from lrun.rollout import EPISODE_COLUMNS, Rollout, RolloutCollector
 from lrun.startup import Problem, Start, StartupError, initial_policy, startup_checks
 from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
@@ -255,7 +255,7 @@ class RemoteRollouts:
         """This learner's simulators' rollouts, and the observation moments summed over every rank."""
         p = self.problem
         rollouts = [
-            unpack_rollout(
+            Rollout.unpack(
                 lmpi.recv_any_size(self.comm, source, lmpi.ROLLOUT_TAG, self.waiter),
                 self.config.ppo.steps_per_env,
                 self.config.layout.envs_per_rank,
@@ -361,7 +361,7 @@ def tally(
     new_decisions = sum(r.n_steps for r in rollouts)
     learner_comm = layout.learner_comm
     if learner_comm is not None and learner_comm.Get_size() > 1:
-        gathered = lmpi.gather_objects(learner_comm, (new_steps, new_decisions, rollouts_summary(rollouts)))
+        gathered = lmpi.gather_objects(learner_comm, (new_steps, new_decisions, [r.summary() for r in rollouts]))
         if learner_comm.Get_rank() == 0:
             new_steps = sum(g[0] for g in gathered)
             new_decisions = sum(g[1] for g in gathered)
@@ -490,7 +490,7 @@ def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayo
             collector.policy_version = iteration
             rollout, moments = collector.collect(config.ppo.steps_per_env)
             rollout.wait_s, rollout.store_s = waited, stored
-            waited = lmpi.send(comm, pack_rollout(rollout), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
+            waited = lmpi.send(comm, rollout.pack(), layout.learner_rank, lmpi.ROLLOUT_TAG, waiter)
             stored = store_rollout(collector, writer)  # while the learners update
             rank.rss.sample(iteration + 1)
             waited += lmpi.allreduce_sum(comm, moments, waiter)
@@ -710,32 +710,6 @@ def weighted_symmetry_loss(policy: Policy, mirror: Mirror, weight: float, obs: t
     return weight * symmetry_loss(policy, obs, mirror)
 
 
-def rollouts_summary(rollouts: list[Rollout]) -> list[Rollout]:
-    """Rollouts stripped to what logging needs (episodes and timings), to gather them cheaply."""
-    empty = np.zeros((0,), np.float32)
-    return [
-        Rollout(
-            empty,
-            empty,
-            empty,
-            np.zeros(r.n_steps, np.float32),
-            empty,
-            empty,
-            empty,
-            empty,
-            empty,
-            r.episodes,
-            r.policy_version,
-            r.simulate_s,
-            r.wait_s,
-            r.store_s,
-            r.term_sums,
-            r.sim_steps,
-        )
-        for r in rollouts
-    ]
-
-
 def iteration_scalars(
     iteration: int,
     env_steps: int,
@@ -753,8 +727,8 @@ def iteration_scalars(
     `env_steps` and `charts/steps_per_s` count simulated env steps (0.01 s each in RunEnv, whatever the frame
     skip), so runs with different frame skips compare on one budget; `decisions` counts the agent's steps.
     """
-    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, len(EPISODE_FIELDS)))
-    column = {name: episodes[:, i] for i, name in enumerate(EPISODE_FIELDS)}
+    episodes = np.concatenate([r.episodes for r in rollouts]) if rollouts else np.zeros((0, len(EPISODE_COLUMNS)))
+    column = {name: episodes[:, i] for i, name in enumerate(EPISODE_COLUMNS)}
     simulate = float(np.mean([r.simulate_s for r in rollouts]))
     wait = float(np.mean([r.wait_s for r in rollouts]))
     store = float(np.mean([r.store_s for r in rollouts]))

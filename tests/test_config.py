@@ -11,7 +11,7 @@ import torch
 from lrun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lrun.config import ConfigError, TrainConfig, build_config, describe_keys, load_config
 from lrun.mpi import LayoutError, check_layout
-from lrun.rollout import Rollout, pack_rollout, unpack_rollout
+from lrun.rollout import Rollout
 
 
 def test_defaults_overrides_and_types(tmp_path):
@@ -123,43 +123,36 @@ def test_rollout_pack_round_trip():
     def arr(*shape):
         return rng.normal(size=shape).astype(np.float32)
 
+    shapes = Rollout.step_shapes(steps, envs, obs, act)
+    arrays = {name: arr(*shape) for name, shape in shapes.items()}
+    arrays["terminated"] = rng.random((steps, envs)) < 0.3
+    arrays["truncated"] = rng.random((steps, envs)) < 0.3
     r = Rollout(
-        arr(steps, envs, obs),
-        arr(steps, envs, act),
-        arr(steps, envs),
-        arr(steps, envs),
-        rng.random((steps, envs)) < 0.3,
-        rng.random((steps, envs)) < 0.3,
-        arr(steps, envs),
-        arr(steps, envs),
-        arr(envs),
+        **arrays,
+        next_value=arr(envs),
         # return, length, distance, task return, failure, simulated steps
-        np.array([[1.5, 20, 3.25, 1.0, 0.0, 80], [2.0, 7, 0.5, 2.0, 1.0, 25]]),
+        episodes=np.array([[1.5, 20, 3.25, 1.0, 0.0, 80], [2.0, 7, 0.5, 2.0, 1.0, 25]]),
         policy_version=17,
         simulate_s=1.25,
         wait_s=0.5,
         sim_steps=57,
+        term_sums=np.array([0.5, -2.0, 3.0]),
     )
-    r.term_sums = np.array([0.5, -2.0, 3.0])
-    back = unpack_rollout(pack_rollout(r), steps, envs, obs, act, n_terms=3)
-    for name in (
-        "obs",
-        "actions",
-        "logprobs",
-        "rewards",
-        "terminated",
-        "truncated",
-        "values",
-        "final_values",
-        "next_value",
-        "episodes",
-        "term_sums",
-    ):
+    packed = r.pack()
+    assert packed.dtype == np.float32 and len(packed) == Rollout.size(steps, envs, obs, act, 2, 3)
+    back = Rollout.unpack(packed, steps, envs, obs, act, n_terms=3)
+    for name in (*Rollout.STEP_ARRAYS, "next_value", "episodes", "term_sums"):
         assert np.array_equal(getattr(back, name), getattr(r, name)), name
     assert (back.policy_version, back.simulate_s, back.wait_s, back.n_sim_steps) == (17, 1.25, 0.5, 57)
     assert back.n_steps == steps * envs  # decisions
+    assert np.array_equal(back.episode_column("distance"), [3.25, 0.5])
     with pytest.raises(ValueError, match="does not match"):
-        unpack_rollout(pack_rollout(r), steps, envs, obs + 1, act, n_terms=3)
+        Rollout.unpack(packed, steps, envs, obs + 1, act, n_terms=3)
+    # the summary keeps what the log needs and drops the per-step arrays
+    summary = r.summary()
+    assert summary.n_steps == r.n_steps and summary.n_sim_steps == 57 and summary.obs.size == 0
+    assert np.array_equal(summary.episodes, r.episodes) and np.array_equal(summary.term_sums, r.term_sums)
+    assert (summary.simulate_s, summary.wait_s, summary.policy_version) == (1.25, 0.5, 17)
 
 
 def test_train_config_is_a_dataclass_with_help_everywhere():
