@@ -1,4 +1,4 @@
-"""`lrun train`: the PPO iteration loop for every rank role (serial, learner, simulator).
+"""`lrun train`: the iteration loop (PPO or SAC) for every rank role (serial, learner, simulator).
 
 One iteration, as every rank sees it:
 
@@ -13,8 +13,8 @@ One iteration, as every rank sees it:
 
 A world of size 1 runs all roles in one process (serial mode) with the same maths and no MPI traffic.
 
-`learn` reads as those steps (collect, update, tally, log) over a rollout source chosen once (`LocalRollouts` in
-serial mode, `RemoteRollouts` on a learner with simulators); `simulate`, the simulator's side, follows them so
+`run_learner` reads as those steps (collect, update, tally, log) over a rollout source chosen once (`LocalRollouts` in
+serial mode, `RemoteRollouts` on a learner with simulators); `run_simulator`, the simulator's side, follows them so
 that the matching order of the collectives can be checked at a glance. How a run starts is resolved before any
 of this, in `lrun.startup`.
 """
@@ -51,8 +51,8 @@ from lrun.learn.clone import CloneSettings, clone_policy
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy, count_trainable, flat_parameters, load_flat_parameters
-from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
-from lrun.learn.sac import SACLearner, SACSettings
+from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater
+from lrun.learn.sac import SACSettings, SACUpdater
 from lrun.learn.symmetry import Mirror, asymmetry, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
@@ -97,10 +97,10 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
     rank.stop.install(comm.Get_rank() == 0)
     try:
         if layout.role == "simulator":
-            stop = simulate(config, start, comm, layout, rank)
+            stop = run_simulator(config, start, comm, layout, rank)
             result: dict = {"stopped_early": stop == STOP_SIGNAL}
         else:
-            result = learn(config, start, comm, layout, stream, rank)
+            result = run_learner(config, start, comm, layout, stream, rank)
     finally:
         # also on an exception: the host process (a curriculum, a test) keeps its own handlers, and the next
         # stage splits the world again
@@ -146,7 +146,7 @@ class StopRequest:
         self._previous = {}
 
 
-def learn(
+def run_learner(
     config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO, rank: RankContext
 ) -> dict:
     """A learner rank (or the whole run in serial mode): collect, update, log, until rank 0 says stop."""
@@ -236,7 +236,7 @@ class LocalRollouts:
 
 
 class RemoteRollouts:
-    """A learner's simulator ranks. Its collectives pair with `simulate`'s, in the same order: Bcast of the
+    """A learner's simulator ranks. Its collectives pair with `run_simulator`'s, in the same order: Bcast of the
     decision and policy; one rollout received from each simulator; Allreduce of the observation moments; at the
     end, one Allreduce once every rank file is closed."""
 
@@ -290,7 +290,7 @@ def update(
     if config.run.algorithm == "sac":
         losses = sac_update(config, state, layout, rollouts, collected_with)
         return losses, time.perf_counter() - t_learn
-    state.learner.set_learning_rate(learning_rate(config, state.iteration))
+    state.updater.set_learning_rate(learning_rate(config, state.iteration))
     batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
     n_collected = len(batch)
     symmetric = config.ppo.mirror or config.ppo.symmetry_loss > 0
@@ -298,8 +298,8 @@ def update(
     if config.ppo.mirror:
         batch = mirrored_batch(batch, state.policy, mirror)
     if config.ppo.symmetry_loss > 0:
-        state.learner.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
-    losses = state.learner.update(batch)
+        state.updater.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
+    losses = state.updater.update(batch)
     losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
     return losses, time.perf_counter() - t_learn
 
@@ -316,15 +316,15 @@ def sac_update(
 
     Every learner takes the same number of steps (computed from the config and the layout, not from what it
     received), so their gradient Allreduces pair up."""
-    learner: SACLearner = state.learner
+    updater: SACUpdater = state.updater
     mean, std = collected_with
     if not config.policy.normalise_observations:
         mean, std = np.zeros_like(mean), np.ones_like(std)
     mirror = mirror_map(config, state.problem, collected_with) if config.sac.mirror else None
     for k, r in enumerate(rollouts):
         features = (r.obs.astype(np.float64) * std + mean).astype(np.float32)  # as the buffer keeps them
-        transitions = learner.stitcher.transitions(k, features, r.actions, r.rewards, r.terminated, r.truncated)
-        learner.buffer.add(*transitions)
+        transitions = updater.stitcher.transitions(k, features, r.actions, r.rewards, r.terminated, r.truncated)
+        updater.buffer.add(*transitions)
         if mirror is not None:
             obs, actions, rewards, next_obs, terminated = transitions
             z = normalised_features(config, state, obs)
@@ -332,7 +332,7 @@ def sac_update(
                 config.sac.mirror_min_asymmetry
             )
             p, q = mirror.obs_perm, mirror.act_perm
-            learner.buffer.add(
+            updater.buffer.add(
                 obs[keep][:, p], actions[keep][:, q], rewards[keep], next_obs[keep][:, p], terminated[keep]
             )
     simulators = max(layout.world_size - layout.learners, 1)
@@ -340,7 +340,7 @@ def sac_update(
     if per_iteration * simulators * (state.iteration + 1) < config.sac.learning_starts:
         return {"updates": 0.0}
     n_updates = round(config.sac.updates_per_step * per_iteration * max(simulators // layout.learners, 1))
-    return learner.update(n_updates, partial(normalised_features, config, state))
+    return updater.update(n_updates, partial(normalised_features, config, state))
 
 
 def normalised_features(config: TrainConfig, state: TrainingState, features: np.ndarray) -> np.ndarray:
@@ -464,7 +464,7 @@ class Reporter:
             write_master(self.config.run.run_dir)
 
 
-def simulate(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
+def run_simulator(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
     """A simulator rank: receive the policy, collect, send, until told to stop."""
     waiter = rank.waiter
     problem = start.problem
@@ -511,11 +511,11 @@ class TrainingState:
         self.policy = initial_policy(config, start)
         self.normaliser = RunningNormaliser(problem.obs_size)
         seed = config.run.seed * 1000 + learner_index
-        self.learner: PPOLearner | SACLearner
+        self.updater: PPOUpdater | SACUpdater
         if config.run.algorithm == "sac":
-            self.learner = SACLearner(self.policy, sac_settings(config), reduce_gradients, seed, config.sac.buffer_size)
+            self.updater = SACUpdater(self.policy, sac_settings(config), reduce_gradients, seed, config.sac.buffer_size)
         else:
-            self.learner = PPOLearner(self.policy, ppo_settings(config), reduce_gradients, seed=seed)
+            self.updater = PPOUpdater(self.policy, ppo_settings(config), reduce_gradients, seed=seed)
         self.iteration = 0
         self.env_steps = 0  # simulated env steps (0.01 s each in RunEnv): budgets are counted in these
         self.decisions = 0  # agent steps: env_steps / frame_skip
@@ -537,10 +537,10 @@ class TrainingState:
             "env_steps": self.env_steps,
             "decisions": self.decisions,
             "policy": self.policy.state_dict(),
-            "optimizer": self.learner.state_dict(),
+            "optimizer": self.updater.state_dict(),
             "normaliser": torch.from_numpy(self.normaliser.state_vector()),
             "torch_rng": torch.get_rng_state(),
-            "numpy_rng": json.dumps(self.learner.rng.bit_generator.state),
+            "numpy_rng": json.dumps(self.updater.rng.bit_generator.state),
             "config": self.config.to_dict(),
             "lineage": self.lineage,
         }
@@ -548,10 +548,10 @@ class TrainingState:
     def restore(self, payload: dict[str, Any]) -> None:
         """Load a checkpoint payload (already checked for fit)."""
         self.policy.load_state_dict(payload["policy"])
-        self.learner.load_state_dict(payload["optimizer"])
+        self.updater.load_state_dict(payload["optimizer"])
         self.normaliser.load_state_vector(payload["normaliser"].numpy())
         torch.set_rng_state(payload["torch_rng"])
-        self.learner.rng.bit_generator.state = json.loads(payload["numpy_rng"])
+        self.updater.rng.bit_generator.state = json.loads(payload["numpy_rng"])
         self.iteration = int(payload["iteration"])
         self.env_steps = int(payload["env_steps"])
         self.decisions = int(payload.get("decisions", self.env_steps))
@@ -706,7 +706,7 @@ def mirror_map(config: TrainConfig, problem: Problem, statistics: tuple[np.ndarr
 
 
 def weighted_symmetry_loss(policy: Policy, mirror: Mirror, weight: float, obs: torch.Tensor) -> torch.Tensor:
-    """`weight` x the symmetry loss on a minibatch (PPOLearner.extra_loss)."""
+    """`weight` x the symmetry loss on a minibatch (PPOUpdater.extra_loss)."""
     return weight * symmetry_loss(policy, obs, mirror)
 
 

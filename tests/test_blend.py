@@ -10,7 +10,7 @@ from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec, 
 from lrun.learn.clone import CloneSettings, clone_policy, imitation_losses, teacher_targets
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, count_trainable, flat_parameters
-from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
+from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater
 
 OBS, ACT = 7, 3
 
@@ -113,7 +113,7 @@ def test_ppo_on_a_blend_never_changes_the_frozen_network():
         returns=rng.normal(size=n),
         values=values,
     )
-    learner = PPOLearner(blend, PPOSettings(epochs=2, minibatches=4))
+    learner = PPOUpdater(blend, PPOSettings(epochs=2, minibatches=4))
     learner.update(batch)
     for before, p in zip(frozen_before, frozen.parameters(), strict=True):
         assert p.grad is None and not p.requires_grad
@@ -200,7 +200,7 @@ def test_blending_distils_the_frozen_policy_into_the_new_network():
     with torch.no_grad():
         before = float(blend.distillation_kl(x))
         assert float(blend.auxiliary_loss(x)) == pytest.approx(0.8 * before, rel=1e-5)
-    learner = PPOLearner(blend, PPOSettings(epochs=5, minibatches=4, learning_rate=3e-3))
+    learner = PPOUpdater(blend, PPOSettings(epochs=5, minibatches=4, learning_rate=3e-3))
     for _ in range(5):
         actions, logprobs, values = blend.act(obs)
         batch = Batch.from_numpy(

@@ -9,7 +9,7 @@ import torch
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import ActorCritic, flat_parameters, load_flat_parameters
-from lrun.learn.ppo import Batch, PPOLearner, PPOSettings, ppo_losses
+from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater, ppo_losses
 
 
 def gae_reference(rewards, values, terminated, truncated, final_values, next_value, gamma, lam):
@@ -146,7 +146,7 @@ def test_ppo_update_improves_the_surrogate_and_reduce_hook_sees_every_minibatch(
         calls.append(flat.shape)
         flat *= 1.0  # an identity "average" over one learner
 
-    learner = PPOLearner(policy, PPOSettings(learning_rate=1e-2, epochs=3, minibatches=4), reduce)
+    learner = PPOUpdater(policy, PPOSettings(learning_rate=1e-2, epochs=3, minibatches=4), reduce)
     before = ppo_losses(policy, batch, 0.2, False)
     metrics = learner.update(batch)
     after = ppo_losses(policy, batch, 0.2, False)
@@ -162,11 +162,11 @@ def test_target_kl_stops_the_epochs_once_the_policy_has_moved_too_far():
     settings = PPOSettings(learning_rate=3e-2, epochs=10, minibatches=4)
     policy = ActorCritic(3, 2, (16,))
     batch = make_batch(policy)
-    full = PPOLearner(policy, settings).update(batch)
+    full = PPOUpdater(policy, settings).update(batch)
     assert full["updates"] == 40
     torch.manual_seed(0)
     policy = ActorCritic(3, 2, (16,))
-    limited = PPOLearner(policy, PPOSettings(learning_rate=3e-2, epochs=10, minibatches=4, target_kl=0.01))
+    limited = PPOUpdater(policy, PPOSettings(learning_rate=3e-2, epochs=10, minibatches=4, target_kl=0.01))
     metrics = limited.update(make_batch(policy))
     assert 1 <= metrics["updates"] < 40
     # the minibatch that stopped it had left the trust region: at the stopping point the policy's KL from the
@@ -185,16 +185,16 @@ def test_the_early_stop_follows_the_kl_averaged_over_learners():
         flat[-1] = 1.0  # another learner's minibatch moved a lot: the mean KL is high
 
     before = flat_parameters(policy)
-    assert PPOLearner(policy, settings, others_far_off).update(batch)["updates"] == 0
+    assert PPOUpdater(policy, settings, others_far_off).update(batch)["updates"] == 0
     assert np.array_equal(flat_parameters(policy), before)
 
     def others_still(flat: np.ndarray) -> None:
         flat[-1] = 0.0
 
-    assert PPOLearner(policy, settings, others_still).update(batch)["updates"] == 4
+    assert PPOUpdater(policy, settings, others_still).update(batch)["updates"] == 4
 
 
 def test_ppo_rejects_too_few_samples():
     policy = ActorCritic(3, 2, (16,))
     with pytest.raises(ValueError, match="minibatches"):
-        PPOLearner(policy, PPOSettings(minibatches=1000)).update(make_batch(policy, n=10))
+        PPOUpdater(policy, PPOSettings(minibatches=1000)).update(make_batch(policy, n=10))

@@ -14,7 +14,7 @@ from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError, build_config
 from lrun.learn.blend import build_from_spec
 from lrun.learn.policy import ActorCritic
-from lrun.learn.sac import ReplayBuffer, SACLearner, SACSettings, TransitionStitcher
+from lrun.learn.sac import ReplayBuffer, SACSettings, SACUpdater, TransitionStitcher
 
 
 def test_squashed_policy_acts_inside_the_box_and_its_mode_is_tanh_of_the_mean():
@@ -86,7 +86,7 @@ def test_sac_learns_the_best_action_of_a_one_step_problem():
         calls.append(len(flat))  # an identity average over one learner
 
     settings = SACSettings(learning_rate=3e-3, batch_size=128, hidden_sizes=[64], init_alpha=0.01)
-    learner = SACLearner(actor, settings, reduce, seed=1, buffer_size=4096)
+    learner = SACUpdater(actor, settings, reduce, seed=1, buffer_size=4096)
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(4096, 3)).astype(np.float32)
     actions = rng.uniform(-1, 1, (4096, 2)).astype(np.float32)
@@ -101,7 +101,7 @@ def test_sac_learns_the_best_action_of_a_one_step_problem():
     assert np.corrcoef(q1.numpy(), rewards[:200])[0, 1] > 0.95
     assert metrics["updates"] == 1500 and np.isfinite(metrics["q_loss"])
     # the learner's state round-trips (critics, targets, temperature, optimisers)
-    other = SACLearner(ActorCritic(3, 2, [32], distribution="squashed"), settings, seed=2, buffer_size=8)
+    other = SACUpdater(ActorCritic(3, 2, [32], distribution="squashed"), settings, seed=2, buffer_size=8)
     other.load_state_dict(learner.state_dict())
     assert torch.equal(other.log_alpha, learner.log_alpha)
     assert all(torch.equal(a, b) for a, b in zip(other.target.parameters(), learner.target.parameters(), strict=True))

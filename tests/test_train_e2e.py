@@ -254,7 +254,7 @@ def fail(*args, **kwargs):
     seen["during"] = signal.getsignal(signal.SIGUSR1)
     raise RuntimeError("failed mid-run")
 
-t.lmpi.split_roles, t.learn, t.simulate = spy, fail, fail
+t.lmpi.split_roles, t.run_learner, t.run_simulator = spy, fail, fail
 settings = ["env.id=gymnasium:Pendulum-v1", "run.run_dir=" + sys.argv[1], "run.store_trajectories=false"]
 config = build_config({}, settings)
 try:

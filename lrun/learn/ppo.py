@@ -73,7 +73,7 @@ def ppo_losses(policy: ActorCritic, mb: Batch, clip_coef: float, clip_value_loss
     return {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy, "approx_kl": approx_kl, "clipfrac": clipfrac}
 
 
-class PPOLearner:
+class PPOUpdater:
     """Runs the PPO update on a policy; identical on every learner rank given identical gradients."""
 
     def __init__(

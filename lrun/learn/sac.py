@@ -89,7 +89,7 @@ class TwinQ(nn.Module):
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
 
 
-class SACLearner:
+class SACUpdater:
     """Trains a squashed-Gaussian `ActorCritic` (the actor) with twin critics it owns; identical on every learner
     rank given identical averaged gradients."""
 

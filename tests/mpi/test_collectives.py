@@ -16,7 +16,7 @@ from mpi4py import MPI
 from lrun import mpi as lmpi
 from lrun.checkpoint import load_checkpoint
 from lrun.learn.policy import ActorCritic, flat_parameters
-from lrun.learn.ppo import Batch, PPOLearner, PPOSettings
+from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater
 from lrun.train import train
 
 from .tier import tiny_config
@@ -67,7 +67,7 @@ def test_gradient_allreduce_keeps_learners_identical_on_different_data():
     batch = Batch.from_numpy(
         obs=obs, actions=actions, logprobs=logprobs, advantages=adv, returns=values + adv, values=values
     )
-    learner = PPOLearner(
+    learner = PPOUpdater(
         policy,
         PPOSettings(learning_rate=1e-2, epochs=2, minibatches=4),
         lambda flat: lmpi.allreduce_mean(world, flat),
