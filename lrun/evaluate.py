@@ -31,6 +31,7 @@ from lrun.env.physics import STEP_SECONDS
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
+from lrun.metadata import flat_attributes, run_metadata
 from lrun.store.reader import write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
 from lrun.store.writer import TrajectoryWriter
@@ -257,7 +258,9 @@ def evaluate(
     env = env_factory(env_config)()
     facts = env_facts(env)
     config_json = json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)})
-    attrs = trajectory_attributes(config_json, env_config.id, rank, 0, checkpoint=str(path))
+    attrs = trajectory_attributes(
+        config_json, env_config.id, rank, 0, checkpoint=str(path), **flat_attributes(run_metadata())
+    )
     writer = TrajectoryWriter(
         out / "trajectories" / f"rank-{rank:04d}.h5",
         int(np.prod(env.observation_space.shape)),  # the task's observations (the policy may see features)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ from lrun.learn.sac import SACSettings, SACUpdater
 from lrun.learn.symmetry import Mirror, asymmetry, mirrored_batch, symmetry_loss
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
+from lrun.metadata import flat_attributes, run_metadata
 from lrun.rollout import EPISODE_COLUMNS, Rollout, RolloutCollector
 from lrun.startup import Problem, Start, StartupError, initial_policy, startup_checks
 from lrun.store.reader import RunStore, StoreError, rank_files, write_master
@@ -93,7 +95,9 @@ def train(config: TrainConfig, resume: str | None = None, comm: Any = None, stre
         return {"nothing_to_do": True}
     layout = lmpi.split_roles(comm, config.layout.learners)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    rank = RankContext(lmpi.Waiter(config.run.wait_sleep), RssLog(), StopRequest())
+    hosts = lmpi.gather_objects(comm, socket.gethostname()) if comm.Get_size() > 1 else [socket.gethostname()]
+    metadata = run_metadata(hosts if comm.Get_rank() == 0 else None)
+    rank = RankContext(lmpi.Waiter(config.run.wait_sleep), RssLog(), StopRequest(), metadata)
     rank.stop.install(comm.Get_rank() == 0)
     try:
         if layout.role == "simulator":
@@ -120,6 +124,7 @@ class RankContext:
     waiter: lmpi.Waiter
     rss: RssLog
     stop: StopRequest
+    metadata: dict  # lrun.metadata.run_metadata: on global rank 0 with every rank's host, elsewhere its own
 
 
 class StopRequest:
@@ -151,6 +156,7 @@ def run_learner(
 ) -> dict:
     """A learner rank (or the whole run in serial mode): collect, update, log, until rank 0 says stop."""
     state = learner_state(config, start, layout)
+    state.metadata = rank.metadata
     reporter = Reporter(config, start, state, layout, stream) if layout.is_root else None
     if start.how == "clone":
         clone_from_store(config, state, start.source, stream if layout.is_root else None)
@@ -209,7 +215,7 @@ class LocalRollouts:
 
     def __init__(self, config: TrainConfig, problem: Problem, state: TrainingState) -> None:
         self.collector, self.writer = make_collector(
-            config, problem, state.policy, state.normaliser, 0, state.iteration, 0
+            config, problem, state.policy, state.normaliser, 0, state.iteration, 0, state.metadata
         )
         self.steps = config.ppo.steps_per_env
         self.stored = 0.0
@@ -384,7 +390,7 @@ class Reporter:
         self, config: TrainConfig, start: Start, state: TrainingState, layout: lmpi.RankLayout, stream: TextIO
     ) -> None:
         self.config, self.state, self.stream = config, state, stream
-        run_dir = prepare_run_dir(config)
+        run_dir = prepare_run_dir(config, state.metadata)
         self.logger = ProgressLogger(run_dir, config.run.iterations, stream, config.run.progress)
         mode = (
             "serial mode: learner and simulator in one process (MPI world of size 1)"
@@ -478,7 +484,7 @@ def run_simulator(config: TrainConfig, start: Start, comm: Any, layout: lmpi.Ran
     message = np.empty(message_size(policy, problem.obs_size))
     lmpi.bcast(comm, message, 0, waiter)  # rank 0 has cut the store back (on resume) before this first broadcast
     collector, writer = make_collector(
-        config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank
+        config, problem, policy, normaliser, layout.simulator_index, start_iteration, layout.world_rank, rank.metadata
     )
     waited = stored = 0.0
     try:
@@ -520,6 +526,7 @@ class TrainingState:
         self.env_steps = 0  # simulated env steps (0.01 s each in RunEnv): budgets are counted in these
         self.decisions = 0  # agent steps: env_steps / frame_skip
         self.lineage: list[dict[str, Any]] = []  # the checkpoints this run descends from (curriculum stages)
+        self.metadata: dict[str, Any] = {}  # versions, git commit, hosts, Slurm job (lrun.metadata)
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -543,6 +550,7 @@ class TrainingState:
             "numpy_rng": json.dumps(self.updater.rng.bit_generator.state),
             "config": self.config.to_dict(),
             "lineage": self.lineage,
+            "metadata": self.metadata,
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -603,8 +611,10 @@ def make_collector(
     simulator_index: int,
     start_iteration: int,
     world_rank: int,
+    metadata: dict,
 ) -> tuple[RolloutCollector, TrajectoryWriter | None]:
-    """A simulator's envs and, if the run stores trajectories, its rank file (opened for appending).
+    """A simulator's envs and, if the run stores trajectories, its rank file (opened for appending, with the
+    run's metadata among its attributes).
 
     Episode seeds derive from (run seed, simulator, start iteration), so a resumed run never repeats them.
     """
@@ -614,7 +624,9 @@ def make_collector(
     writer = book = None
     if config.run.store_trajectories:
         facts = env_facts(vec.envs[0])
-        attrs = trajectory_attributes(config.to_json(), config.env.id, world_rank, simulator_index)
+        attrs = trajectory_attributes(
+            config.to_json(), config.env.id, world_rank, simulator_index, **flat_attributes(metadata)
+        )
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
         writer = TrajectoryWriter(
             path, problem.task_obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
@@ -780,11 +792,13 @@ def iteration_scalars(
     }
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run directory and save the resolved config in it (global rank 0 only)."""
+def prepare_run_dir(config: TrainConfig, metadata: dict) -> Path:
+    """Create the run directory and save the resolved config in it, with the run's metadata (versions, git
+    commit, hosts, Slurm job) under "metadata" (global rank 0 only)."""
     run_dir = Path(config.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json() + "\n")
+    text = json.dumps({**config.to_dict(), "metadata": metadata}, indent=2, sort_keys=True)
+    (run_dir / "config.json").write_text(text + "\n")
     return run_dir
 
 

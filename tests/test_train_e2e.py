@@ -45,7 +45,21 @@ def test_three_ranks_on_run_v0_checkpoint_and_resume(tmp_path):
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["iteration"] == 2 and checkpoint["env_steps"] == 2 * 2 * 2 * 16
     assert checkpoint["meta"]["obs_size"] == 41 and checkpoint["meta"]["act_size"] == 18
-    assert (run_dir / "config.json").is_file()
+    # where and with what it ran: in config.json, the checkpoint and every rank file
+    import json
+    import socket
+
+    import h5py
+
+    meta = json.loads((run_dir / "config.json").read_text())["metadata"]
+    assert meta["hosts"] == [socket.gethostname()] * 3  # every rank's host, in world rank order
+    assert meta["versions"]["mpi_library"].startswith("MPICH") and meta["versions"]["torch"]
+    assert len(meta["git"]["commit"]) == 40 and isinstance(meta["git"]["dirty"], bool)
+    assert checkpoint["metadata"] == meta
+    with h5py.File(run_dir / "trajectories" / "rank-0001.h5") as rank_file:
+        assert (
+            rank_file.attrs["git/commit"] == meta["git"]["commit"] and rank_file.attrs["hosts"] == socket.gethostname()
+        )
     rows = progress(run_dir)
     assert [r["iteration"] for r in rows] == ["1", "2"]
     assert float(rows[0]["time/simulate_s"]) > 0 and float(rows[0]["losses/entropy"]) != 0
