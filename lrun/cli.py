@@ -163,6 +163,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from lrun.analysis.compare import compare
+
+    _, text = compare(args.runs, args.out)
+    print(text)
+    print(f"\nwrote {args.out}/compare.txt, compare.csv and compare.png")
+    return 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     from lrun.analysis.replay import replay_episode
 
@@ -355,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
     report.add_argument("run_dir")
     report.set_defaults(func=_report)
+    cmp = commands.add_parser(
+        "compare", help="runs grouped by recipe: IQM and 95 %% bootstrap CI over seeds against env steps (table, PNG)"
+    )
+    cmp.add_argument("runs", nargs="+", help="run directories, or directories holding runs (a --seeds job array)")
+    cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
+    cmp.set_defaults(func=_compare)
     replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")
     replay.add_argument("run_dir")
     replay.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
@@ -438,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that describe a problem with the user's input or machine (one line, exit 2), as opposed
     to a bug in lrun (a traceback, kept for the report)."""
+    from lrun.analysis.compare import CompareError
     from lrun.bench_learn import BenchError
     from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError
@@ -446,7 +462,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from lrun.startup import StartupError
     from lrun.store.reader import StoreError
 
-    return (ConfigError, CheckpointError, StoreError, EvalError, LayoutError, StartupError, BenchError, OSError)
+    return (
+        ConfigError,
+        CheckpointError,
+        StoreError,
+        EvalError,
+        LayoutError,
+        StartupError,
+        BenchError,
+        CompareError,
+        OSError,
+    )
 
 
 #: Set LRUN_DEBUG=1 to see the traceback of a user error too.

@@ -21,7 +21,7 @@ from lrun.store.recorder import EpisodeBook
 
 #: Per-episode statistics a rollout carries (columns of `Rollout.episodes`); the store's own episode table is
 #: richer (`lrun.store.schema.EPISODE_FIELDS`).
-EPISODE_COLUMNS = ("return", "length", "distance", "task_return", "integrator_failure", "sim_steps")
+EPISODE_COLUMNS = ("return", "length", "distance", "task_return", "integrator_failure", "sim_steps", "fell")
 
 
 @dataclass
@@ -239,6 +239,7 @@ class RolloutCollector:
                         episode["task_return"],
                         failure,
                         episode.get("sim_steps", episode["length"]),
+                        float(bool(term[i]) and not failure),  # ended by the env's own end (a fall in RunEnv)
                     )
                 )
                 if book is not None:

@@ -763,6 +763,7 @@ def iteration_scalars(
         "charts/episodic_sim_steps": mean("sim_steps"),
         "charts/episodic_task_return": mean("task_return"),
         "charts/integrator_failures": int(column["integrator_failure"].sum()),
+        "charts/fall_rate": mean("fell"),
         "charts/distance": float(np.nanmean(column["distance"]))
         if some and not np.isnan(column["distance"]).all()
         else nan,

@@ -130,8 +130,8 @@ def test_rollout_pack_round_trip():
     r = Rollout(
         **arrays,
         next_value=arr(envs),
-        # return, length, distance, task return, failure, simulated steps
-        episodes=np.array([[1.5, 20, 3.25, 1.0, 0.0, 80], [2.0, 7, 0.5, 2.0, 1.0, 25]]),
+        # return, length, distance, task return, failure, simulated steps, fell
+        episodes=np.array([[1.5, 20, 3.25, 1.0, 0.0, 80, 1.0], [2.0, 7, 0.5, 2.0, 1.0, 25, 0.0]]),
         policy_version=17,
         simulate_s=1.25,
         wait_s=0.5,

@@ -1,0 +1,240 @@
+"""`lrun compare`: several runs against simulated env steps, grouped by config, with seeds aggregated the way
+rliable recommends (Agarwal et al. 2021): the interquartile mean over seeds and a 95 % bootstrap confidence
+interval (resampling the seeds), for the task return, the distance and the fall rate of training episodes.
+
+Runs are grouped by their resolved config with the seed, the run directory and the iteration count left out,
+so `--seeds` job-array outputs of one stage form one group and different recipes form different groups.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: metric name -> progress.csv column
+METRICS = {
+    "task_return": "charts/episodic_task_return",
+    "distance": "charts/distance",
+    "fall_rate": "charts/fall_rate",
+}
+#: config keys that do not make two runs different recipes
+NEUTRAL = {
+    "run": ("seed", "run_dir", "iterations", "checkpoint_every", "sync_check_every", "wait_sleep", "progress"),
+}
+
+
+class CompareError(ValueError):
+    """A run that cannot be compared (no progress.csv, no config)."""
+
+
+@dataclass
+class Curve:
+    """One run's metrics against env steps."""
+
+    run_dir: Path
+    seed: int
+    env_steps: np.ndarray
+    metrics: dict[str, np.ndarray]
+
+
+@dataclass
+class Group:
+    """Runs that share a recipe."""
+
+    label: str
+    recipe: dict
+    curves: list[Curve] = field(default_factory=list)
+
+
+def read_curve(run_dir: Path) -> tuple[Curve, dict]:
+    """A run's curve and its config (CompareError if it has neither)."""
+    progress, config_file = run_dir / "progress.csv", run_dir / "config.json"
+    if not progress.is_file() or not config_file.is_file():
+        raise CompareError(f"{run_dir}: not an lrun run directory (needs progress.csv and config.json)")
+    config = json.loads(config_file.read_text())
+    with open(progress, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise CompareError(f"{run_dir}: progress.csv has no rows yet")
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r.get(name, "") not in ("", None) else math.nan for r in rows])
+
+    curve = Curve(
+        run_dir,
+        int(config["run"]["seed"]),
+        column("env_steps"),
+        {metric: column(col) for metric, col in METRICS.items()},
+    )
+    return curve, config
+
+
+def recipe_of(config: dict) -> dict:
+    """The config without the keys that do not change the recipe (and without the metadata)."""
+    recipe = {k: v for k, v in config.items() if k != "metadata"}
+    for section, keys in NEUTRAL.items():
+        recipe[section] = {k: v for k, v in recipe.get(section, {}).items() if k not in keys}
+    return recipe
+
+
+def expand(paths: list[str | Path]) -> list[Path]:
+    """Run directories: each path itself, or the run directories right below it (a job array's parent)."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "progress.csv").is_file():
+            runs.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if (p / "progress.csv").is_file())
+            if not found:
+                raise CompareError(f"{path}: no run directories in it (none holds a progress.csv)")
+            runs += found
+        else:
+            raise CompareError(f"{path}: no such run directory")
+    return runs
+
+
+def group_runs(paths: list[str | Path]) -> list[Group]:
+    """Read every run and group them by recipe; a group is labelled by its first run's directory name with
+    the seed suffix removed."""
+    groups: list[Group] = []
+    for run_dir in expand(paths):
+        curve, config = read_curve(run_dir)
+        recipe = recipe_of(config)
+        for group in groups:
+            if group.recipe == recipe:
+                group.curves.append(curve)
+                break
+        else:
+            label = run_dir.name.removesuffix(f"-seed{curve.seed}").removesuffix(f"seed{curve.seed}") or run_dir.name
+            groups.append(Group(label, recipe, [curve]))
+    labels = [g.label for g in groups]
+    for g in groups:  # two recipes with one name: tell them apart
+        if labels.count(g.label) > 1:
+            g.label = f"{g.label} ({g.curves[0].run_dir})"
+    return groups
+
+
+def interquartile_mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Mean of the middle half (25 % trimmed from each end; with < 4 values, the plain mean)."""
+    values = np.sort(values, axis=axis)
+    n = values.shape[axis]
+    cut = int(n * 0.25)
+    kept = np.take(values, np.arange(cut, n - cut), axis=axis)
+    return kept.mean(axis=axis)
+
+
+def bootstrap_ci(
+    values: np.ndarray, samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of the IQM over runs (axis 0 of values: runs x points), resampling runs."""
+    rng = np.random.default_rng(seed)
+    n = values.shape[0]
+    picks = rng.integers(0, n, size=(samples, n))
+    stats = np.stack([interquartile_mean(values[p], axis=0) for p in picks])
+    tail = (1.0 - level) / 2.0
+    return np.nanquantile(stats, tail, axis=0), np.nanquantile(stats, 1.0 - tail, axis=0)
+
+
+def smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` iterations, ignoring NaN (iterations without a finished episode)."""
+    out = np.full_like(y, np.nan)
+    for i in range(len(y)):
+        chunk = y[max(0, i - window + 1) : i + 1]
+        if np.isfinite(chunk).any():
+            out[i] = np.nanmean(chunk)
+    return out
+
+
+@dataclass
+class Aggregate:
+    """A group's metric curves on a common env-step grid: IQM and CI per point."""
+
+    label: str
+    runs: int
+    grid: np.ndarray
+    iqm: dict[str, np.ndarray]
+    low: dict[str, np.ndarray]
+    high: dict[str, np.ndarray]
+
+
+def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
+    """Each run smoothed and interpolated onto a grid up to the shortest run's last env step, then the IQM and
+    bootstrap CI over runs at each point."""
+    end = min(float(c.env_steps[-1]) for c in group.curves)
+    start = max(float(c.env_steps[0]) for c in group.curves)
+    grid = np.linspace(start, end, points) if end > start else np.array([end])
+    iqm, low, high = {}, {}, {}
+    for metric in METRICS:
+        table = []
+        for c in group.curves:
+            y = smooth(c.metrics[metric], window)
+            ok = np.isfinite(y)
+            table.append(np.interp(grid, c.env_steps[ok], y[ok]) if ok.any() else np.full(len(grid), np.nan))
+        values = np.array(table)
+        iqm[metric] = interquartile_mean(values)
+        low[metric], high[metric] = bootstrap_ci(values) if len(values) > 1 else (iqm[metric], iqm[metric])
+    return Aggregate(group.label, len(group.curves), grid, iqm, low, high)
+
+
+def format_table(aggregates: list[Aggregate]) -> str:
+    """The last grid point of every group: IQM [95 % CI] per metric."""
+    lines = [
+        f"{'group':32s} {'runs':>4s} {'env steps':>10s}  " + "  ".join(f"{m + ' IQM [95% CI]':>28s}" for m in METRICS),
+    ]
+    for a in aggregates:
+        cells = [f"{a.iqm[m][-1]:8.3f} [{a.low[m][-1]:7.3f}, {a.high[m][-1]:7.3f}]" for m in METRICS]
+        lines.append(f"{a.label[:32]:32s} {a.runs:4d} {a.grid[-1]:10.0f}  " + "  ".join(f"{c:>28s}" for c in cells))
+    return "\n".join(lines)
+
+
+def write_csv(aggregates: list[Aggregate], path: Path) -> None:
+    """Every group, point and metric: env_steps, IQM, CI bounds, runs."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["group", "runs", "metric", "env_steps", "iqm", "ci_low", "ci_high"])
+        for a in aggregates:
+            for m in METRICS:
+                for x, y, lo, hi in zip(a.grid, a.iqm[m], a.low[m], a.high[m], strict=True):
+                    writer.writerow([a.label, a.runs, m, f"{x:.0f}", f"{y:.6g}", f"{lo:.6g}", f"{hi:.6g}"])
+
+
+def plot(aggregates: list[Aggregate], path: Path) -> Path:
+    """One panel per metric: IQM lines with their 95 % CI bands, against simulated env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"task_return": "task return (m)", "distance": "distance (m)", "fall_rate": "fall rate"}
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        for a in aggregates:
+            line = ax.plot(a.grid, a.iqm[metric], label=f"{a.label} ({a.runs} run{'s' if a.runs > 1 else ''})")[0]
+            ax.fill_between(a.grid, a.low[metric], a.high[metric], color=line.get_color(), alpha=0.2)
+        ax.set_title(titles[metric])
+        ax.set_xlabel("simulated env steps (0.01 s each)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("IQM over seeds, 95 % bootstrap CI (training episodes)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compare(paths: list[str | Path], out: str | Path) -> tuple[list[Aggregate], str]:
+    """Group, aggregate, and write compare.csv, compare.txt and compare.png into `out`; returns the table."""
+    aggregates = [aggregate(g) for g in group_runs(paths)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = format_table(aggregates)
+    (out / "compare.txt").write_text(text + "\n")
+    write_csv(aggregates, out / "compare.csv")
+    plot(aggregates, out / "compare.png")
+    return aggregates, text

@@ -1,0 +1,74 @@
+"""`lrun compare`: runs grouped by recipe, seeds aggregated by interquartile mean with a bootstrap CI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from helpers import LRUN, run
+
+from lrun.analysis.compare import CompareError, bootstrap_ci, compare, group_runs, interquartile_mean
+from lrun.config import TrainConfig
+
+
+def fake_run(path, seed: int, lr: float, level: float, steps: int = 10) -> None:
+    """A run directory as lrun writes it: config.json (with metadata) and progress.csv."""
+    config = TrainConfig().to_dict()
+    config["run"].update(seed=seed, run_dir=str(path))
+    config["ppo"]["learning_rate"] = lr
+    config["metadata"] = {"hosts": [f"node{seed}"]}
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    with open(path / "progress.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["iteration", "env_steps", "charts/episodic_task_return", "charts/distance", "charts/fall_rate"]
+        )
+        for i in range(1, steps + 1):
+            value = level * i / steps
+            writer.writerow([i, 1000 * i, value, value, "" if i == 3 else 1.0 - i / steps])
+
+
+def test_iqm_trims_a_quarter_from_each_end_and_the_ci_covers_it():
+    values = np.array([[0.0], [1.0], [2.0], [3.0], [100.0], [4.0], [5.0], [6.0]])
+    assert interquartile_mean(values)[0] == pytest.approx(np.mean([2.0, 3.0, 4.0, 5.0]))
+    assert interquartile_mean(np.array([[1.0], [2.0], [9.0]]))[0] == 4.0  # fewer than 4: the mean
+    low, high = bootstrap_ci(values)
+    assert low[0] <= interquartile_mean(values)[0] <= high[0] and high[0] - low[0] > 0
+    same = np.full((5, 3), 2.5)
+    assert np.array_equal(bootstrap_ci(same)[0], same[0]) and np.array_equal(bootstrap_ci(same)[1], same[0])
+
+
+def test_runs_are_grouped_by_recipe_and_seeds_aggregated(tmp_path):
+    for seed, level in ((0, 1.0), (1, 2.0), (2, 3.0)):
+        fake_run(tmp_path / "array" / f"walk-seed{seed}", seed, 3e-4, level)
+    fake_run(tmp_path / "other", 0, 1e-4, 10.0)
+    groups = group_runs([tmp_path / "array", tmp_path / "other"])
+    assert [(g.label, len(g.curves)) for g in groups] == [("walk", 3), ("other", 1)]
+    aggregates, text = compare([tmp_path / "array", tmp_path / "other"], tmp_path / "out")
+    walk = aggregates[0]
+    assert walk.grid[0] == 1000 and walk.grid[-1] == 10000
+    # the last points (smoothed over 5 iterations): seeds at 0.8, 1.6, 2.4 -> IQM of three is their mean
+    assert walk.iqm["distance"][-1] == pytest.approx(np.mean([0.8, 1.6, 2.4]))
+    assert walk.low["distance"][-1] < walk.iqm["distance"][-1] < walk.high["distance"][-1]
+    assert np.isfinite(walk.iqm["fall_rate"]).all()  # an iteration without the value is skipped, not NaN
+    assert "walk" in text and "other" in text
+    for name in ("compare.txt", "compare.csv", "compare.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    with open(tmp_path / "out" / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["group"] for r in rows} == {"walk", "other"} and {r["metric"] for r in rows} >= {"distance"}
+
+
+def test_compare_command_and_its_errors(tmp_path):
+    fake_run(tmp_path / "a", 0, 3e-4, 1.0)
+    ok = run([LRUN, "compare", str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+    assert ok.returncode == 0, ok.stderr
+    assert "IQM" in ok.stdout and (tmp_path / "out" / "compare.png").is_file()
+    (tmp_path / "empty").mkdir()
+    bad = run([LRUN, "compare", str(tmp_path / "empty")])
+    assert bad.returncode == 2 and "no run directories" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(CompareError, match="no such run directory"):
+        group_runs([tmp_path / "missing"])
