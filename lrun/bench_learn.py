@@ -34,7 +34,15 @@ DEFAULT_CONFIG = "experiments/recipes/walk-footstep.toml"
 #: Keys the benchmark sets itself (per seed); a --set of one of them would break the budget or the layout.
 OWN_KEYS = ("run.seed", "run.run_dir", "run.iterations")
 #: Run keys that do not change what is learnt: a seed run may differ from the config in these and still count.
-NEUTRAL_RUN_KEYS = ("iterations", "run_dir", "checkpoint_every", "sync_check_every", "wait_sleep", "progress")
+NEUTRAL_RUN_KEYS = (
+    "iterations",
+    "run_dir",
+    "checkpoint_every",
+    "sync_check_every",
+    "wait_sleep",
+    "progress",
+    "tensorboard",
+)
 #: Fewest episodes of the stochastic evaluation on the training physics (a fall rate needs a few).
 MIN_TRAINING_EVAL_EPISODES = 20
 

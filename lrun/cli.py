@@ -298,9 +298,24 @@ class ProgressOption(argparse.Action):
         namespace.set = [*namespace.set, f"run.progress={values}"]
 
 
+class TrackOption(argparse.Action):
+    """`--track [PROJECT]`: shorthand for `--set run.wandb_project=PROJECT`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.set = [*namespace.set, f"run.wandb_project={values}"]
+
+
 def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     """The repeatable `--set SECTION.KEY=VALUE` config override, and `--progress`."""
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help_text)
+    parser.add_argument(
+        "--track",
+        nargs="?",
+        const="lrun",
+        metavar="PROJECT",
+        action=TrackOption,
+        help="mirror the logs to Weights & Biases project PROJECT (default lrun); offline: WANDB_MODE=offline",
+    )
     parser.add_argument(
         "--progress",
         choices=("auto", "bar", "lines"),

@@ -172,6 +172,16 @@ class RunConfig:
     store_trajectories: bool = doc("record every step and episode in trajectories/rank-NNNN.h5 (HDF5)", True)
     sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)
     wait_sleep: float = doc("seconds a waiting rank sleeps between polls (MPICH's blocking waits spin)", 0.002)
+    tensorboard: bool = doc(
+        "also write TensorBoard event files (RUN_DIR/tb, step = env steps) where the tensorboard package is "
+        "installed (pip install -e '.[track]'); without it lrun says so once and carries on",
+        True,
+    )
+    wandb_project: str = doc(
+        "mirror the TensorBoard scalars to this Weights & Biases project (the CLI's --track sets it; needs wandb "
+        "and run.tensorboard; WANDB_MODE=offline on nodes without internet, then wandb sync); empty: off",
+        "",
+    )
     progress: str = doc(
         "auto, bar or lines: bar redraws one line on the terminal that rank 0's output reaches (through mpiexec "
         "too); lines prints one line per iteration (log files, batch jobs); auto: bar where a terminal is "
@@ -495,6 +505,14 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             "run.algorithm = sac trains policy.distribution = squashed, and only SAC trains it: set both or neither"
         )
+    if config.run.wandb_project:
+        if not config.run.tensorboard:
+            raise ConfigError("run.wandb_project mirrors the TensorBoard scalars: set run.tensorboard = true too")
+        import importlib.util
+
+        for module, package in (("wandb", "wandb"), ("tensorboard", "tensorboard")):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"--track / run.wandb_project needs the {package} package: pip install -e '.[track]'")
     if sac and (config.blend.source or config.clone.teacher):
         raise ConfigError(
             "run.algorithm = sac: blending and cloning are PPO's (run.init_from starts from a trained SAC policy)"

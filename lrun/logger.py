@@ -1,5 +1,6 @@
-"""Per-iteration progress: a live bar where a terminal can see it, else a line per iteration; and a CSV of every
-scalar (`progress.csv`)."""
+"""Per-iteration progress: a live bar where a terminal can see it, else a line per iteration; a CSV of every
+scalar (`progress.csv`); and, where the `tensorboard` package is installed, TensorBoard event files of the same
+scalars (RUN_DIR/tb, step = simulated env steps)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import TextIO
 
 PROGRESS_FILE = "progress.csv"
+TENSORBOARD_DIR = "tb"
+TENSORBOARD_OFF = (
+    "lrun: TensorBoard logging is off (no tensorboard package: pip install -e '.[track]'); progress.csv has it all"
+)
 PROGRESS_MODES = ("auto", "bar", "lines")
 #: Process names of MPI launchers and their proxies: a rank's output passes through them on its way to the user.
 LAUNCHERS = frozenset({"mpiexec", "mpiexec.hydra", "mpirun", "hydra_pmi_proxy", "orterun", "orted", "prterun", "prted"})
@@ -68,8 +73,16 @@ class ProgressLogger:
     """
 
     def __init__(
-        self, run_dir: str | Path, total_iterations: int, stream: TextIO | None = None, progress: str = "auto"
+        self,
+        run_dir: str | Path,
+        total_iterations: int,
+        stream: TextIO | None = None,
+        progress: str = "auto",
+        tensorboard: bool = False,
+        wandb: dict | None = None,
     ) -> None:
+        """`wandb`: Weights & Biases settings (`project`, `name`, `config`) to mirror the TensorBoard scalars
+        to (`sync_tensorboard`); None: off. Offline where WANDB_MODE=offline (then `wandb sync`)."""
         if progress not in PROGRESS_MODES:
             raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
         self.path = Path(run_dir) / PROGRESS_FILE
@@ -87,6 +100,11 @@ class ProgressLogger:
                 self.columns = next(csv.reader(handle), None)
         self.t0 = time.monotonic()
         self.first_iteration: int | None = None
+        self.tensorboard = tensorboard
+        self.board = None  # opened on the first log, after a resume has said where to purge from
+        self.wandb = wandb
+        self.wandb_run = None
+        self.purge_step: int | None = None
 
     def _terminal(self) -> TextIO | None:
         if self.stream.isatty():
@@ -100,14 +118,55 @@ class ProgressLogger:
             return None
 
     def close(self) -> None:
-        """Release a terminal opened for the bar."""
+        """Release a terminal opened for the bar; flush and close the TensorBoard writer."""
         if self.bar is not None:
             if self.bar is not self.stream:
                 self.bar.close()
             self.bar = None
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop rows logged after `iteration` (work lost since the checkpoint a resume starts from)."""
+    def _open_board(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch's writer needs the tensorboard package
+            self.stream.write(TENSORBOARD_OFF + "\n")
+            self.tensorboard = False
+            return
+        if self.wandb is not None:  # before the writer: wandb patches it to mirror every scalar
+            import wandb
+
+            run_dir = self.path.parent
+            self.wandb_run = wandb.init(
+                project=self.wandb["project"],
+                name=self.wandb.get("name", run_dir.name),
+                config=self.wandb.get("config"),
+                dir=str(run_dir),
+                sync_tensorboard=True,
+                resume="allow",
+                id=self.wandb.get("id"),
+            )
+        # purge_step: events a killed run logged after its last checkpoint are dropped, as progress.csv's rows are
+        self.board = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR), purge_step=self.purge_step)
+
+    def _write_board(self, scalars: dict[str, float]) -> None:
+        step = int(scalars["env_steps"])
+        for key, value in scalars.items():
+            if key in ("iteration", "env_steps") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.board.add_scalar(key, value, global_step=step)
+        self.board.flush()
+
+    def truncate_after(self, iteration: int, env_steps: int | None = None) -> None:
+        """Drop rows logged after `iteration` (work lost since the checkpoint a resume starts from), and
+        TensorBoard events after `env_steps`."""
+        if env_steps is not None:
+            self.purge_step = env_steps + 1
         if not self.path.exists():
             return
         with open(self.path, newline="") as handle:
@@ -151,6 +210,10 @@ class ProgressLogger:
     def log(self, scalars: dict[str, float]) -> None:
         """Append one row and show the iteration's summary."""
         self._write_row(scalars)
+        if self.tensorboard and self.board is None:
+            self._open_board()
+        if self.board is not None:
+            self._write_board(scalars)
         done = int(scalars["iteration"])
         line = f"{self.format(scalars)} | {self.timing(done)}"
         if self.note:

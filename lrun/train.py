@@ -21,6 +21,7 @@ of this, in `lrun.startup`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -295,8 +296,10 @@ def update(
     t_learn = time.perf_counter()
     if config.run.algorithm == "sac":
         losses = sac_update(config, state, layout, rollouts, collected_with)
+        losses["learning_rate"] = config.sac.learning_rate
         return losses, time.perf_counter() - t_learn
-    state.updater.set_learning_rate(learning_rate(config, state.iteration))
+    lr = learning_rate(config, state.iteration)
+    state.updater.set_learning_rate(lr)
     batch = rollouts_to_batch(rollouts, config.ppo.gamma, config.ppo.gae_lambda, config.ppo.reward_scale)
     n_collected = len(batch)
     symmetric = config.ppo.mirror or config.ppo.symmetry_loss > 0
@@ -307,6 +310,10 @@ def update(
         state.updater.extra_loss = partial(weighted_symmetry_loss, state.policy, mirror, config.ppo.symmetry_loss)
     losses = state.updater.update(batch)
     losses["mirrored_fraction"] = len(batch) / n_collected - 1.0
+    losses["learning_rate"] = lr
+    log_std = getattr(state.policy, "log_std", None)
+    if log_std is not None:  # the Gaussian's state-independent std, in [-1, 1] action units
+        losses["policy_std"] = float(log_std.detach().exp().mean())
     return losses, time.perf_counter() - t_learn
 
 
@@ -391,7 +398,14 @@ class Reporter:
     ) -> None:
         self.config, self.state, self.stream = config, state, stream
         run_dir = prepare_run_dir(config, state.metadata)
-        self.logger = ProgressLogger(run_dir, config.run.iterations, stream, config.run.progress)
+        wandb = None
+        if config.run.wandb_project:
+            # one W&B run per lrun run: its id follows the run directory, so a resume continues it
+            run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+            wandb = {"project": config.run.wandb_project, "config": config.to_dict(), "id": run_id}
+        self.logger = ProgressLogger(
+            run_dir, config.run.iterations, stream, config.run.progress, config.run.tensorboard, wandb
+        )
         mode = (
             "serial mode: learner and simulator in one process (MPI world of size 1)"
             if layout.role == "serial"
@@ -401,7 +415,7 @@ class Reporter:
         if start.source is not None:
             self.say(describe_start(start, state.policy))
         if start.payload is not None:
-            self.logger.truncate_after(state.iteration)
+            self.logger.truncate_after(state.iteration, state.env_steps)
             self.say(
                 f"resuming at iteration {state.iteration} ({state.env_steps} env steps, {state.decisions} decisions)"
             )
@@ -771,6 +785,9 @@ def iteration_scalars(
         "losses/value_loss": losses.get("v_loss", nan),
         "losses/entropy": losses.get("entropy", nan),
         "losses/approx_kl": losses.get("approx_kl", nan),
+        "losses/old_approx_kl": losses.get("old_approx_kl", nan),
+        "charts/learning_rate": losses.get("learning_rate", nan),
+        "charts/policy_std": losses.get("policy_std", nan),
         "losses/clipfrac": losses.get("clipfrac", nan),
         "losses/updates": losses.get("updates", nan),
         "losses/mirrored_fraction": losses.get("mirrored_fraction", nan),

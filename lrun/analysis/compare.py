@@ -24,7 +24,16 @@ METRICS = {
 }
 #: config keys that do not make two runs different recipes
 NEUTRAL = {
-    "run": ("seed", "run_dir", "iterations", "checkpoint_every", "sync_check_every", "wait_sleep", "progress"),
+    "run": (
+        "seed",
+        "run_dir",
+        "iterations",
+        "checkpoint_every",
+        "sync_check_every",
+        "wait_sleep",
+        "progress",
+        "tensorboard",
+    ),
 }
 
 

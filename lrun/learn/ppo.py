@@ -69,8 +69,16 @@ def ppo_losses(policy: ActorCritic, mb: Batch, clip_coef: float, clip_value_loss
         v_loss = 0.5 * ((new_value - mb.returns) ** 2).mean()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
+        old_approx_kl = (-log_ratio).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
-    return {"pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy, "approx_kl": approx_kl, "clipfrac": clipfrac}
+    return {
+        "pg_loss": pg_loss,
+        "v_loss": v_loss,
+        "entropy": entropy,
+        "approx_kl": approx_kl,
+        "old_approx_kl": old_approx_kl,
+        "clipfrac": clipfrac,
+    }
 
 
 class PPOUpdater:
