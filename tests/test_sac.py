@@ -158,3 +158,23 @@ def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
     )
     assert ev.returncode == 0, ev.stderr
     assert json.loads((out / "eval.json").read_text())["summary"]["episodes"] == 1
+
+
+def test_sampled_log_probabilities_stay_exact_where_tanh_saturates():
+    """log pi(a) = log N(u) - sum log(1 - tanh(u)^2), taken at the Gaussian sample u itself: a saturated tanh
+    (a large mean) must not turn into a huge negative log-probability (that once blew up the critics)."""
+    torch.manual_seed(0)
+    actor = ActorCritic(3, 2, [16], distribution="squashed")
+    with torch.no_grad():
+        actor.actor[-1].bias.copy_(torch.tensor([12.0, -15.0, -3.0, -3.0]))  # means far out, std e^-3.x
+    learner = SACUpdater(actor, SACSettings(hidden_sizes=[16]), seed=0, buffer_size=8)
+    obs = torch.zeros(64, 3)
+    actions, logprob = learner._sample_actions(obs)
+    assert torch.all(torch.isfinite(logprob)) and logprob.min() > -100, logprob.min()
+    mean, log_std = torch.chunk(actor.distribution_parameters(obs), 2, dim=-1)
+    # recompute from the pre-tanh sample the transform cached
+    u = torch.atanh(actions.double().clamp(-1 + 1e-12, 1 - 1e-12))
+    finite = torch.all(actions.abs() < 1 - 1e-6, dim=-1)  # where float64 can still invert the tanh
+    expected = torch.distributions.Normal(mean.double(), log_std.double().exp()).log_prob(u).sum(-1)
+    expected -= torch.log1p(-torch.tanh(u).square()).sum(-1)
+    assert torch.allclose(logprob.double()[finite], expected[finite], atol=1e-2)

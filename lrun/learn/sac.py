@@ -122,9 +122,14 @@ class SACUpdater:
         self.stitcher = TransitionStitcher()
 
     def _sample_actions(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised actions in (-1, 1) and their log-probabilities."""
+        """Reparameterised actions in (-1, 1) and their log-probabilities.
+
+        The log-probability must be taken of the very tensor `rsample` returned: the tanh transform then uses the
+        cached Gaussian sample and its stable log-det-Jacobian. Clamping first made it invert tanh of a clamped
+        value instead, which for a saturated tanh gave log-probabilities of -1e8: the critics' targets, then
+        the critics, blew up (measured: Q from 37 to 3e4 in two iterations)."""
         dist = self.actor.distribution(obs)
-        actions = dist.rsample().clamp(-1.0 + 1e-6, 1.0 - 1e-6)
+        actions = dist.rsample()
         return actions, dist.log_prob(actions)
 
     def _step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], loss: torch.Tensor) -> None:
