@@ -208,6 +208,7 @@ def learner_state(config: TrainConfig, start: Start, layout: lmpi.RankLayout) ->
         state.restore(start.payload)
     elif start.source is not None:
         state.start_from(start.source, start.how)
+    state.session_start = state.iteration
     return state
 
 
@@ -350,7 +351,9 @@ def sac_update(
             )
     simulators = max(layout.world_size - layout.learners, 1)
     per_iteration = config.ppo.steps_per_env * config.layout.envs_per_rank
-    if per_iteration * simulators * (state.iteration + 1) < config.sac.learning_starts:
+    # counted from this session's first iteration: the buffer is not checkpointed, so a resumed run refills it
+    collected = per_iteration * simulators * (state.iteration + 1 - state.session_start)
+    if collected < config.sac.learning_starts:
         return {"updates": 0.0}
     n_updates = round(config.sac.updates_per_step * per_iteration * max(simulators // layout.learners, 1))
     return updater.update(n_updates, partial(normalised_features, config, state))
@@ -541,6 +544,7 @@ class TrainingState:
         self.decisions = 0  # agent steps: env_steps / frame_skip
         self.lineage: list[dict[str, Any]] = []  # the checkpoints this run descends from (curriculum stages)
         self.metadata: dict[str, Any] = {}  # versions, git commit, hosts, Slurm job (lrun.metadata)
+        self.session_start = 0  # the iteration this process started (or resumed) at
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""

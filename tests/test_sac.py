@@ -130,7 +130,7 @@ def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
         "env.physics=fast",
         "layout.envs_per_rank=2",
         "ppo.steps_per_env=16",
-        "sac.learning_starts=64",
+        "sac.learning_starts=100",  # 2 simulators x 2 envs x 16 = 64 decisions per iteration
         "sac.batch_size=32",
         "sac.hidden_sizes=[32]",
         "policy.hidden_sizes=[32]",
@@ -148,10 +148,17 @@ def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
     resume = ["--resume", str(run_dir), *settings, *sets("run.iterations=3")]
     again = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *resume])
     assert again.returncode == 0, again.stderr
+    import csv
+
+    with open(run_dir / "progress.csv", newline="") as handle:
+        updates = [float(r["losses/updates"]) for r in csv.DictReader(handle)]
+    # updates once 100 decisions are in; the resumed session refills its (not checkpointed) buffer first
+    assert updates[0] == 0 and updates[1] > 0 and updates[2] == 0
     resumed = load_checkpoint(run_dir)
-    assert resumed["iteration"] == 3 and not torch.equal(
-        resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"]
-    )
+    assert resumed["iteration"] == 3
+    # the critics, targets and temperature came back from the checkpoint (and were not updated since)
+    assert torch.equal(resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"])
+    assert float(payload["optimizer"]["log_alpha"]) != pytest.approx(float(np.log(0.2)))
     out = tmp_path / "eval"
     ev = run(
         [LRUN, "eval", str(run_dir), "--episodes", "1", "--difficulty", "0", "--physics", "fast", "--out", str(out)]
