@@ -100,6 +100,7 @@ def _transfer(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
+    from lrun.config import ConfigError
     from lrun.evaluate import EvalError, EvalSettings, evaluate
     from lrun.startup import StartupError
 
@@ -114,14 +115,30 @@ def _eval(args: argparse.Namespace) -> int:
         args.overwrite,
     )
 
+    if args.render < 0:
+        raise ConfigError(f"--render {args.render}: must be >= 0 (episodes to render)")
+
     def body(comm) -> int:
         try:
-            evaluate(args.checkpoint, settings, comm=comm)
+            result = evaluate(args.checkpoint, settings, comm=comm)
         except (EvalError, CheckpointError) as exc:  # raised by the checks every rank makes alike
             raise StartupError(str(exc)) from exc
+        if result and args.render:  # rank 0, once every rank file is closed
+            render_evaluated(Path(result["out"]), min(args.render, args.episodes))
         return 0
 
     return _collective("eval", body)
+
+
+def render_evaluated(out: Path, episodes: int) -> None:
+    """Stick-figure videos of the first evaluated episodes: OUT/render/episode-K.mp4 (GIF without an encoder)."""
+    from lrun.analysis.render import render_gif, render_mp4, video_encoder_available
+
+    suffix = ".mp4" if video_encoder_available() else ".gif"
+    for k in range(episodes):
+        target = out / "render" / f"episode-{k}{suffix}"
+        path = render_mp4(out, k, target) if suffix == ".mp4" else render_gif(out, k, target)
+        print(f"wrote {path}")
 
 
 def _transfer_study(args: argparse.Namespace) -> int:
@@ -186,11 +203,18 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from lrun.analysis.render import render_gif, render_strip
+    from lrun.analysis.render import render_gif, render_mp4, render_strip, video_encoder_available
     from lrun.config import ConfigError
 
-    if not args.output.lower().endswith((".png", ".gif")):
-        raise ConfigError(f"-o {args.output}: write FILE.gif (an animation) or FILE.png (a strip of frames)")
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in (".png", ".gif", ".mp4"):
+        raise ConfigError(
+            f"-o {args.output}: write FILE.gif or FILE.mp4 (an animation) or FILE.png (a strip of frames)"
+        )
+    if suffix == ".mp4" and not video_encoder_available():
+        raise ConfigError(
+            f"-o {args.output}: MP4 needs a video encoder: pip install imageio-ffmpeg (or write FILE.gif)"
+        )
     if args.frames < 1 or args.stride < 1:
         raise ConfigError(f"--frames {args.frames} / --stride {args.stride}: both must be >= 1")
     output = Path(args.output).absolute()
@@ -199,8 +223,10 @@ def _render(args: argparse.Namespace) -> int:
     blocking = next(p for p in output.parents if p.exists())
     if not blocking.is_dir():
         raise ConfigError(f"-o {args.output} cannot be written: {blocking} is a file")
-    if args.output.lower().endswith(".png"):
+    if suffix == ".png":
         path = render_strip(args.run_dir, args.episode, args.output, frames=args.frames)
+    elif suffix == ".mp4":
+        path = render_mp4(args.run_dir, args.episode, args.output, stride=args.stride)
     else:
         path = render_gif(args.run_dir, args.episode, args.output, stride=args.stride)
     print(f"wrote {path}")
@@ -374,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mean")
     ev.add_argument("--out", help="output directory (default RUN_DIR/eval/d<D>-o<O>-s<S>-n<N>)")
     ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    ev.add_argument("--render", type=int, default=0, metavar="K", help="render the first K episodes (MP4, else GIF)")
     ev.set_defaults(func=_eval)
 
     report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
@@ -395,7 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="stick-figure animation (.gif) or frame strip (.png) of an episode")
     render.add_argument("run_dir")
     render.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
-    render.add_argument("-o", "--output", required=True, help="FILE.gif for an animation, FILE.png for a strip")
+    render.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="FILE.gif or FILE.mp4 (imageio-ffmpeg) for an animation, FILE.png for a strip",
+    )
     render.add_argument("--stride", type=int, default=2, help="GIF: draw every n-th step (default 2)")
     render.add_argument("--frames", type=int, default=8, help="PNG strip: number of snapshots (default 8)")
     render.set_defaults(func=_render)

@@ -107,3 +107,23 @@ def test_debug_variable_shows_the_traceback_of_a_user_error(tmp_path):
     )
     assert result.returncode == 1 and "Traceback" in result.stderr and "StoreError" in result.stderr
     assert os.environ.get("LRUN_DEBUG") is None
+
+
+def test_eval_renders_its_first_episodes_and_render_writes_mp4(tmp_path):
+    """`lrun eval --render K` and `lrun render -o FILE.mp4` (imageio-ffmpeg) make real-time videos."""
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio_ffmpeg
+
+    out = tmp_path / "eval"
+    args = ["eval", "models/walk", "--episodes", "2", "--difficulty", "0", "--physics", "fast", "--out", str(out)]
+    result = run([LRUN, *args, "--render", "1"])
+    assert result.returncode == 0, result.stderr
+    video = out / "render" / "episode-0.mp4"
+    frames = imageio_ffmpeg.read_frames(str(video))
+    meta = next(frames)
+    assert meta["size"] == (400, 352) and meta["duration"] == pytest.approx(10.0, abs=0.2)  # 10 s, real time
+    assert not (out / "render" / "episode-1.mp4").exists()
+    strip = run([LRUN, "render", str(out), "--episode", "1", "-o", str(tmp_path / "one.mp4"), "--stride", "5"])
+    assert strip.returncode == 0 and (tmp_path / "one.mp4").stat().st_size > 1000
+    bad = run([LRUN, "eval", "models/walk", "--episodes", "1", "--render", "-1", "--out", str(tmp_path / "x")])
+    assert bad.returncode == 2 and "--render -1" in bad.stderr

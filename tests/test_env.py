@@ -303,3 +303,23 @@ def test_init_speed_pushes_training_episodes_and_the_default_starts_at_rest():
     # lrun eval's env carries no env kwargs: every evaluated episode starts at rest
     train_env = vars(EnvConfig(physics="fast", frame_skip=4, kwargs={"init_speed": [0.0, 1.0]}))
     assert eval_env_config(train_env, EvalSettings()).kwargs == {}
+
+
+def test_rgb_array_render_mode_gives_the_stick_figure_frames_gymnasium_wrappers_collect():
+    """RunEnv(render_mode="rgb_array") feeds gymnasium's frame wrappers (RecordVideo records the same frames)."""
+    env = gym.wrappers.RenderCollection(RunEnv(physics="fast", render_mode="rgb_array"))
+    env.reset(seed=0)
+    for _ in range(10):
+        env.step(np.full(18, 0.3))
+    frames = env.render()
+    assert len(frames) == 11 and frames[0].shape == (352, 400, 3) and frames[0].dtype == np.uint8
+    assert np.abs(frames[0].astype(int) - frames[-1]).sum() > 0  # the figure moved
+    # an obstacle just ahead is drawn
+    bare = RunEnv(physics="fast", render_mode="rgb_array")
+    bare.reset(options={"layout": EpisodeLayout()})
+    blocked = RunEnv(physics="fast", max_obstacles=1, render_mode="rgb_array")
+    blocked.reset(options={"layout": EpisodeLayout(np.array([[0.6, 0.05, 0.1]]))})
+    assert np.abs(bare.render().astype(int) - blocked.render()).sum() > 1000
+    assert RunEnv(physics="fast").render() is None  # no render mode: no frames
+    with pytest.raises(ValueError, match="render_mode"):
+        RunEnv(physics="fast", render_mode="human")

@@ -100,6 +100,29 @@ def _draw(ax, obs: np.ndarray, obstacles: np.ndarray, x_centre: float, title: st
     ax.set_yticks([])
 
 
+class StickFigureCanvas:
+    """Draws single frames of the stick figure into RGB arrays (for `RunEnv(render_mode="rgb_array")`, and so for
+    gymnasium's RecordVideo, SB3's VecVideoRecorder and CleanRL's capture_video)."""
+
+    def __init__(self, width: int = 400, height: int = 352) -> None:  # multiples of 16: H.264 blocks
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure  # no pyplot: no global figure registry, nothing left open
+
+        dpi = 100
+        self.figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+        FigureCanvasAgg(self.figure)
+        self.ax = self.figure.add_subplot()
+
+    def frame(self, obs: np.ndarray, obstacles: np.ndarray, title: str = "") -> np.ndarray:
+        """One (height, width, 3) uint8 frame, the camera on the pelvis."""
+        _draw(self.ax, obs, obstacles, float(obs[1]), title)
+        self.figure.canvas.draw()
+        return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
+
+
 def render_gif(run_dir: str | Path, episode_id: int, out: str | Path, stride: int = 2, fps: int = 25) -> Path:
     """Animated GIF of the episode (every `stride`-th step), camera following the pelvis."""
     import matplotlib
@@ -122,6 +145,38 @@ def render_gif(run_dir: str | Path, episode_id: int, out: str | Path, stride: in
     out.parent.mkdir(parents=True, exist_ok=True)
     animation.save(out, writer=PillowWriter(fps=fps))
     plt.close(fig)
+    return out
+
+
+def video_encoder_available() -> bool:
+    """Whether MP4 can be written (the imageio-ffmpeg package, which brings its own ffmpeg)."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def render_mp4(run_dir: str | Path, episode_id: int, out: str | Path, stride: int = 1) -> Path:
+    """MP4 video of the episode in real time (every `stride`-th observation; H.264 through imageio-ffmpeg),
+    camera on the pelvis."""
+    import imageio_ffmpeg
+
+    obs, row = load_episode(run_dir, episode_id)
+    obstacles = row["obstacles"][: int(row["n_obstacles"])]
+    times = observation_times(row, len(obs))
+    interval = float(times[1] - times[0]) * max(stride, 1) if len(times) > 1 else 0.04
+    fps = max(1.0, 1.0 / interval)  # real time: a 10 s episode plays for 10 s
+    canvas = StickFigureCanvas()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for k in range(0, len(obs), max(stride, 1)):
+        frame = canvas.frame(obs[k], obstacles, f"episode {episode_id}  t={times[k]:.2f} s  x={obs[k][1]:.2f} m")
+        if writer is None:
+            writer = imageio_ffmpeg.write_frames(str(out), (frame.shape[1], frame.shape[0]), fps=fps, quality=7)
+            writer.send(None)  # start the generator
+        writer.send(np.ascontiguousarray(frame))
+    if writer is not None:
+        writer.close()
     return out
 
 

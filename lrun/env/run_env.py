@@ -10,7 +10,7 @@ import numpy as np
 
 from lrun.env.layout import EpisodeLayout, draw_layout
 from lrun.env.model import GaitModel, IntegratorFailure
-from lrun.env.physics import Physics, resolve_physics
+from lrun.env.physics import STEP_SECONDS, Physics, resolve_physics
 
 OBSERVATION_SIZE = 41
 N_MUSCLES = 18
@@ -47,7 +47,7 @@ class RunEnv(gym.Env):
     `terminated` when pelvis y < 0.65 or the integrator fails; `truncated` after 1000 steps.
     """
 
-    metadata: ClassVar[dict] = {"render_modes": []}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 100}
     #: named reward components reported in `info` (and stored per step)
     reward_terms: ClassVar[tuple[str, ...]] = ("delta_x", "ligament_penalty")
 
@@ -59,6 +59,7 @@ class RunEnv(gym.Env):
         model_file: str | None = None,
         fault_every: int = 0,
         init_speed: float | Sequence[float] = 0.0,
+        render_mode: str | None = None,
     ) -> None:
         """`fault_every` > 0 is fault injection for tests and drills (`env.kwargs = {fault_every = N}`): every
         N-th step of an episode starts from a state with a NaN velocity, which OpenSim's integration and lrun's
@@ -66,7 +67,14 @@ class RunEnv(gym.Env):
 
         `init_speed` (m/s, a number or a [low, high] range drawn uniformly per episode) is a training aid: the
         whole body starts moving forwards at that speed, a push the feet slip out of and the policy must step
-        out of or fall. The task itself starts at rest (0, the default, which `lrun eval` always uses)."""
+        out of or fall. The task itself starts at rest (0, the default, which `lrun eval` always uses).
+
+        `render_mode="rgb_array"`: `render()` returns the stick figure `lrun render` draws (obstacles included)
+        as an RGB array, for gymnasium's RecordVideo and the like."""
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._canvas = None
         if difficulty not in (0, 1, 2):
             raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
         if not isinstance(max_obstacles, int) or max_obstacles < 0:
@@ -150,6 +158,19 @@ class RunEnv(gym.Env):
         self._done = terminated or truncated
         info = {"integrator_failure": False, "delta_x": float(delta_x), "ligament_penalty": penalty}
         return obs.copy(), float(delta_x - penalty), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The current state as an RGB frame (render_mode="rgb_array"), else None."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._obs is None:
+            raise RuntimeError("render() before the first reset()")
+        if self._canvas is None:
+            from lrun.analysis.render import StickFigureCanvas  # matplotlib only where frames are wanted
+
+            self._canvas = StickFigureCanvas()
+        title = f"t={self.step_count * STEP_SECONDS:.2f} s  x={self._obs[1]:.2f} m"
+        return self._canvas.frame(self._obs, self.layout.obstacles, title)
 
     # --- snapshots ------------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
