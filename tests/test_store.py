@@ -262,6 +262,26 @@ def test_training_stores_every_step_and_episode(trained_run):
         assert master["steps/reward"].shape == (600,)
 
 
+def test_dataframes_of_steps_and_episodes(trained_run, monkeypatch):
+    pytest.importorskip("pandas")
+    with RunStore(trained_run) as store:
+        steps = store.steps_dataframe(["obs", "reward", "episode_id"])
+        episodes = store.episodes_dataframe()
+        columns = store.steps(["obs", "reward"])
+    assert len(steps) == 600 and list(steps.columns[:2]) == ["obs_0", "obs_1"] and "obs_40" in steps
+    assert np.array_equal(steps["obs_1"].to_numpy(), columns["obs"][:, 1])  # pelvis x, as stored
+    assert np.array_equal(steps["reward"].to_numpy(), columns["reward"])
+    # per-episode sums from the DataFrame agree with the episode table
+    sums = steps.groupby("episode_id")["reward"].sum()
+    first = episodes.iloc[0]
+    assert sums[first["id"]] == pytest.approx(first["return"], abs=1e-4)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with RunStore(trained_run) as store, pytest.raises(StoreError, match=r"pip install -e '.\[analysis\]'"):
+        store.episodes_dataframe()
+
+
 def test_replay_of_a_stored_episode_deviates_by_zero(trained_run):
     with RunStore(trained_run) as store:
         episode_id = int(store.episodes(["id"])["id"][0])

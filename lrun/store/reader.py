@@ -190,6 +190,15 @@ class RunStore:
         """Episode-table columns over all ranks."""
         return self._columns("episodes", names)
 
+    def steps_dataframe(self, names: list[str] | None = None) -> Any:
+        """Step columns as a pandas DataFrame (`pip install -e '.[analysis]'`); a column with one value per
+        observation or excitation becomes one column each (`obs_0` .. `obs_40`, `excitations_0` ..)."""
+        return to_dataframe(self.steps(names))
+
+    def episodes_dataframe(self, names: list[str] | None = None) -> Any:
+        """Episode-table columns as a pandas DataFrame (obstacle tables as `obstacles_0` .. columns)."""
+        return to_dataframe(self.episodes(names))
+
     def recent_observations(self, max_rows: int) -> np.ndarray:
         """Raw observations of the most recent policy versions: at most `max_rows` rows over all ranks.
 
@@ -229,6 +238,23 @@ class RunStore:
             row["file"] = str(path)
             return {"row": row, "steps": steps}
         raise StoreError(f"{self.run_dir}: no finished episode with id {episode_id}")
+
+
+def to_dataframe(columns: dict[str, np.ndarray]) -> Any:
+    """numpy columns (one row per step or episode) as a pandas DataFrame, wide columns flattened."""
+    try:
+        import pandas
+    except ImportError:
+        raise StoreError("DataFrames need pandas: pip install -e '.[analysis]' (or use the numpy columns)") from None
+    flat: dict[str, np.ndarray] = {}
+    for name, values in columns.items():
+        if values.ndim == 1:
+            flat[name] = values
+        else:
+            wide = values.reshape(len(values), -1)
+            for i in range(wide.shape[1]):
+                flat[f"{name}_{i}"] = wide[:, i]
+    return pandas.DataFrame(flat)
 
 
 def write_master(run_dir: str | Path) -> Path:
