@@ -323,3 +323,17 @@ def test_rgb_array_render_mode_gives_the_stick_figure_frames_gymnasium_wrappers_
     assert RunEnv(physics="fast").render() is None  # no render mode: no frames
     with pytest.raises(ValueError, match="render_mode"):
         RunEnv(physics="fast", render_mode="human")
+
+
+def test_without_the_model_files_runenv_says_how_to_get_them(monkeypatch):
+    """`pip install -e .` without the Makefile lacks osim-rl's model files: one line says what to install."""
+    import importlib.util
+
+    from lrun.env import model
+
+    real = importlib.util.find_spec
+    monkeypatch.delenv("LRUN_MODEL_FILE", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "osim" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps osim-rl==3\.0\.11 \(or run `make install`\)"):
+        RunEnv(physics="fast")
+    assert model.MODEL_FILE_NAME == "gait9dof18musc.osim"
