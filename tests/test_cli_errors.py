@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXPERIMENTS, LRUN, checksums, clean_env, run, sets
+from helpers import EXPERIMENTS, LRUN, ROOT, checksums, clean_env, run, sets
 
 from lrun.cli import main
 
@@ -115,7 +115,18 @@ def test_eval_renders_its_first_episodes_and_render_writes_mp4(tmp_path):
     import imageio_ffmpeg
 
     out = tmp_path / "eval"
-    args = ["eval", "models/walk", "--episodes", "2", "--difficulty", "0", "--physics", "fast", "--out", str(out)]
+    args = [
+        "eval",
+        str(ROOT / "models" / "walk"),
+        "--episodes",
+        "2",
+        "--difficulty",
+        "0",
+        "--physics",
+        "fast",
+        "--out",
+        str(out),
+    ]
     result = run([LRUN, *args, "--render", "1"])
     assert result.returncode == 0, result.stderr
     video = out / "render" / "episode-0.mp4"
@@ -125,5 +136,7 @@ def test_eval_renders_its_first_episodes_and_render_writes_mp4(tmp_path):
     assert not (out / "render" / "episode-1.mp4").exists()
     strip = run([LRUN, "render", str(out), "--episode", "1", "-o", str(tmp_path / "one.mp4"), "--stride", "5"])
     assert strip.returncode == 0 and (tmp_path / "one.mp4").stat().st_size > 1000
-    bad = run([LRUN, "eval", "models/walk", "--episodes", "1", "--render", "-1", "--out", str(tmp_path / "x")])
+    bad = run(
+        [LRUN, "eval", str(ROOT / "models" / "walk"), "--episodes", "1", "--render", "-1", "--out", str(tmp_path / "x")]
+    )
     assert bad.returncode == 2 and "--render -1" in bad.stderr

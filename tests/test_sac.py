@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import LRUN, MPIEXEC, run, sets
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, run, sets
 
 from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError, build_config
@@ -138,7 +138,7 @@ def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
         "sac.mirror_min_asymmetry=0.25",
         f"run.run_dir={run_dir}",
     )
-    recipe = ["experiments/recipes/walk-sac.toml"]
+    recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
     first = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *settings, *sets("run.iterations=2")], timeout=300)
     assert first.returncode == 0, first.stderr
     payload = load_checkpoint(run_dir)

@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import LRUN, clean_env, sets
+from helpers import EXPERIMENTS, LRUN, clean_env, sets
 
 from lrun.config import ConfigError, build_config
 from lrun.logger import TENSORBOARD_OFF, ProgressLogger
 
 TINY = [
-    "experiments/tiny.toml",
+    str(EXPERIMENTS / "tiny.toml"),
     *sets("layout.envs_per_rank=1", "ppo.steps_per_env=40", "ppo.minibatches=2", "run.checkpoint_every=1"),
 ]
 
