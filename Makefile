@@ -43,12 +43,12 @@ bench-soak: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench soak --steps 100000 --json bench-results/soak.json
 
-# Learning speed: train the shipped recipe (walk-footstep) to 2 M simulated env steps and score it with
-# lrun eval (about an hour; resumable: run it again after an interruption); not part of `make bench`.
-# Results in bench-results/learn-walk-footstep/.
+# Learning speed: train the shipped recipe (walk-sac, SAC) to 2 M simulated env steps and score it with
+# lrun eval (about two hours on 2 cores; resumable: run it again after an interruption); not part of `make bench`.
+# Results in bench-results/learn-walk-sac/.
 bench-learn: install
 	mkdir -p bench-results
-	$(BIN)/lrun bench learn experiments/recipes/walk-footstep.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json
+	$(BIN)/lrun bench learn experiments/recipes/walk-sac.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json
 
 # The main job: a short local training run under the pip MPICH's mpiexec.
 RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)

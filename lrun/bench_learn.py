@@ -30,7 +30,7 @@ import numpy as np
 from lrun.config import TrainConfig, load_config
 from lrun.launcher import find_mpiexec, lrun_command
 
-DEFAULT_CONFIG = "experiments/recipes/walk-footstep.toml"
+DEFAULT_CONFIG = "experiments/recipes/walk-sac.toml"
 #: Keys the benchmark sets itself (per seed); a --set of one of them would break the budget or the layout.
 OWN_KEYS = ("run.seed", "run.run_dir", "run.iterations")
 #: Run keys that do not change what is learnt: a seed run may differ from the config in these and still count.

@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn = bench_kinds.add_parser(
         "learn", help="train seeds to a budget of simulated env steps, score them with lrun eval: distance vs steps"
     )
-    learn.add_argument("config", nargs="?", help="TOML config (default experiments/recipes/walk-footstep.toml)")
+    learn.add_argument("config", nargs="?", help="TOML config (default experiments/recipes/walk-sac.toml)")
     learn.add_argument(
         "--env-steps", type=int, default=2_000_000, help="budget of simulated env steps (0.01 s each; default 2e6)"
     )
