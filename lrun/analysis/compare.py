@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,9 +184,16 @@ def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
         for c in group.curves:
             y = smooth(c.metrics[metric], window)
             ok = np.isfinite(y)
-            table.append(np.interp(grid, c.env_steps[ok], y[ok]) if ok.any() else np.full(len(grid), np.nan))
+            row = np.full(len(grid), np.nan)
+            if ok.any():  # no extrapolation: outside the steps a run logged the metric at, it has no value
+                x = c.env_steps[ok]
+                inside = (grid >= x.min()) & (grid <= x.max())
+                row[inside] = np.interp(grid[inside], x, y[ok])
+            table.append(row)
         values = np.array(table)
-        iqm[metric] = interquartile_mean(values)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # points where no run has the metric stay NaN
+            iqm[metric] = interquartile_mean(values)
         low[metric], high[metric] = bootstrap_ci(values) if len(values) > 1 else (iqm[metric], iqm[metric])
     return Aggregate(group.label, len(group.curves), grid, iqm, low, high)
 
@@ -218,6 +226,7 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     titles = {"task_return": "task return (m)", "distance": "distance (m)", "fall_rate": "fall rate"}
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8))
@@ -227,6 +236,7 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
             ax.fill_between(a.grid, a.low[metric], a.high[metric], color=line.get_color(), alpha=0.2)
         ax.set_title(titles[metric])
         ax.set_xlabel("simulated env steps (0.01 s each)")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g} M"))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("IQM over seeds, 95 % bootstrap CI (training episodes)")
