@@ -155,12 +155,18 @@ class ProgressLogger:
 
     def _write_board(self, scalars: dict[str, float]) -> None:
         step = int(scalars["env_steps"])
-        for key, value in scalars.items():
-            if key in ("iteration", "env_steps") or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if math.isfinite(value):
-                self.board.add_scalar(key, value, global_step=step)
-        self.board.flush()
+        try:
+            for key, value in scalars.items():
+                if key in ("iteration", "env_steps") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                if math.isfinite(value):
+                    self.board.add_scalar(key, value, global_step=step)
+            self.board.flush()
+        except Exception as exc:
+            # TensorBoard is a copy of progress.csv: losing it must not end the run; say so once
+            self.stream.write(f"lrun: TensorBoard logging stopped ({str(exc).splitlines()[0]}); progress.csv goes on\n")
+            self.board = None
+            self.tensorboard = False
 
     def truncate_after(self, iteration: int, env_steps: int | None = None) -> None:
         """Drop rows logged after `iteration` (work lost since the checkpoint a resume starts from), and

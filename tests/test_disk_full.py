@@ -26,6 +26,7 @@ TINY = sets(
     "policy.hidden_sizes=[8]",
     "run.iterations=200",
     "run.checkpoint_every=2",
+    "run.tensorboard=false",  # the store and the checkpoints are under test (TensorBoard's writer is a thread)
 )
 
 

@@ -89,3 +89,22 @@ def test_tracking_config_errors(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"needs the wandb package: pip install -e '.\[track\]'"):
         build_config({}, ["run.wandb_project=x"])
+
+
+def test_a_failing_tensorboard_writer_stops_tensorboard_not_the_run(tmp_path):
+    """A full disk can reach TensorBoard's writer first: lrun says so once and goes on with progress.csv."""
+    pytest.importorskip("tensorboard")
+    out = io.StringIO()
+    logger = ProgressLogger(tmp_path, 3, out, progress="lines", tensorboard=True)
+    logger.log({"iteration": 1, "env_steps": 10, "losses/value_loss": 0.5})
+    assert logger.board is not None
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    logger.board.add_scalar = full
+    for i in (2, 3):
+        logger.log({"iteration": i, "env_steps": 10 * i, "losses/value_loss": 0.5})
+    logger.close()
+    assert out.getvalue().count("TensorBoard logging stopped ([Errno 28] No space left on device)") == 1
+    assert len((tmp_path / "progress.csv").read_text().splitlines()) == 4
