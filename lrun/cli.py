@@ -49,11 +49,13 @@ def _collective(command: str, body) -> int:
             if isinstance(exc, user_errors()):  # a full disk, a vanished file: one line, then end the job
                 print(f"lrun {command}: error on rank {rank}: {one_line(exc)}", file=sys.stderr, flush=True)
                 comm.Abort(2)
+                os._exit(2)  # MPI_Abort has been seen to return (a live writer thread): never go on from here
             print(f"lrun {command}: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             import traceback
 
             traceback.print_exc()
             comm.Abort(1)
+            os._exit(1)
         raise
 
 
