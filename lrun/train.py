@@ -341,11 +341,12 @@ def sac_update(
         updater.buffer.add(*transitions)
         if mirror is not None:
             obs, actions, rewards, next_obs, terminated = transitions
-            z = normalised_features(config, state, obs)
-            keep = asymmetry(torch.as_tensor(z), torch.as_tensor(z[:, mirror.obs_perm])).numpy() >= (
-                config.sac.mirror_min_asymmetry
-            )
             p, q = mirror.obs_perm, mirror.act_perm
+            # the mirror image normalised as a state of its own (permuting normalised values would mix the
+            # statistics of the left and right slots)
+            here = torch.as_tensor(normalised_features(config, state, obs))
+            there = torch.as_tensor(normalised_features(config, state, obs[:, p]))
+            keep = asymmetry(here, there).numpy() >= config.sac.mirror_min_asymmetry
             updater.buffer.add(
                 obs[keep][:, p], actions[keep][:, q], rewards[keep], next_obs[keep][:, p], terminated[keep]
             )

@@ -81,6 +81,19 @@ def ppo_losses(policy: ActorCritic, mb: Batch, clip_coef: float, clip_value_loss
     }
 
 
+def average_gradients(params: list[torch.Tensor], reduce: Callable[[np.ndarray], None], *extras: float) -> list[float]:
+    """Average the gradients of `params` over learners in place with one `reduce` call (a flat Allreduce-mean),
+    `extras` riding along at the end of the vector; returns the averaged extras."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([*(g.reshape(-1) for g in grads), torch.tensor(extras, dtype=torch.float32)]).numpy()
+    reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(torch.from_numpy(flat[offset : offset + g.numel()]).reshape(g.shape))
+        offset += g.numel()
+    return flat[offset:].tolist()
+
+
 class PPOUpdater:
     """Runs the PPO update on a policy; identical on every learner rank given identical gradients."""
 
@@ -111,19 +124,6 @@ class PPOUpdater:
         """Set the optimiser's learning rate (for schedules)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-
-    def _average_gradients(self, approx_kl: float) -> float:
-        """Average the gradients over learners in place; returns the learners' mean approx KL, carried in the
-        same Allreduce so that every learner takes the same early-stop decision."""
-        params = [p for p in trainable_parameters(self.policy) if p.grad is not None]
-        flat = torch.cat([*(p.grad.reshape(-1) for p in params), torch.tensor([approx_kl])]).numpy()
-        self.reduce_gradients(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(torch.from_numpy(flat[offset : offset + n]).reshape(p.shape))
-            offset += n
-        return float(flat[-1])
 
     def update(self, batch: Batch) -> dict[str, float]:
         """Several epochs of minibatch steps over `batch`; returns mean losses and diagnostics."""
@@ -169,7 +169,9 @@ class PPOUpdater:
                 loss.backward()
                 approx_kl = float(losses["approx_kl"])
                 if self.reduce_gradients is not None:
-                    approx_kl = self._average_gradients(approx_kl)
+                    # the KL travels with the gradients, so every learner takes the same early-stop decision
+                    params = [p for p in trainable_parameters(self.policy) if p.grad is not None]
+                    approx_kl = average_gradients(params, self.reduce_gradients, approx_kl)[0]
                 for key, value in losses.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 count += 1

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lrun.learn.policy import INPUT_CLIP, ActorCritic, mlp
+from lrun.learn.ppo import average_gradients
 
 
 @dataclass
@@ -136,13 +137,7 @@ class SACUpdater:
         optimizer.zero_grad()
         loss.backward()
         if self.reduce_gradients is not None:
-            grads = [p.grad for p in params if p.grad is not None]
-            flat = torch.cat([g.reshape(-1) for g in grads]).numpy()
-            self.reduce_gradients(flat)
-            offset = 0
-            for g in grads:
-                g.copy_(torch.from_numpy(flat[offset : offset + g.numel()]).reshape(g.shape))
-                offset += g.numel()
+            average_gradients(params, self.reduce_gradients)
         optimizer.step()
 
     def update(self, n_updates: int, normalise: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
