@@ -268,6 +268,7 @@ def evaluate(
         facts["max_obstacles"],
         facts["reward_terms"],
         attrs,
+        facts["labels"],
     )
     use_normaliser = normaliser if train_config.policy.normalise_observations else None
     version = int(payload["iteration"])

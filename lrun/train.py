@@ -648,7 +648,13 @@ def make_collector(
         )
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
         writer = TrajectoryWriter(
-            path, problem.task_obs_size, problem.act_size, facts["max_obstacles"], facts["reward_terms"], attrs
+            path,
+            problem.task_obs_size,
+            problem.act_size,
+            facts["max_obstacles"],
+            facts["reward_terms"],
+            attrs,
+            facts["labels"],
         )
         book = EpisodeBook(
             vec.num_envs,

@@ -21,6 +21,7 @@ from PIL import Image
 from lrun.analysis.render import render_gif, render_strip
 from lrun.analysis.replay import replay_episode
 from lrun.analysis.report import build_report, wilson_interval
+from lrun.env.features import TASK_NAMES
 from lrun.store.reader import RunStore, StoreError, check_file, write_master
 from lrun.store.schema import EPISODE_FIELDS, SCHEMA_VERSION, STEP_FIELDS, empty_rows
 from lrun.store.writer import TrajectoryWriter, cut_back
@@ -82,7 +83,7 @@ def test_every_field_round_trips(tmp_path):
     assert set(got_steps) == set(STEP_FIELDS) | {"reward_terms/delta_x", "reward_terms/ligament_penalty"}
     with h5py.File(tmp_path / "trajectories" / "rank-0001.h5") as f:
         assert f["steps/obs"].compression == "gzip" and f["steps/obs"].chunks[0] > 1
-        assert f.attrs["schema_version"] == SCHEMA_VERSION == 2 and f["steps/obs"].attrs["meaning"]
+        assert f.attrs["schema_version"] == SCHEMA_VERSION == 3 and f["steps/obs"].attrs["meaning"]
 
 
 def test_a_version_1_store_still_reads_and_an_unknown_version_is_refused(tmp_path):
@@ -125,6 +126,64 @@ def test_virtual_master_presents_three_rank_files_as_one(tmp_path):
         assert np.array_equal(f["steps/reward_terms/delta_x"][:], np.r_[np.ones(30), np.ones(45) * 3])
         assert f["episodes/id"].shape == (6,)
         assert json.loads(f.attrs["rank_files"]) == ["rank-0001.h5", "rank-0002.h5", "rank-0003.h5"]
+
+
+def axis_names(ds: h5py.Dataset) -> list[str]:
+    """Names of the scales attached to each axis of `ds` (the scale datasets' names, as netCDF reads them)."""
+    return [dim[0].name.lstrip("/") if len(dim) else "" for dim in ds.dims]
+
+
+def test_every_axis_is_named_by_a_dimension_scale(tmp_path):
+    """h5py sees named axes; labelled axes carry their labels; a cut-back file and the master keep them."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "trajectories" / "rank-0001.h5"
+    muscles = [f"muscle_{i}" for i in range(ACT)]
+    writer = TrajectoryWriter(path, OBS, ACT, MAX_OBST, ("delta_x",), {"config": "{}"}, {"action": muscles})
+    for version in range(3):
+        writer.append_steps(fake_steps(rng, 10, version), {"delta_x": np.zeros(10, "f4")})
+    writer.append_episodes(fake_episodes(rng, 2, [9, 19]))
+    writer.close()
+    write_master(tmp_path)
+    cut_back(path, 2)
+    for name in (path, tmp_path / "trajectories" / "master.h5"):
+        with h5py.File(name, "r") as f:
+            assert axis_names(f["steps/obs"]) == ["step", "observation"]
+            assert axis_names(f["steps/excitations"]) == ["step", "action"]
+            assert axis_names(f["steps/reward"]) == ["step"]
+            assert axis_names(f["steps/reward_terms/delta_x"]) == ["step"]
+            assert axis_names(f["episodes/obstacles"]) == ["episode", "obstacle", "obstacle_field"]
+            assert axis_names(f["episodes/psoas"]) == ["episode", "leg"]
+            assert axis_names(f["episodes/final_obs"]) == ["episode", "observation"]
+            assert [v.decode() for v in f["action"][:]] == muscles
+            assert [v.decode() for v in f["obstacle_field"][:]] == ["x", "y", "radius"]
+            assert f["steps/obs"].shape[0] == (20 if name == path else 30)
+    with pytest.raises(ValueError, match="3 labels for axis 'action' of length 18"):
+        TrajectoryWriter(tmp_path / "other.h5", OBS, ACT, MAX_OBST, (), {}, {"action": ["a", "b", "c"]})
+
+
+def test_xarray_reads_named_axes_of_a_rank_file_and_the_master(tmp_path):
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    rng = np.random.default_rng(4)
+    muscles = [f"muscle_{i}" for i in range(ACT)]
+    for rank in (1, 2):
+        writer = TrajectoryWriter(
+            tmp_path / "trajectories" / f"rank-{rank:04d}.h5", OBS, ACT, MAX_OBST, ("delta_x",), {}, {"action": muscles}
+        )
+        steps = fake_steps(rng, 10 * rank, 0)
+        writer.append_steps(steps, {"delta_x": np.full(10 * rank, rank, "f4")})
+        writer.append_episodes(fake_episodes(rng, rank, list(range(rank))))
+        writer.close()
+    write_master(tmp_path)
+    with xr.open_dataset(tmp_path / "trajectories" / "rank-0002.h5", group="steps", engine="h5netcdf") as ds:
+        assert ds.excitations.dims == ("step", "action") and ds.sizes["step"] == 20
+        assert np.array_equal(ds.excitations.values, steps["excitations"])
+    with xr.open_datatree(tmp_path / "trajectories" / "master.h5", engine="h5netcdf") as tree:
+        assert tree["steps"].obs.dims == ("step", "observation") and tree["steps"].sizes["step"] == 30
+        assert tree["steps"].excitations.sel(action="muscle_5").shape == (30,)
+        assert tree["episodes"].obstacles.dims == ("episode", "obstacle", "obstacle_field")
+        assert list(tree["episodes"].obstacle_field.values) == ["x", "y", "radius"]
+        assert tree["steps/reward_terms"].delta_x.values.tolist() == [1.0] * 10 + [2.0] * 20
 
 
 def test_cut_back_removes_everything_after_the_checkpoint(tmp_path):
@@ -204,6 +263,10 @@ def test_kill_9_leaves_a_readable_file_with_every_flushed_step(tmp_path):
     with RunStore(tmp_path) as store:
         versions = store.steps(["policy_version"])["policy_version"]
     assert len(versions) >= 300 and np.array_equal(np.unique(versions[:300]), [0, 1, 2])
+    assert cut_back(path, 2)[0] == 200  # a file left open for writing is rewritten: its axes keep their names
+    with h5py.File(path, "r") as f:
+        assert axis_names(f["steps/obs"]) == ["step", "observation"] and f["steps/obs"].shape[0] == 200
+        assert axis_names(f["episodes/psoas"]) == ["episode", "leg"]
 
 
 #: A serial run on lrun/Run-v0 at difficulty 2 with 10 obstacles: 2 envs x 100 steps per iteration.
@@ -260,6 +323,24 @@ def test_training_stores_every_step_and_episode(trained_run):
     assert np.all((steps["excitations"] >= 0) & (steps["excitations"] <= 1))
     with h5py.File(trained_run / "trajectories" / "master.h5") as master:
         assert master["steps/reward"].shape == (600,)
+
+
+def test_a_training_run_labels_observations_and_muscles(trained_run):
+    """RunEnv names its 41 observations and 18 muscles; the store's axes carry those names."""
+    with h5py.File(trained_run / "trajectories" / "master.h5") as master:
+        assert tuple(v.decode() for v in master["observation"][:]) == TASK_NAMES
+        muscles = [v.decode() for v in master["action"][:]]
+    assert len(muscles) == 18 and "glut_max_r" in muscles and "iliopsoas_l" in muscles
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("h5netcdf")
+    with xr.open_datatree(trained_run / "trajectories" / "master.h5", engine="h5netcdf") as tree:
+        knee = tree["steps"].obs.sel(observation="knee_r")
+        assert knee.shape == (600,) and np.all(np.abs(knee.values) < 3.2)  # a joint angle in radians
+        assert tree["episodes"].obstacles.sizes == {
+            "episode": tree["episodes"].sizes["episode"],
+            "obstacle": 10,
+            "obstacle_field": 3,
+        }
 
 
 def test_dataframes_of_steps_and_episodes(trained_run, monkeypatch):

@@ -4,6 +4,7 @@ whole training run + `lrun eval` with pelvis-relative features, mirrored batches
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from lrun.checkpoint import load_checkpoint
 from lrun.env.features import (
     FEATURES,
     PELVIS_X,
+    TASK_NAMES,
     action_mirror,
     feature_size,
     features,
@@ -39,6 +41,18 @@ def test_mirror_is_an_involution_that_moves_only_the_legs(name):
     assert len(moved) == 22  # 6 joint angles, 6 joint speeds, (x, y) of both toes and tali, 2 psoas strengths
     q = action_mirror()
     assert np.array_equal(q[q], np.arange(18)) and np.array_equal(q[:9], np.arange(9, 18))
+
+
+def test_observation_names_agree_with_the_index_constants_and_the_mirror():
+    """The store's labels of the 41 observations: unique, and the mirror swaps exactly _l and _r names."""
+    assert len(TASK_NAMES) == len(set(TASK_NAMES)) == 41
+    assert TASK_NAMES[PELVIS_X] == "pelvis_tx" and TASK_NAMES[point("talus_r")[1]] == "talus_r_y"
+
+    def swapped(name: str) -> str:
+        return re.sub(r"_([lr])(?=_|$)", lambda m: "_r" if m.group(1) == "l" else "_l", name)
+
+    p = observation_mirror("task")
+    assert [TASK_NAMES[j] for j in p] == [swapped(name) for name in TASK_NAMES]
 
 
 def test_relative_features_do_not_grow_with_distance():

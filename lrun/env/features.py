@@ -38,6 +38,18 @@ PSOAS_L, PSOAS_R = 36, 37
 OBSTACLE = (38, 39, 40)
 
 
+#: A name for each of the 41 task observations, in order (the trajectory store's `observation` labels).
+TASK_NAMES: tuple[str, ...] = (
+    # the pelvis's coordinates carry OpenSim's names (pelvis_tx); pelvis_x further on is the body's point
+    *("pelvis_tilt", "pelvis_tx", "pelvis_ty", "pelvis_tilt_speed", "pelvis_tx_speed", "pelvis_ty_speed"),
+    *(f"{joint}_{side}" for side in "rl" for joint in ("hip", "knee", "ankle")),
+    *(f"{joint}_{side}_speed" for side in "rl" for joint in ("hip", "knee", "ankle")),
+    *("com_x", "com_y", "com_vx", "com_vy"),
+    *(f"{name}_{axis}" for name in POINTS for axis in "xy"),
+    *("psoas_l", "psoas_r", "obstacle_dx", "obstacle_y", "obstacle_radius"),
+)
+
+
 def point(name: str) -> tuple[int, int]:
     """Indices of a body point's (x, y) in the task observation."""
     i = 22 + 2 * POINTS.index(name)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from lrun.env.features import TASK_NAMES
 from lrun.env.layout import EpisodeLayout, draw_layout
 from lrun.env.model import GaitModel, IntegratorFailure
 from lrun.env.physics import STEP_SECONDS, Physics, resolve_physics
@@ -88,6 +89,7 @@ class RunEnv(gym.Env):
         self.physics = resolve_physics(physics)
         self.sim = GaitModel(max_obstacles, self.physics, model_file)
         self.muscle_names = self.sim.muscle_names
+        self.observation_names = TASK_NAMES
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBSERVATION_SIZE,), np.float64)
         self.action_space = gym.spaces.Box(0.0, 1.0, (N_MUSCLES,), np.float32)
         self.layout = EpisodeLayout()

@@ -10,6 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from lrun.store.dimensions import attach_dimensions, stored_labels
 from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, READABLE_VERSIONS, SCHEMA_VERSION
 
 
@@ -271,11 +272,13 @@ def write_master(run_dir: str | Path) -> Path:
     sizes: list[dict[str, tuple]] = []
     dtypes: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
+    labels: dict[str, list[str]] = {}
     for path in paths:
         with open_h5(path) as f:
             _check_open(f, path)
             if not attrs:
                 attrs = dict(f.attrs)
+                labels = stored_labels(f)
             shapes = {}
             for group in ("steps", "episodes"):
                 datasets = datasets_in(f[group])
@@ -300,6 +303,7 @@ def write_master(run_dir: str | Path) -> Path:
                     layout[offset : offset + n] = h5py.VirtualSource(path.name, key, shape=s[key])[:n]
                 offset += n
             master.create_virtual_dataset(key, layout)
+        attach_dimensions(master, labels)
     target = directory / MASTER_NAME
     os.replace(tmp, target)
     return target

@@ -12,9 +12,15 @@ from lrun.store.schema import EPISODE_FIELDS, empty_rows
 
 
 def env_facts(env: Any) -> dict[str, Any]:
-    """What the episode table needs to know about an env: difficulty, physics, obstacle slots, frame skip."""
+    """What the episode table needs to know about an env: difficulty, physics, obstacle slots, frame skip, and
+    the names of its observations and actions where it has them (the store's axis labels)."""
     inner = env.unwrapped
     physics = getattr(inner, "physics", None)
+    labels = {}
+    for axis, attribute in (("observation", "observation_names"), ("action", "muscle_names")):
+        names = getattr(inner, attribute, None)
+        if names is not None:
+            labels[axis] = tuple(names)
     return {
         "difficulty": int(getattr(inner, "difficulty", -1)),
         "max_obstacles": int(getattr(inner, "max_obstacles", 0)),
@@ -22,6 +28,7 @@ def env_facts(env: Any) -> dict[str, Any]:
         "accuracy": float(physics.accuracy) if physics is not None else float("nan"),
         "frame_skip": int(getattr(env, "skip", 1)),
         "reward_terms": reward_terms_of(env),
+        "labels": labels,
     }
 
 

@@ -6,20 +6,25 @@ A rank file `trajectories/rank-NNNN.h5` has two groups of equally long, growing 
 * `episodes/`: one row per finished episode.
 
 Steps of an episode still running when the run stopped have no row in `episodes/`.
+
+Every axis is named by an HDF5 dimension scale in the root group (netCDF-4's convention, so h5netcdf and xarray
+see `step`, `episode`, `observation`, `action`, `obstacle`, `obstacle_field` and `leg` instead of phony
+dimensions); `observation`, `action`, `obstacle_field` and `leg` carry labels where the env names them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SCHEMA_VERSION = 2
-#: Versions this lrun reads: 1 lacks episodes/sim_steps (it is length x frame_skip there, to within one skip).
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+#: Versions this lrun reads: 1 lacks episodes/sim_steps (it is length x frame_skip there, to within one skip);
+#: 1 and 2 lack the dimension scales.
+READABLE_VERSIONS = (1, 2, 3)
 FILE_KIND = "lrun-trajectories"
 MASTER_NAME = "master.h5"
 DIRECTORY = "trajectories"
 
-#: step dataset -> (dtype, per-row shape key or (), meaning). Shape keys: "obs", "act".
+#: step dataset -> (dtype, per-row shape key or (), meaning). Shape keys: "obs", "act" (see SHAPE_DIMS).
 STEP_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
     "obs": ("f4", "obs", "observation the policy acted on (raw, not normalised)"),
     "excitations": (
@@ -40,7 +45,7 @@ STEP_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
 #: Named reward components are stored as steps/reward_terms/<name> (f4), e.g. delta_x, ligament_penalty.
 REWARD_TERMS_GROUP = "reward_terms"
 
-#: episode dataset -> (dtype, per-row shape key or (), meaning). Shape keys: "obstacles" (W, 3), "obs".
+#: episode dataset -> (dtype, per-row shape key or (), meaning). Shape keys: "obstacles" (W, 3), "obs", "legs".
 EPISODE_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
     "id": ("i8", (), "episode identifier (matches steps/episode_id)"),
     "env_index": ("i2", (), "index of the env within its simulator rank"),
@@ -48,7 +53,7 @@ EPISODE_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
     "difficulty": ("i1", (), "task difficulty 0, 1 or 2 (-1 for non-lrun envs)"),
     "n_obstacles": ("i2", (), "number of obstacles"),
     "obstacles": ("f8", "obstacles", "obstacles as (x, y, radius) rows, NaN-padded to max_obstacles"),
-    "psoas": ("f8", (2,), "psoas strength (left, right)"),
+    "psoas": ("f8", "legs", "psoas strength (left, right)"),
     "integrator": ("S24", (), "integrator method (physics)"),
     "accuracy": ("f8", (), "integrator accuracy (physics)"),
     "frame_skip": ("i2", (), "env steps (0.01 s each) per agent step"),
@@ -68,6 +73,19 @@ EPISODE_FIELDS: dict[str, tuple[str, str | tuple, str]] = {
 }
 
 
+#: Name of the first axis of every dataset in a group (its rows).
+ROW_DIMS = {"steps": "step", "episodes": "episode"}
+#: Names of the axes after the first, by shape key.
+SHAPE_DIMS: dict[str, tuple[str, ...]] = {
+    "obs": ("observation",),
+    "act": ("action",),
+    "obstacles": ("obstacle", "obstacle_field"),
+    "legs": ("leg",),
+}
+#: Labels of the axes whose meaning does not depend on the env (RunEnv adds `observation` and `action`).
+FIXED_LABELS: dict[str, tuple[str, ...]] = {"obstacle_field": ("x", "y", "radius"), "leg": ("left", "right")}
+
+
 def row_shape(shape: str | tuple, obs_size: int, act_size: int, max_obstacles: int) -> tuple[int, ...]:
     """Concrete per-row shape of a field."""
     if shape == "obs":
@@ -76,7 +94,20 @@ def row_shape(shape: str | tuple, obs_size: int, act_size: int, max_obstacles: i
         return (act_size,)
     if shape == "obstacles":
         return (max(max_obstacles, 1), 3)
+    if shape == "legs":
+        return (2,)
     return tuple(shape)
+
+
+def dimension_names(group: str, name: str) -> tuple[str, ...] | None:
+    """Axis names of dataset `group/name` (e.g. ("step", "observation") for steps/obs); None if unknown."""
+    fields = {"steps": STEP_FIELDS, "episodes": EPISODE_FIELDS}[group]
+    if group == "steps" and name.startswith(REWARD_TERMS_GROUP + "/"):
+        return (ROW_DIMS[group],)
+    if name not in fields:
+        return None
+    shape = fields[name][1]
+    return (ROW_DIMS[group], *(SHAPE_DIMS[shape] if isinstance(shape, str) else ()))
 
 
 def empty_rows(fields: dict, n: int, obs_size: int, act_size: int, max_obstacles: int) -> dict[str, np.ndarray]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from lrun.store.dimensions import attach_dimensions, copy_attributes, stored_labels
 from lrun.store.reader import StoreError, check_file, datasets_in, open_h5
 from lrun.store.schema import (
     EPISODE_FIELDS,
@@ -28,7 +30,8 @@ class TrajectoryWriter:
     """Appends blocks of steps and episode rows to one rank's file; flushes make them visible to readers.
 
     The file is opened in SWMR mode: another process can read it (`h5py.File(..., swmr=True)`) while it grows,
-    and after a crash (even `kill -9`) it still opens and holds everything up to the last flush.
+    and after a crash (even `kill -9`) it still opens and holds everything up to the last flush. `labels` name
+    the entries of the `observation` and `action` axes (RunEnv's observation and muscle names).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class TrajectoryWriter:
         max_obstacles: int,
         reward_terms: tuple[str, ...],
         attrs: dict[str, Any],
+        labels: dict[str, Sequence[str]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +53,7 @@ class TrajectoryWriter:
         try:
             if fresh:
                 self._create(obs_size, act_size, max_obstacles, reward_terms, attrs)
+                attach_dimensions(self.file, labels)  # attributes: before SWMR mode, which forbids adding them
             else:
                 self._check_fits(obs_size, act_size, reward_terms)
             self.file.swmr_mode = True
@@ -183,8 +188,8 @@ def _rewrite(path: Path, keep: dict[str, int]) -> None:
     """Copy the first keep[group] rows of every dataset (and every attribute) into a fresh file in place."""
     tmp = path.with_name(f".{path.name}.rewrite-{os.getpid()}")
     with open_h5(path) as src, h5py.File(tmp, "w", libver="latest") as dst:
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
+        copy_attributes(src, dst)
+        named = any(ds.dims[0] for ds in datasets_in(src["steps"]).values())
         for group, rows in keep.items():
             for name, ds in datasets_in(src[group]).items():
                 out = dst.create_dataset(
@@ -196,6 +201,7 @@ def _rewrite(path: Path, keep: dict[str, int]) -> None:
                     compression_opts=ds.compression_opts,
                     shuffle=ds.shuffle,
                 )
-                for key, value in ds.attrs.items():
-                    out.attrs[key] = value
+                copy_attributes(ds, out)
+        if named:  # a file of schema 1 or 2 stays as it was
+            attach_dimensions(dst, stored_labels(src))
     os.replace(tmp, path)
