@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
 
-.PHONY: install test lint bench bench-env bench-train bench-soak bench-learn run demo submit clean
+.PHONY: install test test-bare lint bench bench-env bench-train bench-soak bench-learn run demo submit clean
 
 RANKS ?= 3
 
@@ -24,6 +24,10 @@ $(BIN)/lrun: setup.cfg pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The suite as if the optional extras (track, video, analysis) were not installed: their imports fail.
+test-bare: install
+	PYTHONPATH=$(CURDIR)/tests/bare $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check lrun tests

@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import EXPERIMENTS, LRUN, clean_env, sets
+from helpers import EXPERIMENTS, LRUN, ROOT, clean_env, sets
 
 from lrun.config import ConfigError, build_config
 from lrun.logger import TENSORBOARD_OFF, ProgressLogger
+from lrun.store.reader import RunStore
 
 TINY = [
     str(EXPERIMENTS / "tiny.toml"),
@@ -108,3 +109,25 @@ def test_a_failing_tensorboard_writer_stops_tensorboard_not_the_run(tmp_path):
     logger.close()
     assert out.getvalue().count("TensorBoard logging stopped ([Errno 28] No space left on device)") == 1
     assert len((tmp_path / "progress.csv").read_text().splitlines()) == 4
+
+
+def test_a_run_without_any_optional_extra_trains_stores_and_reports(tmp_path):
+    """With the extras made unimportable in every process (tests/bare, as `make test-bare` does), a run trains,
+    says once that TensorBoard is off, stores its trajectories, and an MP4 request gets the one-line hint."""
+    env = dict(clean_env(), PYTHONPATH=str(ROOT / "tests" / "bare"))
+    run_dir = tmp_path / "run"
+    result = train(run_dir, *sets("run.iterations=2", "ppo.steps_per_env=150"), env=env)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count(TENSORBOARD_OFF) == 1
+    assert not (run_dir / "tb").exists() and (run_dir / "trajectories" / "master.h5").is_file()
+    with RunStore(run_dir) as store:
+        episode = int(store.episodes(["id"])["id"][0])
+    video = subprocess.run(
+        [LRUN, "render", str(run_dir), "--episode", str(episode), "-o", str(tmp_path / "a.mp4")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert video.returncode == 2 and "pip install imageio-ffmpeg" in video.stderr
+    assert len(video.stderr.strip().splitlines()) == 1
