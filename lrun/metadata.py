@@ -15,6 +15,8 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from lrun.mpi import mpi_module, thread_level
+
 #: Slurm's variables worth keeping (job, array task, nodes, requeues).
 SLURM_VARIABLES = (
     "SLURM_JOB_ID",
@@ -48,7 +50,7 @@ def git_state(where: Path | None = None) -> dict[str, Any]:
 def mpi_library() -> str:
     """The MPI library's own version line (e.g. 'MPICH Version: 5.0.2'), or '' without mpi4py."""
     try:
-        from mpi4py import MPI
+        MPI = mpi_module()
     except ImportError:
         return ""
     return " ".join(MPI.Get_library_version().splitlines()[0].split())
@@ -65,6 +67,7 @@ def software_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             versions[name] = ""
     versions["mpi_library"] = mpi_library()
+    versions["mpi_thread_level"] = thread_level() if versions["mpi_library"] else ""
     return versions
 
 

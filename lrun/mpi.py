@@ -16,20 +16,48 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from mpi4py import MPI
 
 ROLLOUT_TAG = 11
+#: lrun calls MPI from one thread per process (torch's worker threads never do), so it asks for FUNNELED rather
+#: than mpi4py's default MULTIPLE, which some MPI libraries serve with slower, lock-protected paths.
+THREAD_LEVEL = "funneled"
 
 
 class LayoutError(RuntimeError):
     """The MPI world does not fit the configured rank layout."""
 
 
-def comm_world() -> MPI.Comm:
-    """MPI.COMM_WORLD (importing mpi4py initialises MPI)."""
+def mpi_module() -> ModuleType:
+    """mpi4py's MPI module; the first call initialises MPI at lrun's thread level (`THREAD_LEVEL`)."""
+    import sys
+
+    if "mpi4py.MPI" not in sys.modules:
+        import mpi4py
+
+        mpi4py.rc.thread_level = THREAD_LEVEL
     from mpi4py import MPI
 
-    return MPI.COMM_WORLD
+    return MPI
+
+
+def thread_level() -> str:
+    """The thread support the MPI library granted ('funneled' where it honours lrun's request)."""
+    MPI = mpi_module()
+    names = {
+        MPI.THREAD_SINGLE: "single",
+        MPI.THREAD_FUNNELED: "funneled",
+        MPI.THREAD_SERIALIZED: "serialized",
+        MPI.THREAD_MULTIPLE: "multiple",
+    }
+    return names.get(MPI.Query_thread(), str(MPI.Query_thread()))
+
+
+def comm_world() -> MPI.Comm:
+    """MPI.COMM_WORLD (the first call initialises MPI)."""
+    return mpi_module().COMM_WORLD
 
 
 def check_layout(
@@ -135,14 +163,14 @@ def bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, waiter: Waiter) -> floa
 
 def allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, waiter: Waiter) -> float:
     """Sum `buffer` in place over `comm`, politely. Collective over `comm`."""
-    from mpi4py import MPI
+    MPI = mpi_module()
 
     return waiter.wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
 
 
 def allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
     """Average `buffer` in place over `comm` (blocking: used where every rank is busy anyway)."""
-    from mpi4py import MPI
+    MPI = mpi_module()
 
     comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
     buffer /= comm.Get_size()
@@ -155,7 +183,7 @@ def send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, waiter: Waiter
 
 def recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: type = np.float32) -> np.ndarray:
     """Receive a vector of unknown length from `source`, politely (probe, then receive)."""
-    from mpi4py import MPI
+    MPI = mpi_module()
 
     status = MPI.Status()
     waiter._poll(lambda: comm.Iprobe(source=source, tag=tag, status=status))
@@ -166,7 +194,7 @@ def recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: 
 
 def check_synced(comm: MPI.Comm, flat: np.ndarray) -> bool:
     """Whether every rank of `comm` holds the same vector as rank 0. Collective over `comm`."""
-    from mpi4py import MPI
+    MPI = mpi_module()
 
     reference = flat.copy()
     comm.Bcast(reference, root=0)

@@ -54,6 +54,7 @@ def test_three_ranks_on_run_v0_checkpoint_and_resume(tmp_path):
     meta = json.loads((run_dir / "config.json").read_text())["metadata"]
     assert meta["hosts"] == [socket.gethostname()] * 3  # every rank's host, in world rank order
     assert meta["versions"]["mpi_library"].startswith("MPICH") and meta["versions"]["torch"]
+    assert meta["versions"]["mpi_thread_level"] == "funneled"  # asked for explicitly, not mpi4py's MULTIPLE
     assert len(meta["git"]["commit"]) == 40 and isinstance(meta["git"]["dirty"], bool)
     assert checkpoint["metadata"] == meta
     with h5py.File(run_dir / "trajectories" / "rank-0001.h5") as rank_file:
