@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import os
 import socket
 import sys
 import threading
@@ -901,6 +902,8 @@ def write_rank_stats(
     stats = {
         "role": layout.role,
         "world_rank": layout.world_rank,
+        "host": socket.gethostname(),  # the rank's own word on where it ran (a multi-node job's layout)
+        "pid": os.getpid(),
         "wall_s": wall_s,
         "cpu_s": cpu_s,
         "wait_wall_s": rank.waiter.wall_s,

@@ -1,12 +1,19 @@
-"""A real one-node Slurm cluster for tests (Debian's slurm-wlm + munge), started as root without systemd.
+"""Real Slurm clusters for tests (Debian's slurm-wlm + munge), started as root without systemd.
 
-`SlurmCluster.start()` installs the packages if they are missing (apt-get, as root), writes a slurm.conf under a
-temporary directory, starts munged, slurmctld and slurmd, and waits for the node to be idle; `stop()` shuts the
-daemons down by their pid files. `unavailable()` says why a cluster cannot be had here (tests then skip).
+`SlurmCluster` is one node: this machine. `TwoNodeCluster` is two nodes on this machine, each slurmd in network,
+UTS and mount namespaces of its own (its own hostname, address and /etc/hosts), joined by a bridge inside a
+third network namespace where slurmctld and the client commands live: the cluster's network exists only
+inside namespaces made for it, so nothing on the machine's own network is touched.
+
+`start()` installs the packages if they are missing (apt-get, as root), writes a slurm.conf under a temporary
+directory, starts munged, slurmctld and the slurmds, and waits for the nodes to be idle; `stop()` shuts the
+daemons down by their pid files (and removes the namespaces). `unavailable()` and `two_nodes_unavailable()` say
+why a cluster cannot be had here (tests then skip, saying so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -49,13 +56,31 @@ class SlurmCluster:
         for key in [k for k in self.env if k.startswith(("SLURM_", "PMI_")) and k != "SLURM_CONF"]:
             del self.env[key]
 
+    #: Extra `slurm/submit-curriculum.sh` arguments that spread a job over the cluster (none: one node).
+    submit_options: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+
     def write_conf(self) -> None:
         b = self.base
         for d in ("state", "spool", "log"):
             (b / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(f"""\
-ClusterName=lrun-test
-SlurmctldHost={self.host}(127.0.0.1)
+        self.conf.write_text(
+            self.common_conf("lrun-test", f"{self.host}(127.0.0.1)")
+            + f"""\
+SlurmdSpoolDir={b / "spool"}
+SlurmdPidFile={b / "slurmd.pid"}
+SlurmdLogFile={b / "log" / "slurmd.log"}
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+        )
+
+    def common_conf(self, name: str, controller: str) -> str:
+        """slurm.conf lines every test cluster shares."""
+        b = self.base
+        return f"""\
+ClusterName={name}
+SlurmctldHost={controller}
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/pgid
@@ -70,20 +95,22 @@ KillWait=30
 MpiDefault=none
 ReturnToService=2
 StateSaveLocation={b / "state"}
-SlurmdSpoolDir={b / "spool"}
 SlurmctldPidFile={b / "slurmctld.pid"}
-SlurmdPidFile={b / "slurmd.pid"}
 SlurmctldLogFile={b / "log" / "slurmctld.log"}
-SlurmdLogFile={b / "log" / "slurmd.log"}
 JobCompType=jobcomp/filetxt
 JobCompLoc={b / "log" / "jobcomp.log"}
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-""")
+"""
 
     def start(self) -> None:
         """Start munged (if not running), slurmctld and slurmd; wait until the node is idle."""
         self.write_conf()
+        self.start_munge()
+        subprocess.run(["slurmctld", "-f", str(self.conf)], check=True, env=self.env)
+        subprocess.run(["slurmd", "-f", str(self.conf)], check=True, env=self.env)
+        self.wait_idle(1)
+
+    def start_munge(self) -> None:
+        """Start munged unless one runs (its socket is a file: every namespace of a test cluster reaches it)."""
         run_dir = Path("/run/munge")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
@@ -93,21 +120,31 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             self.started_munge = True
         else:
             self.started_munge = False
-        subprocess.run(["slurmctld", "-f", str(self.conf)], check=True, env=self.env)
-        subprocess.run(["slurmd", "-f", str(self.conf)], check=True, env=self.env)
-        deadline = time.time() + 60
+
+    def wait_idle(self, count: int, timeout: float = 60) -> None:
+        """Wait until `count` nodes are idle."""
+        deadline = time.time() + timeout
         while time.time() < deadline:
-            state = self.run(["sinfo", "-h", "-o", "%T"], check=False).stdout.strip()
-            if state == "idle":
+            states = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
+            if states.count("idle") >= count:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"Slurm node not idle after 60 s (state {state!r}); see {self.base / 'log'}")
+        log = self.base / "log"
+        raise RuntimeError(f"{count} Slurm node(s) not idle after {timeout} s (states {states}); see {log}")
+
+    def daemon_pid_files(self) -> list[Path]:
+        """The pid files of this cluster's slurmctld and slurmd(s)."""
+        return [self.base / "slurmctld.pid", self.base / "slurmd.pid"]
 
     def stop(self) -> None:
         """scontrol shutdown, wait for the daemons' pid files' processes, stop munged if we started it."""
         self.run(["scontrol", "shutdown"], check=False)
-        for pid_file in (self.base / "slurmctld.pid", self.base / "slurmd.pid"):
+        for pid_file in self.daemon_pid_files():
             _wait_gone(pid_file)
+        self.stop_munge()
+
+    def stop_munge(self) -> None:
+        """Stop munged if this cluster started it."""
         if getattr(self, "started_munge", False) and self.munge_pid.exists():
             pid = int(self.munge_pid.read_text().split()[0])
             subprocess.run(["kill", str(pid)], check=False)
@@ -144,6 +181,202 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 return fields
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not in {states} after {timeout} s: {self.job(job_id)}")
+
+
+def two_nodes_unavailable() -> str | None:
+    """A reason no two-node cluster can be made here (no root, no namespaces or veth pairs), or None."""
+    reason = unavailable()
+    if reason:
+        return reason
+    for tool in ("ip", "nsenter", "unshare"):
+        if shutil.which(tool) is None:
+            return f"the two-node Slurm tests need `{tool}` (iproute2 / util-linux)"
+    probe = f"lrun-probe-{os.getpid()}"
+    try:
+        for command in (
+            ["ip", "netns", "add", probe],
+            ["ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+            ["ip", "-n", probe, "link", "add", "b0", "type", "bridge"],
+        ):
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                return f"cannot make network namespaces here (`{' '.join(command)}`: {result.stderr.strip()})"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+class TwoNodeCluster(SlurmCluster):
+    """Two slurmd nodes (`lrunnode1`, `lrunnode2`, 4 CPUs each) in namespaces of their own on this machine.
+
+    Layout: a "lab" network namespace holds a bridge (10.77.0.1, slurmctld's address, where the client
+    commands run, as on a login node); each node's network namespace holds one end of a veth pair whose other
+    end is on the bridge (10.77.0.11 and .12). Every daemon runs in a UTS namespace (the node's hostname) and a
+    mount namespace in which a hosts file for the cluster is bound over /etc/hosts. Processes a slurmd starts
+    (job scripts, srun steps, MPI ranks) inherit its namespaces: they see their node's name and address.
+    """
+
+    nodes = ("lrunnode1", "lrunnode2")
+    submit_options = ("--", "--nodes=2")
+    SUBNET = "10.77.0"
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        tag = f"{os.getpid() % 100000}"
+        self.lab = f"lrun-lab-{tag}"
+        self.namespaces = {node: f"lrun-{node}-{tag}" for node in self.nodes}
+        self.addresses = {node: f"{self.SUBNET}.{11 + i}" for i, node in enumerate(self.nodes)}
+        self.hosts_file = base / "hosts"
+
+    def write_conf(self) -> None:
+        b = self.base
+        for d in ("state", "log"):
+            (b / d).mkdir(parents=True, exist_ok=True)
+        nodes = "".join(
+            f"NodeName={node} NodeAddr={address} CPUs=4 State=UNKNOWN\n" for node, address in self.addresses.items()
+        )
+        # %n: each slurmd its own spool, pid and log file. SlurmdTimeout: a dead node is noticed in seconds.
+        self.conf.write_text(
+            self.common_conf("lrun-two", f"{self.host}({self.SUBNET}.1)")
+            + f"""\
+SlurmdSpoolDir={b / "spool-%n"}
+SlurmdPidFile={b / "slurmd-%n.pid"}
+SlurmdLogFile={b / "log" / "slurmd-%n.log"}
+SlurmdTimeout=10
+{nodes}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+        )
+        lines = ["127.0.0.1 localhost", f"{self.SUBNET}.1 {self.host}"]
+        lines += [f"{address} {node}" for node, address in self.addresses.items()]
+        self.hosts_file.write_text("\n".join(lines) + "\n")
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+    def make_network(self) -> None:
+        """The lab namespace with its bridge, and one namespace per node wired to it by a veth pair."""
+        for ns in (self.lab, *self.namespaces.values()):
+            self._ip("netns", "add", ns)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+        self._ip("-n", self.lab, "link", "add", "br0", "type", "bridge")
+        self._ip("-n", self.lab, "addr", "add", f"{self.SUBNET}.1/24", "dev", "br0")
+        self._ip("-n", self.lab, "link", "set", "br0", "up")
+        for i, (node, ns) in enumerate(self.namespaces.items()):
+            self._ip("-n", self.lab, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._ip("-n", self.lab, "link", "set", f"v{i}", "master", "br0", "up")
+            self._ip("-n", ns, "addr", "add", f"{self.addresses[node]}/24", "dev", "eth0")
+            self._ip("-n", ns, "link", "set", "eth0", "up")
+
+    def inside(self, namespace: str, hostname: str | None, command: list[str]) -> list[str]:
+        """`command` run in a network namespace, with the cluster's /etc/hosts (and a hostname of its own)."""
+        setup = f"mount --bind {self.hosts_file} /etc/hosts"
+        if hostname:
+            setup += f" && hostname {hostname}"
+        unshare = ["unshare", "--mount", "--propagation", "private"] + (["--uts"] if hostname else [])
+        return [
+            "nsenter",
+            f"--net=/run/netns/{namespace}",
+            "--",
+            *unshare,
+            "--",
+            "sh",
+            "-c",
+            f'{setup} && exec "$@"',
+            "sh",
+            *command,
+        ]
+
+    def start_node(self, node: str) -> None:
+        """Start (or restart) one node's slurmd in its namespaces."""
+        command = self.inside(self.namespaces[node], node, ["slurmd", "-f", str(self.conf)])
+        subprocess.run(command, check=True, env=self.env)
+
+    def start(self) -> None:
+        """Namespaces and network, munged, slurmctld in the lab, a slurmd per node; wait for both idle."""
+        self.write_conf()
+        self.make_network()
+        self.start_munge()
+        subprocess.run(self.inside(self.lab, None, ["slurmctld", "-f", str(self.conf)]), check=True, env=self.env)
+        for node in self.nodes:
+            self.start_node(node)
+        self.wait_idle(len(self.nodes))
+
+    def kill_node(self, node: str) -> list[int]:
+        """A node dies: SIGKILL to every process in its network namespace (slurmd, job steps, ranks)."""
+        pids = [
+            int(p)
+            for p in subprocess.run(
+                ["ip", "netns", "pids", self.namespaces[node]], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        return pids
+
+    def daemon_pid_files(self) -> list[Path]:
+        return [self.base / "slurmctld.pid", *(self.base / f"slurmd-{node}.pid" for node in self.nodes)]
+
+    def start_ssh(self) -> Path:
+        """An sshd on each node (its address only, a key made for this cluster) for `mpiexec` without Slurm;
+        returns the ssh command to give MPICH's mpiexec (`-launcher-exec`). Installs openssh-server if needed."""
+        if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server"],
+                capture_output=True,
+                env=env,
+                timeout=900,
+                check=True,
+            )
+        ssh = self.base / "ssh"
+        ssh.mkdir(exist_ok=True)
+        for key in ("host_key", "client_key"):
+            if not (ssh / key).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / key)], check=True)
+        shutil.copy(ssh / "client_key.pub", ssh / "authorized_keys")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+        client = ssh / "ssh"
+        options = "-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+        client.write_text(f'#!/bin/sh\nexec ssh {options} -o BatchMode=yes -i {ssh / "client_key"} "$@"\n')
+        client.chmod(0o755)
+        for node in self.nodes:
+            config = ssh / f"sshd-{node}.conf"
+            config.write_text(
+                f"ListenAddress {self.addresses[node]}\nHostKey {ssh / 'host_key'}\nPidFile {ssh}/sshd-{node}.pid\n"
+                f"AuthorizedKeysFile {ssh / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+            )
+            subprocess.run(self.inside(self.namespaces[node], node, ["/usr/sbin/sshd", "-f", str(config)]), check=True)
+        return client
+
+    def on_node(self, node: str, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run a command on a node, as a user logged into it would (its hostname, address and hosts file)."""
+        return subprocess.run(
+            self.inside(self.namespaces[node], node, command),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def stop(self) -> None:
+        """Shut Slurm down, then remove the namespaces (anything still in them is killed first)."""
+        self.run(["scontrol", "shutdown"], check=False)
+        for pid_file in self.daemon_pid_files():
+            _wait_gone(pid_file)
+        for pid_file in (self.base / "ssh").glob("sshd-*.pid"):
+            subprocess.run(["kill", pid_file.read_text().strip()], check=False, capture_output=True)
+            _wait_gone(pid_file)
+        for node in self.nodes:
+            self.kill_node(node)
+        for ns in (*self.namespaces.values(), self.lab):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.stop_munge()
+
+    def run(self, command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        """Run a Slurm client command in the lab namespace (the cluster's login node)."""
+        return super().run(self.inside(self.lab, None, command), check=check, **kwargs)
 
 
 def _wait_gone(pid_file: Path, timeout: float = 30) -> None:

@@ -1,15 +1,18 @@
-"""The Slurm job scripts on a real one-node Slurm cluster (slurm-wlm + munge, started by these tests)."""
+"""The Slurm job scripts on real Slurm clusters (slurm-wlm + munge, started by these tests): one node, and two
+nodes in namespaces of their own (tests/slurm_cluster.py), where every job spans both nodes."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from slurm_cluster import SlurmCluster, unavailable
+from slurm_cluster import SlurmCluster, TwoNodeCluster, two_nodes_unavailable, unavailable
 
 from lrun.checkpoint import load_checkpoint
 from lrun.store.reader import RunStore
@@ -37,23 +40,31 @@ def curriculum_file(tmp_path: Path, stages: list[tuple[str, str, str | None, str
     return path
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    reason = unavailable()
+@pytest.fixture(scope="module", params=["one-node", "two-node"])
+def cluster(request, tmp_path_factory):
+    reason = unavailable() if request.param == "one-node" else two_nodes_unavailable()
     if reason:
-        pytest.skip(reason)
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+        pytest.skip(f"no {request.param} Slurm cluster here: {reason}")
+    kind = SlurmCluster if request.param == "one-node" else TwoNodeCluster
+    c = kind(tmp_path_factory.mktemp(f"slurm-{request.param}"))
     c.env["PATH"] = f"{BIN}:{c.env['PATH']}"  # sbatch passes the submitting environment to the jobs
-    c.start()
-    yield c
-    c.stop()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
 
 
 def submit(cluster: SlurmCluster, curriculum: Path, root: Path, *extra: str, env: dict | None = None) -> dict:
-    result = cluster.run(
-        [str(ROOT / "slurm" / "submit-curriculum.sh"), str(curriculum), str(root), *extra], env=env or {}
-    )
+    command = [str(ROOT / "slurm" / "submit-curriculum.sh"), str(curriculum), str(root), *extra]
+    result = cluster.run([*command, *cluster.submit_options], env=env or {})
     return dict(line.split() for line in result.stdout.strip().splitlines())
+
+
+def rank_hosts(run_dir: Path) -> list[str]:
+    """Each rank's own record of the host it ran on, in world rank order."""
+    records = sorted((run_dir / "ranks").glob("rank-*.json"))
+    return [json.loads(path.read_text())["host"] for path in records]
 
 
 def output_of(root: Path, job_id: str) -> str:
@@ -74,6 +85,12 @@ def test_two_stage_chain_completes_and_stage_2_starts_from_stage_1(cluster, tmp_
     assert load_checkpoint(root / "run")["lineage"][0]["checkpoint"] == str(walk_checkpoint)
     log = output_of(root, jobs["run"])
     assert "1 learner + 2 simulator ranks" in log and f"starting from {walk_checkpoint}" in log
+    if cluster.nodes:  # the job spans both nodes: learner and a simulator on the first, a simulator on the other
+        for stage in ("walk", "run"):
+            assert rank_hosts(root / stage) == ["lrunnode1", "lrunnode1", "lrunnode2"]
+            assert json.loads((root / stage / "config.json").read_text())["metadata"]["hosts"] == rank_hosts(
+                root / stage
+            )
 
 
 @pytest.mark.timeout(600)
@@ -146,3 +163,67 @@ def test_seeds_as_a_job_array(cluster, tmp_path):
         checkpoint = load_checkpoint(root / f"seed-{seed}" / "walk")
         assert checkpoint["iteration"] == 1 and checkpoint["config"]["run"]["seed"] == seed
     assert len(list(root.glob(f"slurm-lrun-walk-{job}_*.out"))) == 2
+
+
+@pytest.mark.timeout(600)
+def test_a_node_that_dies_ends_the_job_and_the_requeued_job_resumes_without_lost_or_repeated_steps(cluster, tmp_path):
+    """SIGKILL to everything on the second node (its slurmd, job step and simulator rank): Slurm notices
+    within SlurmdTimeout, ends the job on the first node too and requeues it; once the node is back the job
+    resumes from the last checkpoint and the store holds every iteration's steps exactly once."""
+    if not cluster.nodes:
+        pytest.skip("a node dies only on the two-node cluster")
+    overrides = tiny(12, steps=40, extra=', "run.checkpoint_every=2"')
+    curriculum = curriculum_file(tmp_path, [("walk", "walk.toml", None, overrides)])
+    root = tmp_path / "runs"
+    job = submit(cluster, curriculum, root)["walk"]
+    deadline = time.time() + 180
+    while "iter 5/12" not in output_of(root, job):
+        assert time.time() < deadline, output_of(root, job)
+        time.sleep(0.3)
+    assert cluster.kill_node("lrunnode2")
+    killed = time.time()
+    while cluster.job(job).get("JobState") == "RUNNING":  # the first node's ranks must not wait forever
+        assert time.time() - killed < 90, f"job {job} still running 90 s after its node died"
+        time.sleep(0.5)
+    ended_after = time.time() - killed
+    fields = cluster.job(job)
+    assert fields["JobState"] in {"COMPLETING", "PENDING", "REQUEUED", "NODE_FAIL"}, fields
+    while subprocess.run(["pgrep", "-f", f"--root {root} --stage walk"], capture_output=True).returncode == 0:
+        assert time.time() - killed < 120, "ranks of the dead job still alive on the first node after 120 s"
+        time.sleep(0.5)
+    print(f"job {fields['JobState']} {ended_after:.0f} s and its ranks gone {time.time() - killed:.0f} s after")
+
+    cluster.start_node("lrunnode2")  # the node comes back (ReturnToService=2)
+    cluster.wait_idle(2)
+    # Slurm holds a job requeued after a node failure for a while (BeginTime); the test need not wait for it
+    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+    fields = cluster.wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400)
+    log = output_of(root, job)
+    assert fields["JobState"] == "COMPLETED", log
+    assert int(fields["Restarts"]) >= 1 and "resuming at iteration" in log
+    with RunStore(root / "walk") as store:
+        versions = store.steps(["policy_version"])["policy_version"]
+        ids = store.episodes(["id"])["id"]
+    assert np.array_equal(np.bincount(versions), [2 * 2 * 40] * 12), np.bincount(versions)
+    assert len(np.unique(ids)) == len(ids)
+    assert rank_hosts(root / "walk") == ["lrunnode1", "lrunnode1", "lrunnode2"]
+
+
+@pytest.mark.timeout(300)
+def test_mpiexec_with_a_hostfile_spans_both_nodes_without_slurm(cluster, tmp_path):
+    """A cluster without Slurm: MPICH's mpiexec on the first node starts ranks on both over ssh (hostfile)."""
+    if not cluster.nodes:
+        pytest.skip("needs the two-node cluster")
+    ssh = cluster.start_ssh()
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("lrunnode1:2\nlrunnode2:1\n")  # host:slots, MPICH's hostfile format
+    run_dir = tmp_path / "run"
+    mpiexec = [str(BIN / "mpiexec"), "-f", str(hostfile), "-launcher", "ssh", "-launcher-exec", str(ssh), "-n", "3"]
+    train = [str(BIN / "lrun"), "train", str(STAGES / "walk.toml"), "--progress", "lines"]
+    settings = ["run.iterations=2", "ppo.steps_per_env=30", "layout.envs_per_rank=2", f"run.run_dir={run_dir}"]
+    result = cluster.on_node("lrunnode1", [*mpiexec, *train, *(x for key in settings for x in ("--set", key))])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert rank_hosts(run_dir) == ["lrunnode1", "lrunnode1", "lrunnode2"]
+    meta = json.loads((run_dir / "config.json").read_text())["metadata"]
+    assert meta["hosts"] == ["lrunnode1", "lrunnode1", "lrunnode2"] and meta["slurm"] == {}
+    assert load_checkpoint(run_dir)["iteration"] == 2
