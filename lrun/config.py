@@ -32,7 +32,11 @@ def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = da
 class EnvConfig:
     """Which environment the simulators step."""
 
-    id: str = doc("gymnasium id: lrun/Run-v0, or gymnasium:<id> for any gymnasium env", "lrun/Run-v0")
+    id: str = doc(
+        "gymnasium id: lrun/Run-v0, lrun/Sleep-v0 (RunEnv's shapes and step time without physics, for scaling "
+        "measurements), or gymnasium:<id> for any gymnasium env",
+        "lrun/Run-v0",
+    )
     difficulty: int = doc("Learning to Run difficulty: 0 no obstacles, 1 obstacles, 2 obstacles + weak psoas", 0)
     max_obstacles: int = doc("obstacles per episode at difficulty >= 1 (3 in round 1, 10 in round 2)", 3)
     physics: str = doc("physics preset: reference (graders' RK-Merson 5e-5), medium or fast", "reference")
@@ -40,7 +44,8 @@ class EnvConfig:
     kwargs: dict = doc(
         "extra keyword arguments of the env: gymnasium.make's for gymnasium:<id>; for lrun/Run-v0 init_speed "
         "(m/s, or a [low, high] range drawn per episode: every training episode starts with a push forwards; "
-        "lrun eval always starts at rest) and fault_every (fault injection)",
+        "lrun eval always starts at rest) and fault_every (fault injection); for lrun/Sleep-v0 step_seconds "
+        "(default 0.0025) and episode_steps (default 1000)",
         default_factory=dict,
     )
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import os
+import signal
 import socket
 import sys
 import threading

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -337,3 +338,24 @@ def test_without_the_model_files_runenv_says_how_to_get_them(monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps osim-rl==3\.0\.11 \(or run `make install`\)"):
         RunEnv(physics="fast")
     assert model.MODEL_FILE_NAME == "gait9dof18musc.osim"
+
+
+def test_the_sleep_stand_in_has_runenvs_shapes_and_step_time_and_no_cpu_cost():
+    from lrun.env.factory import make_env
+
+    env = make_env("lrun/Sleep-v0", kwargs={"step_seconds": 0.004, "episode_steps": 25})
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (41,) and env.action_space.shape == (18,)
+    again, _ = env.reset(seed=3)
+    assert np.array_equal(obs, again)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for t in range(25):
+        obs, _, terminated, truncated, _ = env.step(np.full(18, 0.5, np.float32))
+        assert not terminated and truncated == (t == 24)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert wall >= 25 * 0.004 and cpu < wall / 2  # asleep, not computing
+    with pytest.raises(ValueError, match="18 finite excitations"):
+        env.step(np.full(18, np.nan))
+    with pytest.raises(ValueError, match="step_seconds"):
+        make_env("lrun/Sleep-v0", kwargs={"step_seconds": -1})
+    check_env(make_env("lrun/Sleep-v0", kwargs={"step_seconds": 0.0}), skip_render_check=True)

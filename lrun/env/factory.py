@@ -28,6 +28,10 @@ def make_env(
         from lrun.env.run_env import RunEnv
 
         env: gym.Env = RunEnv(difficulty=difficulty, max_obstacles=max_obstacles, physics=physics, **kwargs)
+    elif env_id == "lrun/Sleep-v0":
+        from lrun.env.stand_in import SleepEnv
+
+        env = SleepEnv(**kwargs)
     elif env_id.startswith(GYMNASIUM_PREFIX):
         name = env_id[len(GYMNASIUM_PREFIX) :]
         try:
@@ -35,7 +39,10 @@ def make_env(
         except gym.error.Error as exc:
             raise ValueError(f"env.id {env_id!r}: gymnasium cannot make {name!r}: {exc}") from exc
     else:
-        raise ValueError(f"env.id {env_id!r}: use lrun/Run-v0 or gymnasium:<id> (e.g. gymnasium:Pendulum-v1)")
+        raise ValueError(
+            f"env.id {env_id!r}: use lrun/Run-v0, lrun/Sleep-v0 (a stand-in for scaling measurements) or "
+            "gymnasium:<id> (e.g. gymnasium:Pendulum-v1)"
+        )
     if reward_weights:
         if env_id != "lrun/Run-v0":
             raise ValueError(f"reward.weights: reward shaping needs lrun/Run-v0, not {env_id!r}")
