@@ -78,9 +78,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def common_conf(self, name: str, controller: str) -> str:
         """slurm.conf lines every test cluster shares."""
         b = self.base
+        # Job ids unique across test clusters: MPICH names its shared-memory segments after the job step, and a
+        # segment left in /dev/shm by a killed job of an earlier cluster with the same ids breaks MPI_Init.
+        first_job = 1000 + int(time.time() * 10) % 50_000_000
         return f"""\
 ClusterName={name}
 SlurmctldHost={controller}
+FirstJobId={first_job}
 SlurmUser=root
 AuthType=auth/munge
 ProctrackType=proctrack/pgid
@@ -227,6 +231,7 @@ class TwoNodeCluster(SlurmCluster):
         self.namespaces = {node: f"lrun-{node}-{tag}" for node in self.nodes}
         self.addresses = {node: f"{self.SUBNET}.{11 + i}" for i, node in enumerate(self.nodes)}
         self.hosts_file = base / "hosts"
+        self.holders: dict[str, subprocess.Popen] = {}
 
     def write_conf(self) -> None:
         b = self.base
@@ -267,28 +272,48 @@ SlurmdTimeout=10
             self._ip("-n", ns, "addr", "add", f"{self.addresses[node]}/24", "dev", "eth0")
             self._ip("-n", ns, "link", "set", "eth0", "up")
 
-    def inside(self, namespace: str, hostname: str | None, command: list[str]) -> list[str]:
-        """`command` run in a network namespace, with the cluster's /etc/hosts (and a hostname of its own)."""
+    def _hold(self, name: str, namespace: str, hostname: str | None) -> None:
+        """A process that holds a machine's namespaces (network; UTS with its hostname; mount, with the cluster's
+        hosts file and, on a node, a /dev/shm of its own, as real nodes have); every process of that machine is
+        started inside them with nsenter (`inside`)."""
         setup = f"mount --bind {self.hosts_file} /etc/hosts"
-        if hostname:
-            setup += f" && hostname {hostname}"
-        unshare = ["unshare", "--mount", "--propagation", "private"] + (["--uts"] if hostname else [])
-        return [
-            "nsenter",
-            f"--net=/run/netns/{namespace}",
-            "--",
-            *unshare,
-            "--",
-            "sh",
-            "-c",
-            f'{setup} && exec "$@"',
-            "sh",
-            *command,
-        ]
+        if hostname:  # a node: shared memory not shared with the other node
+            setup += " && mount -t tmpfs -o size=1g,mode=1777 lrun-shm /dev/shm"
+        ready = self.base / f"ready-{name}"
+        ready.unlink(missing_ok=True)
+        setup += f" && hostname {hostname or self.host} && touch {ready}"  # the file: every step above is done
+        unshare = ["unshare", "--mount", "--propagation", "private", "--uts"]
+        holder = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{namespace}",
+                "--",
+                *unshare,
+                "--",
+                "sh",
+                "-c",
+                f"{setup} && exec sleep infinity",
+            ]
+        )
+        self.holders[name] = holder
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if ready.exists():
+                return
+            if holder.poll() is not None:
+                raise RuntimeError(f"could not set up the namespaces of {name} (exit {holder.returncode})")
+            time.sleep(0.05)
+        raise RuntimeError(f"the namespaces of {name} were not ready after 10 s")
+
+    def inside(self, name: str, command: list[str]) -> list[str]:
+        """`command` run in the namespaces of machine `name` (a node, or "lab")."""
+        holder = self.holders[name]
+        return ["nsenter", f"--target={holder.pid}", "--net", "--uts", "--mount", "--", *command]
 
     def start_node(self, node: str) -> None:
         """Start (or restart) one node's slurmd in its namespaces."""
-        command = self.inside(self.namespaces[node], node, ["slurmd", "-f", str(self.conf)])
+        self._hold(node, self.namespaces[node], node)
+        command = self.inside(node, ["slurmd", "-f", str(self.conf)])
         subprocess.run(command, check=True, env=self.env)
 
     def start(self) -> None:
@@ -296,7 +321,8 @@ SlurmdTimeout=10
         self.write_conf()
         self.make_network()
         self.start_munge()
-        subprocess.run(self.inside(self.lab, None, ["slurmctld", "-f", str(self.conf)]), check=True, env=self.env)
+        self._hold("lab", self.lab, None)
+        subprocess.run(self.inside("lab", ["slurmctld", "-f", str(self.conf)]), check=True, env=self.env)
         for node in self.nodes:
             self.start_node(node)
         self.wait_idle(len(self.nodes))
@@ -312,6 +338,10 @@ SlurmdTimeout=10
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+        holder = self.holders.pop(node, None)
+        if holder is not None:
+            holder.kill()
+            holder.wait()
         return pids
 
     def daemon_pid_files(self) -> list[Path]:
@@ -347,13 +377,13 @@ SlurmdTimeout=10
                 f"AuthorizedKeysFile {ssh / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
                 "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
             )
-            subprocess.run(self.inside(self.namespaces[node], node, ["/usr/sbin/sshd", "-f", str(config)]), check=True)
+            subprocess.run(self.inside(node, ["/usr/sbin/sshd", "-f", str(config)]), check=True)
         return client
 
     def on_node(self, node: str, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
         """Run a command on a node, as a user logged into it would (its hostname, address and hosts file)."""
         return subprocess.run(
-            self.inside(self.namespaces[node], node, command),
+            self.inside(node, command),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -370,13 +400,17 @@ SlurmdTimeout=10
             _wait_gone(pid_file)
         for node in self.nodes:
             self.kill_node(node)
+        for holder in self.holders.values():  # the lab's (the nodes' went with kill_node)
+            holder.kill()
+            holder.wait()
+        self.holders = {}
         for ns in (*self.namespaces.values(), self.lab):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.stop_munge()
 
     def run(self, command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a Slurm client command in the lab namespace (the cluster's login node)."""
-        return super().run(self.inside(self.lab, None, command), check=check, **kwargs)
+        return super().run(self.inside("lab", command), check=check, **kwargs)
 
 
 def _wait_gone(pid_file: Path, timeout: float = 30) -> None:

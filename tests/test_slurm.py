@@ -61,6 +61,17 @@ def submit(cluster: SlurmCluster, curriculum: Path, root: Path, *extra: str, env
     return dict(line.split() for line in result.stdout.strip().splitlines())
 
 
+def release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 120) -> None:
+    """Slurm holds a requeued job for a while before it may start again (its BeginTime); once the job is
+    pending, let it start now (the tests need not wait out the hold; a user could do the same)."""
+    deadline = time.time() + timeout
+    while cluster.job(job).get("JobState") != "PENDING":
+        if cluster.job(job).get("JobState") in {"COMPLETED", "FAILED", "CANCELLED"} or time.time() > deadline:
+            return
+        time.sleep(0.3)
+    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+
+
 def rank_hosts(run_dir: Path) -> list[str]:
     """Each rank's own record of the host it ran on, in world rank order."""
     records = sorted((run_dir / "ranks").glob("rank-*.json"))
@@ -103,6 +114,7 @@ def test_usr1_checkpoints_requeues_and_completes_without_lost_or_repeated_steps(
         assert time.time() < deadline, output_of(root, job)
         time.sleep(0.3)
     cluster.run(["scancel", "-b", "-s", "USR1", job])
+    release_when_requeued(cluster, job)
     fields = cluster.wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400)
     log = output_of(root, job)
     assert fields["JobState"] == "COMPLETED", log
@@ -199,8 +211,7 @@ def test_a_node_that_dies_ends_the_job_and_the_requeued_job_resumes_without_lost
 
     cluster.start_node("lrunnode2")  # the node comes back (ReturnToService=2)
     cluster.wait_idle(2)
-    # Slurm holds a job requeued after a node failure for a while (BeginTime); the test need not wait for it
-    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+    release_when_requeued(cluster, job)
     fields = cluster.wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400)
     log = output_of(root, job)
     assert fields["JobState"] == "COMPLETED", log
