@@ -151,31 +151,49 @@ class Waiter:
     sleep: float = 0.002
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    #: wall seconds per kind of operation (bcast, allreduce, send, recv_wait, recv_transfer, gradient_allreduce):
+    #: what `lrun bench scaling` splits an iteration's communication into
+    by_operation: dict[str, float] = field(default_factory=dict)
 
-    def _poll(self, done: Callable[[], bool]) -> float:
+    def _poll(self, done: Callable[[], bool], operation: str) -> float:
         start, cpu_start = time.perf_counter(), time.process_time()
         while not done():
             time.sleep(self.sleep)
         waited = time.perf_counter() - start
         self.wall_s += waited
         self.cpu_s += time.process_time() - cpu_start
+        self.count(operation, waited)
         return waited
 
-    def wait(self, request: MPI.Request) -> float:
+    def wait(self, request: MPI.Request, operation: str = "other") -> float:
         """Complete a non-blocking request. Returns the seconds waited."""
-        return self._poll(request.Test)
+        return self._poll(request.Test, operation)
+
+    def count(self, operation: str, seconds: float) -> None:
+        """Add `seconds` to an operation's total (also for blocking calls timed by the caller)."""
+        self.by_operation[operation] = self.by_operation.get(operation, 0.0) + seconds
+
+    def timed(self, operation: str, call: Callable[[np.ndarray], None]) -> Callable[[np.ndarray], None]:
+        """`call` (a blocking collective on a buffer) with its wall time counted under `operation`."""
+
+        def counted(buffer: np.ndarray) -> None:
+            start = time.perf_counter()
+            call(buffer)
+            self.count(operation, time.perf_counter() - start)
+
+        return counted
 
 
 def bcast(comm: MPI.Comm, buffer: np.ndarray, root: int, waiter: Waiter) -> float:
     """Broadcast `buffer` in place from `root`, politely. Collective over `comm`."""
-    return waiter.wait(comm.Ibcast(buffer, root=root))
+    return waiter.wait(comm.Ibcast(buffer, root=root), "bcast")
 
 
 def allreduce_sum(comm: MPI.Comm, buffer: np.ndarray, waiter: Waiter) -> float:
     """Sum `buffer` in place over `comm`, politely. Collective over `comm`."""
     MPI = mpi_module()
 
-    return waiter.wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+    return waiter.wait(comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM), "allreduce")
 
 
 def allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
@@ -188,7 +206,7 @@ def allreduce_mean(comm: MPI.Comm, buffer: np.ndarray) -> None:
 
 def send(comm: MPI.Comm, buffer: np.ndarray, dest: int, tag: int, waiter: Waiter) -> float:
     """Send `buffer` to `dest`, politely. Returns seconds waited."""
-    return waiter.wait(comm.Isend(buffer, dest=dest, tag=tag))
+    return waiter.wait(comm.Isend(buffer, dest=dest, tag=tag), "send")
 
 
 def recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: type = np.float32) -> np.ndarray:
@@ -196,9 +214,11 @@ def recv_any_size(comm: MPI.Comm, source: int, tag: int, waiter: Waiter, dtype: 
     MPI = mpi_module()
 
     status = MPI.Status()
-    waiter._poll(lambda: comm.Iprobe(source=source, tag=tag, status=status))
+    waiter._poll(lambda: comm.Iprobe(source=source, tag=tag, status=status), "recv_wait")  # until it is sent
     buffer = np.empty(status.Get_count(MPI._typedict[np.dtype(dtype).char]), dtype=dtype)
+    start = time.perf_counter()
     comm.Recv(buffer, source=source, tag=tag)
+    waiter.count("recv_transfer", time.perf_counter() - start)  # the message's own transfer
     return buffer
 
 

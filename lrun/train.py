@@ -66,6 +66,11 @@ from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
 from lrun.store.writer import TrajectoryWriter, cut_back
 
+#: A learner's MPI operations, logged per iteration as time/mpi_<operation>_s (lrun bench scaling reads them):
+#: the decision-and-policy broadcast, waiting for each simulator's rollout (mostly its simulating), the rollouts'
+#: transfer, the observation-moments Allreduce, and the gradient Allreduces among learners.
+LEARNER_MPI = ("bcast", "recv_wait", "recv_transfer", "allreduce", "gradient_allreduce")
+
 #: Rank 0's decision before each iteration, broadcast with the policy: go on, done, or stopped by a signal.
 STOP_NONE, STOP_DONE, STOP_SIGNAL = 0, 1, 2
 #: Signals that ask a run to stop early (Slurm: `--signal=B:USR1@120` forwarded by the job script, `scancel`'s
@@ -157,7 +162,7 @@ def run_learner(
     config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, stream: TextIO, rank: RankContext
 ) -> dict:
     """A learner rank (or the whole run in serial mode): collect, update, log, until rank 0 says stop."""
-    state = learner_state(config, start, layout)
+    state = learner_state(config, start, layout, rank.waiter)
     state.metadata = rank.metadata
     reporter = Reporter(config, start, state, layout, stream) if layout.is_root else None
     if start.how == "clone":
@@ -175,6 +180,7 @@ def run_learner(
             if stop == STOP_NONE and reporter is not None and rank.stop.signal is not None:
                 stop = reporter.stop_for_signal(state, rank.stop.signal, first_iteration)
             t0 = time.perf_counter()
+            mpi_before = dict(rank.waiter.by_operation)
             coefficient = schedule_blend(state.policy, config, state.iteration)
             stop = rollout_source.share_decision(state, stop)  # rank 0's decision, with the policy
             if stop:
@@ -187,7 +193,10 @@ def run_learner(
             rank.rss.sample(state.iteration)
             if reporter is not None:
                 wall_s = time.perf_counter() - t0
-                last = reporter.log(state, wall_s, new_steps, new_decisions, learn_s, rollouts, losses, coefficient)
+                mpi_s = {op: rank.waiter.by_operation.get(op, 0.0) - mpi_before.get(op, 0.0) for op in LEARNER_MPI}
+                last = reporter.log(
+                    state, wall_s, new_steps, new_decisions, learn_s, rollouts, losses, coefficient, mpi_s
+                )
     finally:
         rollout_source.close()
         if reporter is not None:
@@ -198,12 +207,16 @@ def run_learner(
     return last
 
 
-def learner_state(config: TrainConfig, start: Start, layout: lmpi.RankLayout) -> TrainingState:
+def learner_state(
+    config: TrainConfig, start: Start, layout: lmpi.RankLayout, waiter: lmpi.Waiter | None = None
+) -> TrainingState:
     """The policy, normaliser, optimiser and counters of a learner: new, resumed or from a parent."""
     learner_comm = layout.learner_comm
     reduce = None
     if learner_comm is not None and learner_comm.Get_size() > 1:
         reduce = partial(lmpi.allreduce_mean, learner_comm)
+        if waiter is not None:
+            reduce = waiter.timed("gradient_allreduce", reduce)
     state = TrainingState(config, start, 0 if learner_comm is None else learner_comm.Get_rank(), reduce)
     if start.payload is not None:
         state.restore(start.payload)
@@ -454,8 +467,10 @@ class Reporter:
         rollouts: list[Rollout],
         losses: dict[str, float],
         coefficient: float | None,
+        mpi_s: dict[str, float] | None = None,
     ) -> dict:
-        """Log the iteration and checkpoint where due; returns the logged scalars."""
+        """Log the iteration and checkpoint where due; returns the logged scalars. `mpi_s`: the learner's
+        seconds in each kind of MPI operation this iteration (`time/mpi_<operation>_s`)."""
         run = self.config.run
         scalars = iteration_scalars(
             state.iteration,
@@ -469,6 +484,8 @@ class Reporter:
             losses,
             state.problem.reward_terms,
         )
+        for operation, seconds in (mpi_s or {}).items():
+            scalars[f"time/mpi_{operation}_s"] = seconds
         if coefficient is not None:
             scalars["blend/coefficient"] = coefficient
             scalars["blend/distillation_loss"] = losses.get("auxiliary_loss", 0.0)

@@ -64,6 +64,10 @@ def test_three_ranks_on_run_v0_checkpoint_and_resume(tmp_path):
     rows = progress(run_dir)
     assert [r["iteration"] for r in rows] == ["1", "2"]
     assert float(rows[0]["time/simulate_s"]) > 0 and float(rows[0]["losses/entropy"]) != 0
+    for row in rows:  # the learner's MPI time by operation (lrun bench scaling); one learner: no gradient Allreduce
+        assert float(row["time/mpi_bcast_s"]) > 0 and float(row["time/mpi_recv_transfer_s"]) > 0
+        assert float(row["time/mpi_recv_wait_s"]) > 0 and float(row["time/mpi_allreduce_s"]) > 0
+        assert float(row["time/mpi_gradient_allreduce_s"]) == 0
 
     result = run(
         [
@@ -206,6 +210,7 @@ def test_two_learners_average_gradients_and_stay_in_sync(tmp_path):
     assert "2 learners + 2 simulator ranks" in result.stdout
     rows = progress(run_dir)
     assert [int(r["env_steps"]) for r in rows] == [128, 256, 384]  # both learners' data counted
+    assert all(float(r["time/mpi_gradient_allreduce_s"]) > 0 for r in rows)
     roles = sorted(p.read_text().count('"learner"') for p in (run_dir / "ranks").glob("rank-*.json"))
     assert roles == [0, 0, 1, 1]
 

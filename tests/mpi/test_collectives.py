@@ -38,18 +38,28 @@ def test_split_roles_learners_first_simulators_round_robin():
 
 
 def test_polite_bcast_allreduce_and_any_size_receive():
+    waiter = lmpi.Waiter(0.001)
     buffer = np.arange(5, dtype=np.float64) if rank == 0 else np.zeros(5)
-    lmpi.bcast(world, buffer, 0, lmpi.Waiter(0.001))
+    lmpi.bcast(world, buffer, 0, waiter)
     assert np.array_equal(buffer, np.arange(5))
     total = np.full(3, float(rank + 1))
-    lmpi.allreduce_sum(world, total, lmpi.Waiter(0.001))
+    lmpi.allreduce_sum(world, total, waiter)
     assert np.array_equal(total, np.full(3, size * (size + 1) / 2))
     if rank == 0:
         for source in range(1, size):
-            got = lmpi.recv_any_size(world, source, 5, lmpi.Waiter(0.001))
+            got = lmpi.recv_any_size(world, source, 5, waiter)
             assert np.array_equal(got, np.full(10 * source + 1, source, np.float32))
     else:
-        lmpi.send(world, np.full(10 * rank + 1, rank, np.float32), 0, 5, lmpi.Waiter(0.001))
+        lmpi.send(world, np.full(10 * rank + 1, rank, np.float32), 0, 5, waiter)
+    # each operation's wall time is counted under its name (lrun bench scaling splits iterations by these)
+    expected = {"bcast", "allreduce"} | ({"recv_wait", "recv_transfer"} if rank == 0 and size > 1 else set())
+    expected |= {"send"} if rank > 0 else set()
+    assert set(waiter.by_operation) == expected and all(t >= 0 for t in waiter.by_operation.values())
+    assert waiter.wall_s >= waiter.by_operation["bcast"]
+    reduce = waiter.timed("gradient_allreduce", lambda buffer: buffer.__imul__(2))
+    doubled = np.ones(2)
+    reduce(doubled)
+    assert np.array_equal(doubled, [2, 2]) and waiter.by_operation["gradient_allreduce"] >= 0
 
 
 def test_check_synced_detects_divergence():
