@@ -285,6 +285,33 @@ def _mpi_info(args: argparse.Namespace) -> int:
     return _collective("mpi-info", body)
 
 
+def _bench_scaling(args: argparse.Namespace) -> int:
+    from lrun.bench_scaling import ScalingError, bench_scaling, format_table, main_progress, write_outputs
+
+    try:
+        worlds = [tuple(int(x) for x in item.split(":")) for item in args.worlds.split(",")]
+        if any(len(w) != 2 or w[0] <= w[1] or w[1] < 1 for w in worlds):
+            raise ValueError
+    except ValueError:
+        print(
+            f"lrun bench scaling: error: --worlds takes RANKS:LEARNERS,... (e.g. 3:1,9:2), got {args.worlds!r}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = bench_scaling(
+            args.config, args.set, worlds, args.iterations, Path(args.out), args.step_seconds, progress=main_progress
+        )
+    except ScalingError as exc:
+        print(f"lrun bench scaling: error: {exc}", file=sys.stderr)
+        return 2
+    paths = write_outputs(result, Path(args.out))
+    print(format_table(result))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    _write_json(args.json, result)
+    return 0
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     from lrun.bench import bench_train, format_train_bench
 
@@ -499,6 +526,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(soak, "override a config key (repeatable)")
     soak.add_argument("--json", help="also write the figures to this JSON file")
     soak.set_defaults(func=_bench_soak)
+    scaling = bench_kinds.add_parser(
+        "scaling", help="the iteration's cost against ranks and learners (lrun/Sleep-v0), a model, cluster predictions"
+    )
+    scaling.add_argument(
+        "config", nargs="?", help="PPO TOML config whose layout and update are measured (default: defaults)"
+    )
+    scaling.add_argument(
+        "--worlds",
+        default="3:1,5:1,9:1,9:2,17:1",
+        help="RANKS:LEARNERS pairs to measure (default 3:1,5:1,9:1,9:2,17:1)",
+    )
+    scaling.add_argument("--iterations", type=int, default=4, help="iterations per world, the first not counted")
+    scaling.add_argument(
+        "--step-seconds", type=float, default=0.0025, help="lrun/Sleep-v0's step time (default 0.0025: fast physics)"
+    )
+    scaling.add_argument("--out", default="bench-results/scaling", help="output directory")
+    add_set_option(scaling, "override a config key (repeatable)")
+    scaling.add_argument("--json", help="also write the figures to this JSON file")
+    scaling.set_defaults(func=_bench_scaling)
     learn = bench_kinds.add_parser(
         "learn", help="train seeds to a budget of simulated env steps, score them with lrun eval: distance vs steps"
     )

@@ -1,0 +1,287 @@
+"""`lrun bench scaling`: the training iteration measured at the world sizes this machine can host, the scaling
+model (`lrun.scaling`) calibrated on those measurements and checked against them, and its predictions for a
+cluster (64, 256 and 1024 ranks, InfiniBand-class links by default).
+
+More ranks than cores are possible because the simulators step `lrun/Sleep-v0` (RunEnv's shapes, step time
+spent asleep): every message has its real size and a simulator's step its real duration, but a sleeping
+simulator leaves its core to the others. The learner's update, the policy's forward passes and MPI itself
+still run on this machine's cores, so the largest worlds here are crowded; the table says how far the model
+is from each measurement.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lrun.config import TrainConfig, load_config
+from lrun.launcher import launch_environment, mpiexec_lrun
+from lrun.scaling import Machine, Workload, as_dict, learners_for, predict, simulators_per_learner
+
+DEFAULT_WORLDS = ((3, 1), (5, 1), (9, 1), (9, 2), (17, 1))
+PREDICTED_RANKS = (64, 256, 1024)
+#: An InfiniBand HDR-100-class link: ~2 microseconds, ~12 GB/s (the README's stated assumption).
+CLUSTER_LATENCY_S = 2e-6
+CLUSTER_BANDWIDTH_BPS = 12e9
+
+
+class ScalingError(RuntimeError):
+    """A problem with the benchmark's input or a run it started."""
+
+
+def workload(config: TrainConfig) -> Workload:
+    """The iteration's message sizes and update shape for `config` (RunEnv's 41 observations, 18 actions)."""
+    from lrun.env.features import feature_size
+    from lrun.learn.policy import ActorCritic, count_trainable
+    from lrun.rollout import Rollout
+    from lrun.train import message_size
+
+    obs, act = 41, 18
+    p = config.policy
+    policy = ActorCritic(
+        feature_size(p.features, obs), act, p.hidden_sizes, p.activation, p.distribution, p.init_log_std
+    )
+    steps, envs = config.ppo.steps_per_env, config.layout.envs_per_rank
+    return Workload(
+        envs_per_rank=envs,
+        steps_per_env=steps,
+        epochs=config.ppo.epochs,
+        minibatches=config.ppo.minibatches,
+        parameters=count_trainable(policy),
+        rollout_bytes=4 * Rollout.size(steps, envs, obs, act, n_episodes=0),
+        message_bytes=8 * message_size(policy, obs),
+        moments_bytes=8 * (2 * obs + 1),
+    )
+
+
+def measure_world(
+    config_path: str | None, overrides: list[str], ranks: int, learners: int, iterations: int, out: Path
+) -> dict[str, float]:
+    """Train `iterations` iterations at `ranks` ranks on lrun/Sleep-v0; the mean of every time/ column after
+    the first (warm-up) iteration, and the simulated steps per second."""
+    run_dir = out / f"r{ranks}-l{learners}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    sets = [
+        *overrides,
+        "env.id=lrun/Sleep-v0",
+        f"layout.learners={learners}",
+        f"run.iterations={iterations}",
+        f"run.run_dir={run_dir}",
+        "run.store_trajectories=false",  # the store's compression would crowd the shared cores
+        "run.tensorboard=false",
+        f"run.checkpoint_every={iterations}",
+    ]
+    command = mpiexec_lrun(ranks, "train", *([config_path] if config_path else []))
+    command += [item for key in sets for item in ("--set", key)] + ["--progress", "lines"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=launch_environment())
+    if result.returncode != 0:
+        raise ScalingError(f"{' '.join(command)} exited with {result.returncode}: {result.stderr.strip()[-600:]}")
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))[1:]
+    if not rows:
+        raise ScalingError(f"{run_dir}: fewer than two iterations; give --iterations >= 2")
+    figures = {key: float(np.mean([float(r[key]) for r in rows])) for key in rows[0] if key.startswith("time/")}
+    steps = [int(r["env_steps"]) for r in rows]
+    per_iteration = (steps[-1] - steps[0]) / max(len(rows) - 1, 1) if len(rows) > 1 else float(steps[0])
+    figures["steps_per_iteration"] = per_iteration
+    figures["steps_per_s"] = per_iteration / figures["time/iteration_s"]
+    return figures
+
+
+#: Shared-memory MPI latency on one machine: too small to measure through lrun's polite waits; a stated guess.
+LOCAL_LATENCY_S = 1e-6
+
+
+def calibrate(points: list[dict[str, Any]], work: Workload) -> Machine:
+    """The model's machine figures from the measurements: step time (simulation over steps), learner seconds
+    per sample per epoch (one learner), bandwidth (the rollouts' blocking receives) and the polite-wait cost
+    per collective stage (the broadcasts)."""
+    step_s = float(np.median([p["time/simulate_s"] / work.samples_per_simulator for p in points]))
+    one = [p for p in points if p["learners"] == 1]
+    c = float(
+        np.median([p["time/learn_s"] / (work.epochs * (p["ranks"] - 1) * work.samples_per_simulator) for p in one])
+    )
+    per_message = [p["time/mpi_recv_transfer_s"] / ((p["ranks"] - p["learners"]) / p["learners"]) for p in points]
+    bandwidth = work.rollout_bytes / max(float(np.median(per_message)) - LOCAL_LATENCY_S, 1e-9)
+    stages = [max(math.ceil(math.log2(p["ranks"])), 1) for p in points]
+    poll = float(
+        np.median(
+            [
+                p["time/mpi_bcast_s"] / k - LOCAL_LATENCY_S - work.message_bytes / bandwidth
+                for p, k in zip(points, stages)
+            ]
+        )
+    )
+    return Machine(step_s, c, LOCAL_LATENCY_S, bandwidth, max(poll, 0.0))
+
+
+def runenv_step_seconds(physics: str = "fast", steps: int = 200) -> float:
+    """Wall seconds of one RunEnv step on this machine (no policy): the cluster prediction's physics cost."""
+    from lrun.env.run_env import RunEnv
+
+    env = RunEnv(physics=physics)
+    env.reset(seed=0)
+    action = np.full(18, 0.05, np.float32)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset(seed=0)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_scaling(
+    config_path: str | None,
+    overrides: list[str],
+    worlds: list[tuple[int, int]],
+    iterations: int,
+    out: Path,
+    sleep_step_s: float,
+    latency_s: float = CLUSTER_LATENCY_S,
+    bandwidth_Bps: float = CLUSTER_BANDWIDTH_BPS,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Measure every (ranks, learners) world, calibrate and check the model, predict the cluster."""
+    config = load_config(config_path, overrides)
+    if config.run.algorithm != "ppo":
+        raise ScalingError("the scaling model is PPO's (synchronous update); give a PPO config")
+    work = workload(config)
+    out.mkdir(parents=True, exist_ok=True)
+    sleep_set = [*overrides, f"env.kwargs={{step_seconds = {sleep_step_s}}}"]
+    points = []
+    for ranks, learners in worlds:
+        if progress:
+            progress(f"measuring {ranks} ranks, {learners} learner(s) ...")
+        figures = measure_world(config_path, sleep_set, ranks, learners, iterations, out)
+        points.append({"ranks": ranks, "learners": learners, **figures})
+    local = calibrate(points, work)
+    for p in points:
+        p["model"] = predict(p["ranks"], p["learners"], work, local)
+    physics_step = runenv_step_seconds()
+    policy_overhead = max(local.step_s - sleep_step_s, 0.0)  # forward pass and bookkeeping per env step
+    # the cluster keeps this machine's learner speed and lrun's polite-wait cost, with its own links
+    cluster = Machine(physics_step + policy_overhead, local.learn_s_per_sample, latency_s, bandwidth_Bps, local.poll_s)
+    predictions = []
+    for ranks in PREDICTED_RANKS:
+        for learners in sorted({1, learners_for(ranks, work, cluster)}):
+            predictions.append(predict(ranks, learners, work, cluster))
+    return {
+        "config": config_path or "(defaults)",
+        "overrides": overrides,
+        "iterations": iterations,
+        "sleep_step_s": sleep_step_s,
+        "workload": as_dict(work),
+        "measured": points,
+        "local_machine": as_dict(local),
+        "cluster_machine": as_dict(cluster),
+        "runenv_fast_step_s": physics_step,
+        "simulators_per_learner": simulators_per_learner(work, cluster),
+        "predicted": predictions,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The measurements beside the model, then the cluster predictions."""
+    w, local, cluster = result["workload"], result["local_machine"], result["cluster_machine"]
+    lines = [
+        f"lrun bench scaling: {result['config']}, {w['envs_per_rank']} envs x {w['steps_per_env']} steps per "
+        f"simulator, {w['epochs']} epochs x {w['minibatches']} minibatches, {w['parameters']} parameters",
+        f"  messages: rollout {w['rollout_bytes'] / 1e3:.0f} kB per simulator, policy broadcast "
+        f"{w['message_bytes'] / 1e3:.0f} kB",
+        f"  this machine (calibrated): step {local['step_s'] * 1e3:.2f} ms "
+        f"(Sleep-v0 {result['sleep_step_s'] * 1e3:.1f} ms + policy), "
+        f"learner {local['learn_s_per_sample'] * 1e6:.1f} us/sample/epoch, bandwidth "
+        f"{local['bandwidth_Bps'] / 1e9:.2f} GB/s, polite wait {local['poll_s'] * 1e3:.1f} ms per collective stage",
+        "",
+        "measured here (lrun/Sleep-v0) vs the model",
+        f"{'ranks':>5} {'learners':>8} {'steps/s':>9} {'model':>9} {'error':>7} {'sim idle':>9} {'model':>7} "
+        f"{'learn s':>8} {'xfer ms':>8} {'bcast ms':>9} {'grad ms':>8}",
+    ]
+    for p in result["measured"]:
+        m = p["model"]
+        error = 100 * (m["steps_per_s"] - p["steps_per_s"]) / p["steps_per_s"]
+        lines.append(
+            f"{p['ranks']:>5} {p['learners']:>8} {p['steps_per_s']:>9.0f} {m['steps_per_s']:>9.0f} {error:>6.0f}% "
+            f"{100 * p['time/simulator_wait_fraction']:>8.0f}% {100 * m['simulator_idle']:>6.0f}% "
+            f"{p['time/learn_s']:>8.2f} {1e3 * p['time/mpi_recv_transfer_s']:>8.2f} "
+            f"{1e3 * p['time/mpi_bcast_s']:>9.2f} {1e3 * p['time/mpi_gradient_allreduce_s']:>8.1f}"
+        )
+    lines += [
+        "",
+        f"predicted on a cluster: RunEnv fast physics {result['runenv_fast_step_s'] * 1e3:.2f} ms + policy = step "
+        f"{cluster['step_s'] * 1e3:.2f} ms, latency {cluster['latency_s'] * 1e6:.1f} us, bandwidth "
+        f"{cluster['bandwidth_Bps'] / 1e9:.0f} GB/s; one learner keeps up with "
+        f"{result['simulators_per_learner']:.0f} simulators",
+        f"{'ranks':>5} {'learners':>8} {'steps/s':>10} {'iteration s':>12} {'sim idle':>9} {'learner idle':>13}",
+    ]
+    for p in result["predicted"]:
+        lines.append(
+            f"{p['ranks']:>5} {p['learners']:>8} {p['steps_per_s']:>10.0f} {p['iteration_s']:>12.2f} "
+            f"{100 * p['simulator_idle']:>8.0f}% {100 * p['learner_idle']:>12.0f}%"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Steps/s against ranks: measured points, the model through them, and the cluster prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    work = Workload(**result["workload"])
+    local, cluster = Machine(**result["local_machine"]), Machine(**result["cluster_machine"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ranks = np.unique(np.geomspace(3, 1024, 40).astype(int))
+    for machine, label, style in ((local, "model, this machine", "--"), (cluster, "model, cluster", "-")):
+        one = [predict(r, 1, work, machine)["steps_per_s"] for r in ranks]
+        left.plot(ranks, one, style, label=f"{label}, 1 learner")
+        if machine is cluster:
+            best = [predict(r, learners_for(r, work, machine), work, machine) for r in ranks]
+            left.plot(ranks, [b["steps_per_s"] for b in best], ":", label=f"{label}, enough learners")
+            right.plot(
+                ranks,
+                [100 * predict(r, 1, work, machine)["simulator_idle"] for r in ranks],
+                "-",
+                label="simulators idle, 1 learner",
+            )
+            right.plot(ranks, [100 * b["simulator_idle"] for b in best], ":", label="simulators idle, enough learners")
+    measured = result["measured"]
+    left.plot([p["ranks"] for p in measured], [p["steps_per_s"] for p in measured], "o", label="measured here")
+    right.plot(
+        [p["ranks"] for p in measured],
+        [100 * p["time/simulator_wait_fraction"] for p in measured],
+        "o",
+        label="measured here",
+    )
+    left.set(xscale="log", yscale="log", xlabel="MPI ranks", ylabel="simulated env steps / s", title="throughput")
+    right.set(xscale="log", xlabel="MPI ranks", ylabel="% of each iteration", title="simulators waiting")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> list[Path]:
+    """OUT/scaling.json, scaling.txt and scaling.png."""
+    paths = [out / "scaling.json", out / "scaling.txt", out / "scaling.png"]
+    paths[0].write_text(json.dumps(result, indent=1) + "\n")
+    paths[1].write_text(format_table(result) + "\n")
+    plot(result, paths[2])
+    return paths
+
+
+def main_progress(message: str) -> None:
+    """Progress lines on stderr."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,119 @@
+"""A model of one synchronous training iteration on R ranks: what it costs, where it waits, and when one learner
+stops keeping up (maths only: no MPI, no OpenSim). `lrun bench scaling` measures its inputs and checks it.
+
+One iteration, as `lrun train` runs it (PPO; the README states the assumptions):
+
+    T_sim      = N E t_step                            every simulator steps its E envs N times, in parallel
+    T_transfer = (S/L) (a + b_rollout / B)             a learner takes its S/L simulators' rollouts one by one
+    T_moments  = 2 ceil(log2 R) (a + b_moments / B + p)  the observation moments' Allreduce
+    T_learn    = K (S/L) N E c + K M T_grad(L)         K epochs over the learner's samples, M minibatches each
+    T_grad(L)  = 2 ceil(log2 L) a + 2 (L-1)/L 4P / B   the gradient Allreduce among learners (0 for L = 1)
+    T_bcast    = ceil(log2 R) (a + b_message / B + p)  the decision and the new policy to every rank
+    T_iter     = T_sim + T_transfer + T_moments + T_learn + T_bcast
+
+with a the latency and B the bandwidth of a rank's link, c the learner's seconds per sample per epoch, P the
+policy's parameters, and p what lrun's polite waiting adds to each stage of a tree collective: a waiting rank
+sleeps between tests of its request (`run.wait_sleep`, so that it leaves its core to the ranks that work), and
+without an asynchronous progress thread the MPI library advances a collective only inside those tests, so each
+stage can wait up to one sleep. (The rollouts' receive and the gradient Allreduce block instead: no p.)
+
+Simulated steps per second are S N E / T_iter; the simulators wait 1 - T_sim / T_iter of
+each iteration, the learners T_sim / T_iter. A learner keeps up while its own work (transfer and update)
+takes no longer than the simulation: at most T_sim / (K N E c + a + b_rollout / B) simulators each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the model needs to know about the hardware: step time, learner speed, link latency and bandwidth."""
+
+    step_s: float  # wall seconds of one env step on a simulator (physics + the policy's forward pass)
+    learn_s_per_sample: float  # learner seconds per sample per epoch (forward, backward, optimiser share)
+    latency_s: float  # a: one message's latency
+    bandwidth_Bps: float  # B: bytes per second of one rank's link
+    poll_s: float = 0.0  # p: polite waiting's cost per stage of a tree collective (about run.wait_sleep)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The iteration's shape: envs per rank, steps per env, PPO epochs and minibatches, message sizes."""
+
+    envs_per_rank: int
+    steps_per_env: int
+    epochs: int
+    minibatches: int
+    parameters: int  # trainable parameters of the policy (gradient Allreduce: 4 bytes each)
+    rollout_bytes: int  # one simulator's packed rollout (float32)
+    message_bytes: int  # the broadcast: decision, parameters, normaliser (float64)
+    moments_bytes: int  # the observation moments (float64)
+
+    @property
+    def samples_per_simulator(self) -> int:
+        """Agent steps one simulator contributes per iteration."""
+        return self.envs_per_rank * self.steps_per_env
+
+
+def _log2(n: int) -> int:
+    return math.ceil(math.log2(n)) if n > 1 else 0
+
+
+def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict[str, float]:
+    """The model's iteration at `ranks` ranks with `learners` learners: each term (seconds), steps/s, idle shares."""
+    if learners < 1 or ranks <= learners:
+        raise ValueError(f"need at least one simulator: {ranks} ranks, {learners} learners")
+    sims = ranks - learners
+    per_learner = sims / learners
+    a, bw = machine.latency_s, machine.bandwidth_Bps
+    simulate = work.samples_per_simulator * machine.step_s
+    transfer = per_learner * (a + work.rollout_bytes / bw)
+    p = machine.poll_s
+    moments = 2 * _log2(ranks) * (a + work.moments_bytes / bw + p)
+    gradient = (
+        0.0 if learners == 1 else 2 * _log2(learners) * a + 2 * (learners - 1) / learners * 4 * work.parameters / bw
+    )
+    learn = work.epochs * per_learner * work.samples_per_simulator * machine.learn_s_per_sample
+    learn += work.epochs * work.minibatches * gradient
+    bcast = _log2(ranks) * (a + work.message_bytes / bw + p)
+    iteration = simulate + transfer + moments + learn + bcast
+    return {
+        "ranks": ranks,
+        "learners": learners,
+        "simulators": sims,
+        "simulate_s": simulate,
+        "transfer_s": transfer,
+        "moments_s": moments,
+        "learn_s": learn,
+        "gradient_allreduce_s": work.epochs * work.minibatches * gradient,
+        "bcast_s": bcast,
+        "iteration_s": iteration,
+        "steps_per_s": sims * work.samples_per_simulator / iteration,
+        "simulator_idle": 1.0 - simulate / iteration,
+        "learner_idle": simulate / iteration,
+    }
+
+
+def simulators_per_learner(work: Workload, machine: Machine) -> float:
+    """The most simulators one learner serves before its own work outlasts the simulation (simulators then
+    wait more than half of every iteration): raise `layout.learners` beyond this."""
+    per_simulator = work.epochs * work.samples_per_simulator * machine.learn_s_per_sample
+    per_simulator += machine.latency_s + work.rollout_bytes / machine.bandwidth_Bps
+    return work.samples_per_simulator * machine.step_s / per_simulator
+
+
+def learners_for(ranks: int, work: Workload, machine: Machine) -> int:
+    """The fewest learners that keep up with the simulators of `ranks` ranks."""
+    limit = simulators_per_learner(work, machine)
+    learners = 1
+    while learners < ranks - 1 and (ranks - learners) / learners > limit:
+        learners += 1
+    return learners
+
+
+def as_dict(thing: Machine | Workload) -> dict:
+    """The model's inputs as a plain dict (JSON)."""
+    return asdict(thing)

@@ -1,0 +1,66 @@
+"""The scaling model (lrun.scaling) and `lrun bench scaling`, which measures its inputs on lrun/Sleep-v0."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from helpers import LRUN, MPIEXEC, clean_env
+
+from lrun.scaling import Machine, Workload, learners_for, predict, simulators_per_learner
+
+WORK = Workload(
+    envs_per_rank=8,
+    steps_per_env=128,
+    epochs=10,
+    minibatches=8,
+    parameters=15_000,
+    rollout_bytes=266_000,
+    message_bytes=120_000,
+    moments_bytes=664,
+)
+CLUSTER = Machine(step_s=0.003, learn_s_per_sample=2e-5, latency_s=2e-6, bandwidth_Bps=12e9, poll_s=0.002)
+
+
+def test_the_iteration_is_the_sum_of_its_terms_and_the_idle_shares_add_up():
+    p = predict(64, 2, WORK, CLUSTER)
+    terms = ("simulate_s", "transfer_s", "moments_s", "learn_s", "bcast_s")
+    assert p["iteration_s"] == pytest.approx(sum(p[t] for t in terms))
+    assert p["steps_per_s"] == pytest.approx(62 * 8 * 128 / p["iteration_s"])
+    assert p["simulator_idle"] + p["learner_idle"] == pytest.approx(1.0)
+    assert predict(64, 1, WORK, CLUSTER)["gradient_allreduce_s"] == 0 < p["gradient_allreduce_s"]
+    ideal = Machine(0.003, 0.0, 0.0, float("inf"))  # free learning and communication: no one waits
+    assert predict(1024, 1, WORK, ideal)["simulator_idle"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="need at least one simulator"):
+        predict(2, 2, WORK, CLUSTER)
+
+
+def test_one_learner_keeps_up_until_its_work_equals_the_simulation():
+    limit = simulators_per_learner(WORK, CLUSTER)
+    sims = round(limit)
+    p = predict(sims + 1, 1, WORK, CLUSTER)
+    learner_work = p["learn_s"] + p["transfer_s"]
+    assert learner_work == pytest.approx(p["simulate_s"], rel=0.05)  # the definition, to rounding of S
+    assert learners_for(sims, WORK, CLUSTER) == 1 and learners_for(10 * sims, WORK, CLUSTER) >= 9
+    more = [predict(1024, n, WORK, CLUSTER)["steps_per_s"] for n in (1, 4, learners_for(1024, WORK, CLUSTER))]
+    assert more[0] < more[1] < more[2]  # at 1024 ranks one learner is the bottleneck; more learners help
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_bench_scaling_measures_worlds_checks_the_model_and_predicts_a_cluster(tmp_path):
+    out = tmp_path / "scaling"
+    small = ["--set", "layout.envs_per_rank=2", "--set", "ppo.steps_per_env=32", "--set", "ppo.epochs=2"]
+    command = [LRUN, "bench", "scaling", "--worlds", "3:1,4:1", "--iterations", "3", "--out", str(out), *small]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=clean_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((out / "scaling.json").read_text())
+    assert [(p["ranks"], p["learners"]) for p in figures["measured"]] == [(3, 1), (4, 1)]
+    for point in figures["measured"]:
+        assert point["steps_per_s"] > 0 and point["time/mpi_bcast_s"] > 0 and point["model"]["steps_per_s"] > 0
+        assert point["steps_per_iteration"] == (point["ranks"] - 1) * 2 * 32
+    assert figures["workload"]["rollout_bytes"] > 4 * 2 * 32 * (41 + 18)  # at least the observations and actions
+    assert {p["ranks"] for p in figures["predicted"]} == {64, 256, 1024}
+    assert (out / "scaling.png").stat().st_size > 10_000 and "predicted on a cluster" in result.stdout
+    bad = subprocess.run([LRUN, "bench", "scaling", "--worlds", "2:2"], capture_output=True, text=True, env=clean_env())
+    assert bad.returncode == 2 and "RANKS:LEARNERS" in bad.stderr
