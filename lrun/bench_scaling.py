@@ -154,6 +154,8 @@ def bench_scaling(
     config = load_config(config_path, overrides)
     if config.run.algorithm != "ppo":
         raise ScalingError("the scaling model is PPO's (synchronous update); give a PPO config")
+    if not any(learners == 1 for _, learners in worlds):
+        raise ScalingError("--worlds needs a world with one learner (it calibrates the learner's speed)")
     work = workload(config)
     out.mkdir(parents=True, exist_ok=True)
     sleep_set = [*overrides, f"env.kwargs={{step_seconds = {sleep_step_s}}}"]
