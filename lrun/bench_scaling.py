@@ -206,8 +206,9 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         "measured here (lrun/Sleep-v0) vs the model",
         f"{'ranks':>5} {'learners':>8} {'steps/s':>9} {'model':>9} {'error':>7} {'sim idle':>9} {'model':>7} "
-        f"{'learn s':>8} {'xfer ms':>8} {'bcast ms':>9} {'grad ms':>8}",
+        f"{'learn s':>8} {'xfer ms':>8} {'bcast ms':>9} {'moments ms':>11} {'grad ms/mb':>11}",
     ]
+    minibatches = w["epochs"] * w["minibatches"]  # gradient Allreduces per iteration
     for p in result["measured"]:
         m = p["model"]
         error = 100 * (m["steps_per_s"] - p["steps_per_s"]) / p["steps_per_s"]
@@ -215,7 +216,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{p['ranks']:>5} {p['learners']:>8} {p['steps_per_s']:>9.0f} {m['steps_per_s']:>9.0f} {error:>6.0f}% "
             f"{100 * p['time/simulator_wait_fraction']:>8.0f}% {100 * m['simulator_idle']:>6.0f}% "
             f"{p['time/learn_s']:>8.2f} {1e3 * p['time/mpi_recv_transfer_s']:>8.2f} "
-            f"{1e3 * p['time/mpi_bcast_s']:>9.2f} {1e3 * p['time/mpi_gradient_allreduce_s']:>8.1f}"
+            f"{1e3 * p['time/mpi_bcast_s']:>9.2f} {1e3 * p['time/mpi_allreduce_s']:>11.2f} "
+            f"{1e3 * p['time/mpi_gradient_allreduce_s'] / minibatches:>11.3f}"
         )
     lines += [
         "",
