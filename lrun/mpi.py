@@ -155,10 +155,17 @@ class Waiter:
     #: what `lrun bench scaling` splits an iteration's communication into
     by_operation: dict[str, float] = field(default_factory=dict)
 
+    #: The first sleep of a wait; each further one doubles, up to `sleep`. A collective's handshakes advance only
+    #: inside tests (no progress thread), so short first sleeps let a quick operation finish in microseconds,
+    #: while a long wait (a learner during rollouts) still settles at one test per `sleep`.
+    first_sleep: float = 5e-5
+
     def _poll(self, done: Callable[[], bool], operation: str) -> float:
         start, cpu_start = time.perf_counter(), time.process_time()
+        pause = min(self.first_sleep, self.sleep)
         while not done():
-            time.sleep(self.sleep)
+            time.sleep(pause)
+            pause = min(2 * pause, self.sleep)
         waited = time.perf_counter() - start
         self.wall_s += waited
         self.cpu_s += time.process_time() - cpu_start
