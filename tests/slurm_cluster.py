@@ -201,6 +201,21 @@ def two_nodes_unavailable() -> str | None:
             ["ip", "netns", "add", probe],
             ["ip", "-n", probe, "link", "add", "p0", "type", "veth", "peer", "name", "p1"],
             ["ip", "-n", probe, "link", "add", "b0", "type", "bridge"],
+            # what a node's holder does: its own mount and UTS namespaces, a tmpfs and a hostname
+            [
+                "nsenter",
+                f"--net=/run/netns/{probe}",
+                "--",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--uts",
+                "--",
+                "sh",
+                "-c",
+                "mount -t tmpfs lrun-probe /dev/shm && hostname lrun-probe",
+            ],
         ):
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
