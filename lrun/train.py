@@ -830,7 +830,9 @@ def iteration_scalars(
         "time/simulate_s": simulate,
         "time/communicate_s": max(wall_s - simulate - learn_s, 0.0),
         "time/learn_s": learn_s,
-        "time/simulator_wait_fraction": wait / wall_s,
+        # over each simulator's own cycle (waiting, storing, simulating: its wait is for the previous update, so
+        # the learner's wall time of this iteration is not its denominator; that gave > 100 % when they differed)
+        "time/simulator_wait_fraction": wait / max(wait + store + simulate, 1e-9),
         "time/store_s": store,
         **{
             f"reward/{name}": float(sum(r.term_sums[i] for r in rollouts)) / max(new_decisions, 1)

@@ -153,6 +153,13 @@ def test_rollout_pack_round_trip():
     assert summary.n_steps == r.n_steps and summary.n_sim_steps == 57 and summary.obs.size == 0
     assert np.array_equal(summary.episodes, r.episodes) and np.array_equal(summary.term_sums, r.term_sums)
     assert (summary.simulate_s, summary.wait_s, summary.policy_version) == (1.25, 0.5, 17)
+    # the simulators' idle share is over their own cycle, never above 1 (even when the learner's iteration was
+    # shorter than the update they waited for)
+    from lrun.train import iteration_scalars
+
+    r.wait_s, r.store_s = 3.0, 0.25
+    scalars = iteration_scalars(1, 100, 100, 0.5, 100, 100, 0.1, [r.summary()], {})
+    assert scalars["time/simulator_wait_fraction"] == pytest.approx(3.0 / (3.0 + 0.25 + 1.25))
 
 
 def test_train_config_is_a_dataclass_with_help_everywhere():
