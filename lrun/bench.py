@@ -171,8 +171,7 @@ def format_train_bench(f: dict[str, float]) -> str:
             f"  training / loops at once     {f['efficiency_vs_concurrent']:8.2f}",
             f"  time split per iteration     {f['iteration_s']:.2f} s: simulate {f['simulate_s']:.2f} s, communicate "
             f"{f['communicate_s']:.2f} s, learn {f['learn_s']:.2f} s",
-            f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of their cycle "
-            "(goal < 10 %)",
+            f"  simulators idle              {100 * f['simulator_wait_fraction']:8.1f} % of their cycle (goal < 10 %)",
             f"  HDF5 trajectory writing      {f['store_s']:.3f} s per iteration = {100 * f['store_fraction']:.2f} % of "
             f"rollout time (goal < 2 %); {f['store_bytes_per_million_steps'] / 1e6:.0f} MB per million steps",
             f"  CPU while waiting            learner {100 * f['learner_wait_cpu_fraction']:.1f} %, simulators "

@@ -26,14 +26,15 @@ NOT_A_VARIABLE = "This is a netCDF dimension but not a netCDF variable."
 SCALE_ATTRIBUTES = ("DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid")
 
 
-def _datasets(group: h5py.Group) -> dict[str, h5py.Dataset]:
+def datasets_in(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    """Every dataset below `group`, by path relative to it (e.g. 'reward_terms/delta_x')."""
     found: dict[str, h5py.Dataset] = {}
     group.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
     return found
 
 
 def _scale(f: h5py.File, dim: str, size: int, labels: Sequence[str] | None) -> h5py.Dataset:
-    """The root-level scale named `dim`, created on first use (`size` None: an unlimited row axis)."""
+    """The root-level scale named `dim`, created on first use (`step` and `episode`: unlimited, no data)."""
     if dim in f:
         scale = f[dim]
         if dim not in ROW_DIMS.values() and scale.shape[0] != size:
@@ -65,7 +66,7 @@ def attach_dimensions(f: h5py.File, labels: Mapping[str, Sequence[str]] | None =
     for group in ROW_DIMS:
         if group not in f:
             continue
-        for name, ds in _datasets(f[group]).items():
+        for name, ds in datasets_in(f[group]).items():
             dims = dimension_names(group, name)
             if dims is None or len(dims) != ds.ndim:
                 continue

@@ -10,7 +10,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lrun.store.dimensions import attach_dimensions, stored_labels
+from lrun.store.dimensions import attach_dimensions, datasets_in, stored_labels
 from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, READABLE_VERSIONS, SCHEMA_VERSION
 
 
@@ -92,13 +92,6 @@ def _check_open(f: h5py.File, path: Path) -> None:
                 _ = obj.shape if isinstance(obj, h5py.Dataset) else len(obj)
     except (OSError, RuntimeError, KeyError) as exc:
         raise StoreError(f"{path}: damaged {group}/ group ({exc})") from None
-
-
-def datasets_in(group: h5py.Group) -> dict[str, h5py.Dataset]:
-    """Every dataset below `group`, by path relative to it (e.g. 'reward_terms/delta_x')."""
-    found: dict[str, h5py.Dataset] = {}
-    group.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
-    return found
 
 
 def rank_files(run_dir: str | Path) -> list[Path]:

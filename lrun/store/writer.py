@@ -11,8 +11,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lrun.store.dimensions import attach_dimensions, copy_attributes, stored_labels
-from lrun.store.reader import StoreError, check_file, datasets_in, open_h5
+from lrun.store.dimensions import attach_dimensions, copy_attributes, datasets_in, stored_labels
+from lrun.store.reader import StoreError, check_file, open_h5
 from lrun.store.schema import (
     EPISODE_FIELDS,
     FILE_KIND,
