@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -24,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from lrun.config import TrainConfig, load_config
+from lrun.env.stand_in import SLEEP_ENV_ID
 from lrun.launcher import launch_environment, mpiexec_lrun
-from lrun.scaling import Machine, Workload, as_dict, learners_for, predict, simulators_per_learner
+from lrun.scaling import Machine, Workload, as_dict, learners_for, predict, simulators_per_learner, tree_stages
 
-DEFAULT_WORLDS = ((3, 1), (5, 1), (9, 1), (9, 2), (17, 1))
 PREDICTED_RANKS = (64, 256, 1024)
 #: An InfiniBand HDR-100-class link: ~2 microseconds, ~12 GB/s (the README's stated assumption).
 CLUSTER_LATENCY_S = 2e-6
@@ -72,7 +71,7 @@ def measure_world(
     shutil.rmtree(run_dir, ignore_errors=True)
     sets = [
         *overrides,
-        "env.id=lrun/Sleep-v0",
+        f"env.id={SLEEP_ENV_ID}",
         f"layout.learners={learners}",
         f"run.iterations={iterations}",
         f"run.run_dir={run_dir}",
@@ -86,12 +85,13 @@ def measure_world(
     if result.returncode != 0:
         raise ScalingError(f"{' '.join(command)} exited with {result.returncode}: {result.stderr.strip()[-600:]}")
     with open(run_dir / "progress.csv") as handle:
-        rows = list(csv.DictReader(handle))[1:]
-    if not rows:
+        every = list(csv.DictReader(handle))
+    if len(every) < 2:
         raise ScalingError(f"{run_dir}: fewer than two iterations; give --iterations >= 2")
+    rows = every[1:]  # the first (warm-up) iteration not counted
     figures = {key: float(np.mean([float(r[key]) for r in rows])) for key in rows[0] if key.startswith("time/")}
-    steps = [int(r["env_steps"]) for r in rows]
-    per_iteration = (steps[-1] - steps[0]) / max(len(rows) - 1, 1) if len(rows) > 1 else float(steps[0])
+    # env_steps is cumulative: the counted iterations' steps are the difference from the warm-up's
+    per_iteration = (int(every[-1]["env_steps"]) - int(every[0]["env_steps"])) / len(rows)
     figures["steps_per_iteration"] = per_iteration
     figures["steps_per_s"] = per_iteration / figures["time/iteration_s"]
     return figures
@@ -112,12 +112,12 @@ def calibrate(points: list[dict[str, Any]], work: Workload) -> Machine:
     )
     per_message = [p["time/mpi_recv_transfer_s"] / ((p["ranks"] - p["learners"]) / p["learners"]) for p in points]
     bandwidth = work.rollout_bytes / max(float(np.median(per_message)) - LOCAL_LATENCY_S, 1e-9)
-    stages = [max(math.ceil(math.log2(p["ranks"])), 1) for p in points]
+    # the model's broadcast term, T_bcast = stages (a + b_message / B + p), solved for p
     poll = float(
         np.median(
             [
-                p["time/mpi_bcast_s"] / k - LOCAL_LATENCY_S - work.message_bytes / bandwidth
-                for p, k in zip(points, stages)
+                p["time/mpi_bcast_s"] / tree_stages(p["ranks"]) - LOCAL_LATENCY_S - work.message_bytes / bandwidth
+                for p in points
             ]
         )
     )

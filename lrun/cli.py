@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
     from lrun.env.physics import PRESETS
+    from lrun.env.stand_in import DEFAULT_STEP_SECONDS
 
     parser = argparse.ArgumentParser(prog="lrun", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lrun {__version__}")
@@ -532,14 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     scaling.add_argument(
         "config", nargs="?", help="PPO TOML config whose layout and update are measured (default: defaults)"
     )
-    scaling.add_argument(
-        "--worlds",
-        default="3:1,5:1,9:1,9:2,17:1",
-        help="RANKS:LEARNERS pairs to measure (default 3:1,5:1,9:1,9:2,17:1)",
-    )
+    worlds = "3:1,5:1,9:1,9:2,17:1"
+    scaling.add_argument("--worlds", default=worlds, help=f"RANKS:LEARNERS pairs to measure (default {worlds})")
     scaling.add_argument("--iterations", type=int, default=4, help="iterations per world, the first not counted")
     scaling.add_argument(
-        "--step-seconds", type=float, default=0.0025, help="lrun/Sleep-v0's step time (default 0.0025: fast physics)"
+        "--step-seconds",
+        type=float,
+        default=DEFAULT_STEP_SECONDS,
+        help=f"lrun/Sleep-v0's step time (default {DEFAULT_STEP_SECONDS}: fast physics)",
     )
     scaling.add_argument("--out", default="bench-results/scaling", help="output directory")
     add_set_option(scaling, "override a config key (repeatable)")

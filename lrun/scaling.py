@@ -58,7 +58,8 @@ class Workload:
         return self.envs_per_rank * self.steps_per_env
 
 
-def _log2(n: int) -> int:
+def tree_stages(n: int) -> int:
+    """Stages of a tree collective over `n` ranks: ceil(log2 n)."""
     return math.ceil(math.log2(n)) if n > 1 else 0
 
 
@@ -72,13 +73,13 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
     simulate = work.samples_per_simulator * machine.step_s
     transfer = per_learner * (a + work.rollout_bytes / bw)
     p = machine.poll_s
-    moments = 2 * _log2(ranks) * (a + work.moments_bytes / bw + p)
-    gradient = (
-        0.0 if learners == 1 else 2 * _log2(learners) * a + 2 * (learners - 1) / learners * 4 * work.parameters / bw
-    )
+    moments = 2 * tree_stages(ranks) * (a + work.moments_bytes / bw + p)
+    gradient = 0.0  # the gradient Allreduce among learners: none for one
+    if learners > 1:
+        gradient = 2 * tree_stages(learners) * a + 2 * (learners - 1) / learners * 4 * work.parameters / bw
     learn = work.epochs * per_learner * work.samples_per_simulator * machine.learn_s_per_sample
     learn += work.epochs * work.minibatches * gradient
-    bcast = _log2(ranks) * (a + work.message_bytes / bw + p)
+    bcast = tree_stages(ranks) * (a + work.message_bytes / bw + p)
     iteration = simulate + transfer + moments + learn + bcast
     return {
         "ranks": ranks,

@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from lrun.env.stand_in import SLEEP_ENV_ID, SleepEnv
 from lrun.env.wrappers import FrameSkip
 
 GYMNASIUM_PREFIX = "gymnasium:"
@@ -28,9 +29,7 @@ def make_env(
         from lrun.env.run_env import RunEnv
 
         env: gym.Env = RunEnv(difficulty=difficulty, max_obstacles=max_obstacles, physics=physics, **kwargs)
-    elif env_id == "lrun/Sleep-v0":
-        from lrun.env.stand_in import SleepEnv
-
+    elif env_id == SLEEP_ENV_ID:
         env = SleepEnv(**kwargs)
     elif env_id.startswith(GYMNASIUM_PREFIX):
         name = env_id[len(GYMNASIUM_PREFIX) :]
