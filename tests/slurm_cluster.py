@@ -60,30 +60,38 @@ class SlurmCluster:
     submit_options: tuple[str, ...] = ()
     nodes: tuple[str, ...] = ()
 
+    cluster_name = "lrun-test"
+
     def write_conf(self) -> None:
+        """slurm.conf: the lines every test cluster shares, this cluster's slurmd and node lines, one partition."""
+        for d in ("state", "log"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        partition = "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
+        self.conf.write_text(self.common_conf() + self.node_conf() + partition)
+
+    def controller(self) -> str:
+        """slurmctld's host and address (SlurmctldHost)."""
+        return f"{self.host}(127.0.0.1)"
+
+    def node_conf(self) -> str:
+        """The slurmd files and the node: this machine."""
         b = self.base
-        for d in ("state", "spool", "log"):
-            (b / d).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            self.common_conf("lrun-test", f"{self.host}(127.0.0.1)")
-            + f"""\
+        return f"""\
 SlurmdSpoolDir={b / "spool"}
 SlurmdPidFile={b / "slurmd.pid"}
 SlurmdLogFile={b / "log" / "slurmd.log"}
 NodeName={self.host} NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-        )
 
-    def common_conf(self, name: str, controller: str) -> str:
+    def common_conf(self) -> str:
         """slurm.conf lines every test cluster shares."""
         b = self.base
         # Job ids unique across test clusters: MPICH names its shared-memory segments after the job step, and a
         # segment left in /dev/shm by a killed job of an earlier cluster with the same ids breaks MPI_Init.
         first_job = 1000 + int(time.time() * 10) % 50_000_000
         return f"""\
-ClusterName={name}
-SlurmctldHost={controller}
+ClusterName={self.cluster_name}
+SlurmctldHost={self.controller()}
 FirstJobId={first_job}
 SlurmUser=root
 AuthType=auth/munge
@@ -248,24 +256,27 @@ class TwoNodeCluster(SlurmCluster):
         self.hosts_file = base / "hosts"
         self.holders: dict[str, subprocess.Popen] = {}
 
-    def write_conf(self) -> None:
+    cluster_name = "lrun-two"
+
+    def controller(self) -> str:
+        return f"{self.host}({self.SUBNET}.1)"
+
+    def node_conf(self) -> str:
+        """%n: each slurmd its own spool, pid and log file. SlurmdTimeout: a dead node is noticed in seconds."""
         b = self.base
-        for d in ("state", "log"):
-            (b / d).mkdir(parents=True, exist_ok=True)
         nodes = "".join(
             f"NodeName={node} NodeAddr={address} CPUs=4 State=UNKNOWN\n" for node, address in self.addresses.items()
         )
-        # %n: each slurmd its own spool, pid and log file. SlurmdTimeout: a dead node is noticed in seconds.
-        self.conf.write_text(
-            self.common_conf("lrun-two", f"{self.host}({self.SUBNET}.1)")
-            + f"""\
+        return f"""\
 SlurmdSpoolDir={b / "spool-%n"}
 SlurmdPidFile={b / "slurmd-%n.pid"}
 SlurmdLogFile={b / "log" / "slurmd-%n.log"}
 SlurmdTimeout=10
-{nodes}PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
-        )
+{nodes}"""
+
+    def write_conf(self) -> None:
+        """slurm.conf, and the hosts file every machine of the cluster sees as /etc/hosts."""
+        super().write_conf()
         lines = ["127.0.0.1 localhost", f"{self.SUBNET}.1 {self.host}"]
         lines += [f"{address} {node}" for node, address in self.addresses.items()]
         self.hosts_file.write_text("\n".join(lines) + "\n")

@@ -61,12 +61,20 @@ def submit(cluster: SlurmCluster, curriculum: Path, root: Path, *extra: str, env
     return dict(line.split() for line in result.stdout.strip().splitlines())
 
 
+def wait_for_output(root: Path, job: str, text: str, timeout: float = 180) -> None:
+    """Poll the job's log until `text` shows in it (e.g. an iteration's line)."""
+    deadline = time.time() + timeout
+    while text not in output_of(root, job):
+        assert time.time() < deadline, output_of(root, job)
+        time.sleep(0.3)
+
+
 def release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 120) -> None:
     """Slurm holds a requeued job for a while before it may start again (its BeginTime); once the job is
     pending, let it start now (the tests need not wait out the hold; a user could do the same)."""
     deadline = time.time() + timeout
-    while cluster.job(job).get("JobState") != "PENDING":
-        if cluster.job(job).get("JobState") in {"COMPLETED", "FAILED", "CANCELLED"} or time.time() > deadline:
+    while (state := cluster.job(job).get("JobState")) != "PENDING":
+        if state in {"COMPLETED", "FAILED", "CANCELLED"} or time.time() > deadline:
             return
         time.sleep(0.3)
     cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
@@ -109,10 +117,7 @@ def test_usr1_checkpoints_requeues_and_completes_without_lost_or_repeated_steps(
     curriculum = curriculum_file(tmp_path, [("walk", "walk.toml", None, tiny(25, steps=40))])
     root = tmp_path / "runs"
     job = submit(cluster, curriculum, root)["walk"]
-    deadline = time.time() + 180
-    while "iter 3/25" not in output_of(root, job):
-        assert time.time() < deadline, output_of(root, job)
-        time.sleep(0.3)
+    wait_for_output(root, job, "iter 3/25")
     cluster.run(["scancel", "-b", "-s", "USR1", job])
     release_when_requeued(cluster, job)
     fields = cluster.wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=400)
@@ -192,10 +197,7 @@ def test_a_node_that_dies_ends_the_job_and_the_requeued_job_resumes_without_lost
     curriculum = curriculum_file(tmp_path, [("walk", "walk.toml", None, overrides)])
     root = tmp_path / "runs"
     job = submit(cluster, curriculum, root)["walk"]
-    deadline = time.time() + 180
-    while "iter 5/12" not in output_of(root, job):
-        assert time.time() < deadline, output_of(root, job)
-        time.sleep(0.3)
+    wait_for_output(root, job, "iter 5/12")
     assert cluster.kill_node("lrunnode2")
     killed = time.time()
     while cluster.job(job).get("JobState") == "RUNNING":  # the first node's ranks must not wait forever
