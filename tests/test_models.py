@@ -12,7 +12,17 @@ from helpers import LRUN, ROOT, run
 
 from lrun.checkpoint import load_checkpoint
 
-MODELS = sorted(p for p in (ROOT / "models").glob("*") if (p / "checkpoint.pt").is_file())
+CHECKPOINTS = sorted(p for p in (ROOT / "models").glob("*") if (p / "checkpoint.pt").is_file())
+
+
+def in_progress(model: Path) -> bool:
+    """A run's checkpoint committed so it can continue elsewhere (its PROVENANCE opens with "In-progress"), not
+    a shipped policy: it has no evaluation yet."""
+    return (model / "PROVENANCE").read_text().lstrip().lower().startswith("in-progress")
+
+
+MODELS = [m for m in CHECKPOINTS if not in_progress(m)]
+IN_PROGRESS = [m for m in CHECKPOINTS if in_progress(m)]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
@@ -42,6 +52,19 @@ def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: 
     assert int(again["seed"]) == int(first["seed"])
     assert abs(float(again["distance"]) - float(first["distance"])) < 1e-3
     assert again["fell"] == first["fell"]
+
+
+@pytest.mark.parametrize("model", IN_PROGRESS, ids=[m.name for m in IN_PROGRESS])
+def test_in_progress_checkpoint_is_small_and_says_how_to_resume_it(model: Path):
+    checkpoint = load_checkpoint(model)
+    assert (model / "checkpoint.pt").stat().st_size < 2 * 1024 * 1024
+    provenance = (model / "PROVENANCE").read_text()
+    for needed in ("commit", "command", "env steps", "machine", "--resume"):
+        assert needed in provenance.lower(), needed
+    assert f"{checkpoint['env_steps']:,}" in provenance or str(checkpoint["env_steps"]) in provenance
+    assert f"iteration {checkpoint['iteration']}" in provenance
+    recipes = [word.strip("`") for word in provenance.split() if word.strip("`").endswith(".toml")]
+    assert recipes and all((ROOT / recipe).is_file() for recipe in recipes), recipes
 
 
 @pytest.mark.skipif(not (ROOT / "models" / "walk" / "checkpoint.pt").is_file(), reason="no models/walk")
