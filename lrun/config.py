@@ -149,7 +149,13 @@ class SACConfig:
     hidden_sizes: list[int] = doc("hidden layer sizes of the two Q networks", default_factory=lambda: [256, 256])
     updates_per_step: float = doc("gradient steps per new decision (update-to-data ratio)", 0.5)
     learning_starts: int = doc("decisions collected (over all simulators) before the first update", 10_000)
-    buffer_size: int = doc("transitions the replay buffer keeps (per learner; not checkpointed)", 1_000_000)
+    buffer_size: int = doc("transitions the replay buffer keeps (per learner)", 1_000_000)
+    save_buffer: bool = doc(
+        "keep each learner's replay buffer in checkpoints/replay-LLL.h5 (the slots filled since the last checkpoint "
+        "are written at each checkpoint and at a stop signal), so --resume and a requeued job continue with it "
+        "instead of refilling it (~0.4 kB per RunEnv transition on disk)",
+        True,
+    )
     mirror: bool = doc("also store every transition's left/right mirror image (lrun/Run-v0)", False)
     mirror_min_asymmetry: float = doc(
         "store the mirror image only of states that differ from it by at least this RMS (normalised units)", 0.0

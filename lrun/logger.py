@@ -245,6 +245,8 @@ class ProgressLogger:
 
         if num("losses/q_loss") != "-":  # SAC
             learner = f"q {num('losses/q_loss')} Q {num('losses/q_mean')} alpha {num('losses/alpha')}"
+        elif num("losses/replay_transitions") != "-":  # SAC before its first update
+            learner = f"filling the replay buffer: {num('losses/replay_transitions', '.0f')} transitions"
         else:
             learner = (
                 f"pg {num('losses/policy_loss')} v {num('losses/value_loss')} kl {num('losses/approx_kl')} "

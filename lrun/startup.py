@@ -50,6 +50,7 @@ class Start:
     payload: dict | None = None  # the checkpoint a resumed run continues
     source: dict | None = None  # the trained policy it starts from (run.init_from, blend.source or clone.teacher)
     how: str = "new"  # new | resume | init | blend | clone
+    resume_path: Path | None = None  # the checkpoint file a resumed run continues (its directory may hold replay files)
 
 
 class StartupError(RuntimeError):
@@ -84,7 +85,7 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             theirs = payload["meta"].get("policy_spec") or {}
             spec = {"kind": "blend", "frozen": theirs.get("frozen", {}), "student": plain}
         check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
-        return Start(problem, spec, payload=payload, how="resume")
+        return Start(problem, spec, payload=payload, how="resume", resume_path=resume_path)
     origins = [
         (key, how, where)
         for key, how, where in (

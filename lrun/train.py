@@ -41,6 +41,7 @@ from lrun import __version__
 from lrun import mpi as lmpi
 from lrun.checkpoint import (
     CheckpointError,
+    checkpoint_dir,
     describe_spec,
     save_checkpoint,
     write_failure,
@@ -64,6 +65,7 @@ from lrun.rollout import EPISODE_COLUMNS, Rollout, RolloutCollector
 from lrun.startup import Problem, Start, StartupError, initial_policy, startup_checks
 from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
+from lrun.store.replay import ReplayFile, ReplayFileError, load_replay, replay_path
 from lrun.store.writer import TrajectoryWriter, cut_back
 
 #: A learner's MPI operations, logged per iteration as time/mpi_<operation>_s (lrun bench scaling reads them):
@@ -185,6 +187,8 @@ def run_learner(
             stop = rollout_source.share_decision(state, stop)  # rank 0's decision, with the policy
             if stop:
                 last["stopped_early"] = stop == STOP_SIGNAL
+                if stop == STOP_SIGNAL:  # rank 0 has checkpointed: every learner keeps its buffer with it
+                    sync_replay_file(state)
                 break
             rollouts, moments = rollout_source.collect(state.iteration)
             losses, learn_s = update(config, state, layout, rollouts, moments)
@@ -197,6 +201,8 @@ def run_learner(
                 last = reporter.log(
                     state, wall_s, new_steps, new_decisions, learn_s, rollouts, losses, coefficient, mpi_s
                 )
+            if checkpoint_due(config, state.iteration):
+                sync_replay_file(state)
     finally:
         rollout_source.close()
         if reporter is not None:
@@ -223,7 +229,60 @@ def learner_state(
     elif start.source is not None:
         state.start_from(start.source, start.how)
     state.session_start = state.iteration
+    if config.run.algorithm == "sac" and config.sac.save_buffer:
+        attach_replay_file(config, state, start, learner_comm, waiter)
     return state
+
+
+def attach_replay_file(
+    config: TrainConfig, state: TrainingState, start: Start, learner_comm: Any, waiter: lmpi.Waiter | None
+) -> None:
+    """Give a SAC learner its buffer's file beside the run's checkpoints and, on --resume, refill the buffer from
+    the file the resumed checkpoint's directory holds. The learners agree whether every one of them got its
+    buffer back: only then does the warm-up (`sac.learning_starts`) count the restored transitions."""
+    index = 0 if learner_comm is None else learner_comm.Get_rank()
+    updater: SACUpdater = state.updater
+    state.replay_file = ReplayFile(replay_path(checkpoint_dir(config.run.run_dir), index), updater.buffer)
+    restored = None
+    if start.resume_path is not None:
+        source = replay_path(start.resume_path.parent, index)
+        if not source.is_file():
+            state.replay_note = (
+                f"replay buffer: no {source.name} beside the checkpoint: it refills ({config.sac.learning_starts} "
+                f"decisions before the first update)"
+            )
+        else:
+            try:
+                restored = load_replay(source, updater.buffer)
+            except ReplayFileError as exc:
+                state.replay_note = f"replay buffer: {exc}; it refills"
+    if restored is not None:
+        if restored.exact and restored.path.resolve() == state.replay_file.path.resolve():
+            state.replay_file.mark_synced()
+        state.replay_note = (
+            f"replay buffer: {restored.transitions} transitions back from {restored.path} (written at iteration "
+            f"{restored.iteration})"
+            + (f"; {restored.dropped} rows an interrupted write left were dropped" if restored.dropped else "")
+        )
+    every = np.array([1.0 if restored is not None else 0.0])
+    if learner_comm is not None and learner_comm.Get_size() > 1:
+        lmpi.allreduce_sum(learner_comm, every, waiter or lmpi.Waiter(config.run.wait_sleep))
+    state.replay_restored = int(every[0]) == (1 if learner_comm is None else learner_comm.Get_size())
+
+
+def sync_replay_file(state: TrainingState) -> None:
+    """Write the slots the learner's buffer filled since its file's last sync (after each checkpoint and at a
+    stop signal); a failure is an error that names the cure, and the checkpoint stays intact."""
+    if state.replay_file is None:
+        return
+    try:
+        state.replay_file.sync(state.iteration)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{state.replay_file.path}: cannot write the replay buffer at iteration {state.iteration} "
+            f"({write_failure(exc)}); the checkpoint is intact: free space and --resume, or set sac.save_buffer = "
+            f"false (a resumed run then refills its buffer)"
+        ) from exc
 
 
 class LocalRollouts:
@@ -366,12 +425,16 @@ def sac_update(
             )
     simulators = max(layout.world_size - layout.learners, 1)
     per_iteration = config.ppo.steps_per_env * config.layout.envs_per_rank
-    # counted from this session's first iteration: the buffer is not checkpointed, so a resumed run refills it
-    collected = per_iteration * simulators * (state.iteration + 1 - state.session_start)
+    # counted from the run's first iteration where every learner got its buffer back from its file, else from
+    # this session's first: a resumed run without its buffer refills it before learning
+    first = 0 if state.replay_restored else state.session_start
+    collected = per_iteration * simulators * (state.iteration + 1 - first)
     if collected < config.sac.learning_starts:
-        return {"updates": 0.0}
+        return {"updates": 0.0, "replay_transitions": float(updater.buffer.size)}
     n_updates = round(config.sac.updates_per_step * per_iteration * max(simulators // layout.learners, 1))
-    return updater.update(n_updates, partial(normalised_features, config, state))
+    losses = updater.update(n_updates, partial(normalised_features, config, state))
+    losses["replay_transitions"] = float(updater.buffer.size)
+    return losses
 
 
 def normalised_features(config: TrainConfig, state: TrainingState, features: np.ndarray) -> np.ndarray:
@@ -440,6 +503,8 @@ class Reporter:
             for path in rank_files(run_dir):
                 kept, _ = cut_back(path, state.iteration)
                 self.say(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}")
+        if state.replay_note:
+            self.say(state.replay_note)
 
     def say(self, line: str) -> None:
         """One line on the run's stream."""
@@ -490,7 +555,7 @@ class Reporter:
             scalars["blend/coefficient"] = coefficient
             scalars["blend/distillation_loss"] = losses.get("auxiliary_loss", 0.0)
         self.logger.log(scalars)
-        if state.iteration % run.checkpoint_every == 0 or state.iteration == run.iterations:
+        if checkpoint_due(self.config, state.iteration):
             save_checkpoint(run.run_dir, state.payload(), state.iteration)
             if run.store_trajectories and state.iteration < run.iterations:
                 write_master(run.run_dir)
@@ -504,6 +569,11 @@ class Reporter:
         """The store's master file over every rank file (all closed by now)."""
         if self.config.run.store_trajectories:
             write_master(self.config.run.run_dir)
+
+
+def checkpoint_due(config: TrainConfig, iteration: int) -> bool:
+    """Whether rank 0 checkpoints (and every SAC learner syncs its buffer's file) after this iteration."""
+    return iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations
 
 
 def run_simulator(config: TrainConfig, start: Start, comm: Any, layout: lmpi.RankLayout, rank: RankContext) -> int:
@@ -564,6 +634,9 @@ class TrainingState:
         self.lineage: list[dict[str, Any]] = []  # the checkpoints this run descends from (curriculum stages)
         self.metadata: dict[str, Any] = {}  # versions, git commit, hosts, Slurm job (lrun.metadata)
         self.session_start = 0  # the iteration this process started (or resumed) at
+        self.replay_file: ReplayFile | None = None  # SAC with sac.save_buffer: the buffer's file
+        self.replay_restored = False  # every learner's buffer came back from its file on --resume
+        self.replay_note = ""  # how the buffer started, for rank 0's log
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -825,6 +898,7 @@ def iteration_scalars(
         "losses/actor_loss": losses.get("actor_loss", nan),
         "losses/alpha": losses.get("alpha", nan),
         "losses/q_mean": losses.get("q_mean", nan),
+        "losses/replay_transitions": losses.get("replay_transitions", nan),
         "losses/explained_variance": losses.get("explained_variance", nan),
         "time/iteration_s": wall_s,
         "time/simulate_s": simulate,

@@ -3,12 +3,16 @@ learner on a problem with a known answer, and a whole SAC run under mpiexec with
 
 from __future__ import annotations
 
+import csv
 import json
+import re
+import signal
 
+import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, run, sets
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, sets, start
 
 from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError, build_config
@@ -40,8 +44,8 @@ def test_replay_buffer_overwrites_the_oldest_and_samples_what_it_holds():
     buffer = ReplayBuffer(5, 2, 1, seed=0)
     with pytest.raises(ValueError, match="empty"):
         buffer.sample(1)
-    for start in (0, 3):  # 6 transitions into 5 slots: the first is gone
-        ids = np.arange(start, start + 3, dtype=np.float32)
+    for first in (0, 3):  # 6 transitions into 5 slots: the first is gone
+        ids = np.arange(first, first + 3, dtype=np.float32)
         buffer.add(np.stack([ids, ids], 1), ids[:, None], ids, np.stack([ids, ids], 1) + 1, np.zeros(3))
     assert buffer.size == 5
     obs, actions, rewards, next_obs, _terminated = buffer.sample(1000)
@@ -124,20 +128,31 @@ def test_bad_sac_configs_are_refused_naming_the_key(overrides, message):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
-def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
-    run_dir = tmp_path / "sac"
-    settings = sets(
+def sac_settings(run_dir, *extra: str) -> list[str]:
+    """A small SAC run of the walk-sac recipe: 2 simulators x 2 envs x 16 decisions = 64 decisions per iteration."""
+    return sets(
         "env.physics=fast",
         "layout.envs_per_rank=2",
         "ppo.steps_per_env=16",
-        "sac.learning_starts=100",  # 2 simulators x 2 envs x 16 = 64 decisions per iteration
+        "sac.learning_starts=100",
         "sac.batch_size=32",
         "sac.hidden_sizes=[32]",
         "policy.hidden_sizes=[32]",
         "sac.mirror=true",
         "sac.mirror_min_asymmetry=0.25",
         f"run.run_dir={run_dir}",
+        *extra,
     )
+
+
+def progress_column(run_dir, column: str) -> list[float]:
+    with open(run_dir / "progress.csv", newline="") as handle:
+        return [float(r[column]) for r in csv.DictReader(handle)]
+
+
+def test_a_sac_run_under_mpiexec_resumes_with_its_replay_buffer_and_is_evaluated(tmp_path):
+    run_dir = tmp_path / "sac"
+    settings = sac_settings(run_dir)
     recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
     first = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *settings, *sets("run.iterations=2")], timeout=300)
     assert first.returncode == 0, first.stderr
@@ -145,26 +160,79 @@ def test_a_sac_run_under_mpiexec_resumes_and_is_evaluated(tmp_path):
     assert payload["meta"]["policy_spec"]["distribution"] == "squashed" and "critic" in payload["optimizer"]
     rows = (run_dir / "progress.csv").read_text().splitlines()
     assert len(rows) == 3 and "losses/q_loss" in rows[0]
+    assert "filling the replay buffer: " in first.stdout  # the first iteration's line: no losses yet
+    held = progress_column(run_dir, "losses/replay_transitions")[-1]
+    replay = run_dir / "checkpoints" / "replay-000.h5"
+    with h5py.File(replay, "r") as f:  # the buffer as the last checkpoint left it, mirror images included
+        assert f.attrs["size"] == held and f.attrs["iteration"] == 2 and 2 * 64 < held < 4 * 64
     resume = ["--resume", str(run_dir), *settings, *sets("run.iterations=3")]
     again = run([MPIEXEC, "-n", "3", LRUN, "train", *recipe, *resume])
     assert again.returncode == 0, again.stderr
-    import csv
-
-    with open(run_dir / "progress.csv", newline="") as handle:
-        updates = [float(r["losses/updates"]) for r in csv.DictReader(handle)]
-    # updates once 100 decisions are in; the resumed session refills its (not checkpointed) buffer first
-    assert updates[0] == 0 and updates[1] > 0 and updates[2] == 0
+    assert f"replay buffer: {int(held)} transitions back from {replay}" in again.stdout
+    # updates once 100 decisions are in, and at once after the resume: the buffer came back
+    updates = progress_column(run_dir, "losses/updates")
+    assert updates[0] == 0 and updates[1] > 0 and updates[2] > 0
+    assert progress_column(run_dir, "losses/replay_transitions")[2] > held
     resumed = load_checkpoint(run_dir)
     assert resumed["iteration"] == 3
-    # the critics, targets and temperature came back from the checkpoint (and were not updated since)
-    assert torch.equal(resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"])
+    # the critics, targets and temperature came back from the checkpoint and went on learning
     assert float(payload["optimizer"]["log_alpha"]) != pytest.approx(float(np.log(0.2)))
+    assert not torch.equal(resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"])
+
+    replay.unlink()  # without its file, a resumed run says so and refills its buffer before learning
+    lost = run(
+        [MPIEXEC, "-n", "3", LRUN, "train", *recipe, *settings, *sets("run.iterations=4"), "--resume", str(run_dir)]
+    )
+    assert lost.returncode == 0, lost.stderr
+    assert "replay buffer: no replay-000.h5 beside the checkpoint: it refills (100 decisions" in lost.stdout
+    assert progress_column(run_dir, "losses/updates")[3] == 0
+    with h5py.File(replay, "r") as f:
+        assert f.attrs["iteration"] == 4 and f.attrs["size"] == progress_column(run_dir, "losses/replay_transitions")[3]
+
     out = tmp_path / "eval"
     ev = run(
         [LRUN, "eval", str(run_dir), "--episodes", "1", "--difficulty", "0", "--physics", "fast", "--out", str(out)]
     )
     assert ev.returncode == 0, ev.stderr
     assert json.loads((out / "eval.json").read_text())["summary"]["episodes"] == 1
+
+
+def test_a_stop_signal_keeps_every_learners_replay_buffer_with_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "sac"
+    recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
+    settings = sac_settings(run_dir, "layout.learners=2", "run.checkpoint_every=50")
+    process = start([MPIEXEC, "-n", "4", LRUN, "train", *recipe, *settings, *sets("run.iterations=40")])
+    try:
+        read_until(process, "iter 3/40")
+        process.send_signal(signal.SIGUSR1)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 3, err
+    stopped_at = int(re.search(r"checkpoint at iteration (\d+) written", out).group(1))
+    assert load_checkpoint(run_dir)["iteration"] == stopped_at
+    held = progress_column(run_dir, "losses/replay_transitions")[stopped_at - 1]
+    for learner in (0, 1):  # 1 simulator x 2 envs x 16 decisions per learner and iteration, plus mirror images
+        with h5py.File(run_dir / "checkpoints" / f"replay-{learner:03d}.h5", "r") as f:
+            assert f.attrs["iteration"] == stopped_at and stopped_at * 31 <= f.attrs["size"] <= stopped_at * 64
+            if learner == 0:
+                assert f.attrs["size"] == held
+    again = run(
+        [
+            MPIEXEC,
+            "-n",
+            "4",
+            LRUN,
+            "train",
+            *recipe,
+            *settings,
+            *sets(f"run.iterations={stopped_at + 1}"),
+            "--resume",
+            str(run_dir),
+        ]
+    )
+    assert again.returncode == 0, again.stderr
+    assert progress_column(run_dir, "losses/updates")[stopped_at] > 0  # both learners had their buffers back
 
 
 def test_sampled_log_probabilities_stay_exact_where_tanh_saturates():

@@ -52,6 +52,7 @@ class ReplayBuffer:
         self.terminated = np.zeros(capacity, np.float32)
         self.size = 0
         self.cursor = 0
+        self.added = 0  # transitions ever added (what a sync of the buffer's file has yet to write)
         self.rng = np.random.default_rng(seed)
 
     def add(
@@ -66,6 +67,7 @@ class ReplayBuffer:
         self.next_obs[where], self.terminated[where] = next_obs, terminated
         self.cursor = int((self.cursor + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
+        self.added += n
 
     def sample(self, n: int) -> tuple[np.ndarray, ...]:
         """n transitions drawn uniformly (with replacement): obs, actions, rewards, next_obs, terminated."""
