@@ -35,7 +35,7 @@ $(OMPI_VENV)/bin/lrun: $(BIN)/lrun
 	chmod +x $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The suite as if the optional extras (track, video, analysis) were not installed: their imports fail.
 test-bare: install

@@ -238,8 +238,8 @@ def attach_replay_file(
     config: TrainConfig, state: TrainingState, start: Start, learner_comm: Any, waiter: lmpi.Waiter | None
 ) -> None:
     """Give a SAC learner its buffer's file beside the run's checkpoints and, on --resume, refill the buffer from
-    the file the resumed checkpoint's directory holds. The learners agree whether every one of them got its
-    buffer back: only then does the warm-up (`sac.learning_starts`) count the restored transitions."""
+    the file the resumed checkpoint's directory holds. The warm-up (`sac.learning_starts`) counts the collected
+    decisions every learner got back, summed over the learners, so all of them start updating together."""
     index = 0 if learner_comm is None else learner_comm.Get_rank()
     updater: SACUpdater = state.updater
     state.replay_file = ReplayFile(replay_path(checkpoint_dir(config.run.run_dir), index), updater.buffer)
@@ -259,15 +259,19 @@ def attach_replay_file(
     if restored is not None:
         if restored.exact and restored.path.resolve() == state.replay_file.path.resolve():
             state.replay_file.mark_synced()
+        behind = state.iteration - restored.iteration
         state.replay_note = (
             f"replay buffer: {restored.transitions} transitions back from {restored.path} (written at iteration "
-            f"{restored.iteration})"
+            f"{restored.iteration}"
+            + (f", {-behind} iterations after this checkpoint's: their transitions are kept" if behind < 0 else "")
+            + ")"
             + (f"; {restored.dropped} rows an interrupted write left were dropped" if restored.dropped else "")
         )
-    every = np.array([1.0 if restored is not None else 0.0])
+    # the warm-up goes on from what every learner got back (its buffer holds its share of the decisions)
+    restored_decisions = np.array([float(restored.collected if restored is not None else 0)])
     if learner_comm is not None and learner_comm.Get_size() > 1:
-        lmpi.allreduce_sum(learner_comm, every, waiter or lmpi.Waiter(config.run.wait_sleep))
-    state.replay_restored = int(every[0]) == (1 if learner_comm is None else learner_comm.Get_size())
+        lmpi.allreduce_sum(learner_comm, restored_decisions, waiter or lmpi.Waiter(config.run.wait_sleep))
+    state.restored_decisions = int(restored_decisions[0])
 
 
 def sync_replay_file(state: TrainingState) -> None:
@@ -280,8 +284,8 @@ def sync_replay_file(state: TrainingState) -> None:
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(
             f"{state.replay_file.path}: cannot write the replay buffer at iteration {state.iteration} "
-            f"({write_failure(exc)}); the checkpoint is intact: free space and --resume, or set sac.save_buffer = "
-            f"false (a resumed run then refills its buffer)"
+            f"({write_failure(exc)}); the checkpoint is intact: free space (or move the file away) and --resume, "
+            f"or set sac.save_buffer = false (a resumed run then refills its buffer)"
         ) from exc
 
 
@@ -421,14 +425,13 @@ def sac_update(
             there = torch.as_tensor(normalised_features(config, state, obs[:, p]))
             keep = asymmetry(here, there).numpy() >= config.sac.mirror_min_asymmetry
             updater.buffer.add(
-                obs[keep][:, p], actions[keep][:, q], rewards[keep], next_obs[keep][:, p], terminated[keep]
+                obs[keep][:, p], actions[keep][:, q], rewards[keep], next_obs[keep][:, p], terminated[keep], False
             )
     simulators = max(layout.world_size - layout.learners, 1)
     per_iteration = config.ppo.steps_per_env * config.layout.envs_per_rank
-    # counted from the run's first iteration where every learner got its buffer back from its file, else from
-    # this session's first: a resumed run without its buffer refills it before learning
-    first = 0 if state.replay_restored else state.session_start
-    collected = per_iteration * simulators * (state.iteration + 1 - first)
+    # this session's decisions and those the learners' buffers came back with: a resumed run without its buffer
+    # refills it before learning (the same count on every learner, so their gradient Allreduces pair up)
+    collected = per_iteration * simulators * (state.iteration + 1 - state.session_start) + state.restored_decisions
     if collected < config.sac.learning_starts:
         return {"updates": 0.0, "replay_transitions": float(updater.buffer.size)}
     n_updates = round(config.sac.updates_per_step * per_iteration * max(simulators // layout.learners, 1))
@@ -635,7 +638,7 @@ class TrainingState:
         self.metadata: dict[str, Any] = {}  # versions, git commit, hosts, Slurm job (lrun.metadata)
         self.session_start = 0  # the iteration this process started (or resumed) at
         self.replay_file: ReplayFile | None = None  # SAC with sac.save_buffer: the buffer's file
-        self.replay_restored = False  # every learner's buffer came back from its file on --resume
+        self.restored_decisions = 0  # collected decisions the learners' buffers came back with, over all learners
         self.replay_note = ""  # how the buffer started, for rank 0's log
 
     def payload(self) -> dict[str, Any]:

@@ -53,12 +53,20 @@ class ReplayBuffer:
         self.size = 0
         self.cursor = 0
         self.added = 0  # transitions ever added (what a sync of the buffer's file has yet to write)
+        self.collected = 0  # of those, the ones simulators collected (not mirror images)
         self.rng = np.random.default_rng(seed)
 
     def add(
-        self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        collected: bool = True,
     ) -> None:
-        """Append a batch of transitions, overwriting the oldest once full."""
+        """Append a batch of transitions, overwriting the oldest once full; `collected=False` for transitions
+        made from others (mirror images), which the warm-up does not count."""
         n = len(obs)
         if n > self.capacity:
             raise ValueError(f"{n} transitions do not fit a buffer of {self.capacity}")
@@ -68,6 +76,8 @@ class ReplayBuffer:
         self.cursor = int((self.cursor + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
         self.added += n
+        if collected:
+            self.collected += n
 
     def sample(self, n: int) -> tuple[np.ndarray, ...]:
         """n transitions drawn uniformly (with replacement): obs, actions, rewards, next_obs, terminated."""

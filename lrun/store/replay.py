@@ -6,14 +6,17 @@ datasets `obs`, `next_obs` (features before normalisation, as the buffer keeps t
 previous one (a few MB per checkpoint), so it costs almost nothing next to an iteration.
 
 A crash can stop a sync half-way, leaving rows whose `obs` is new and whose `next_obs` is old. So a sync first
-records the slots it is about to write (`dirty_start`, `dirty_stop`, flushed), writes them, then records the new
-size and clears the mark; a load drops rows still marked. The file may be an iteration or a checkpoint ahead of
-the checkpoint a run resumes from (a crash between the two writes): its extra rows are valid transitions of the
-same run, which an off-policy learner may learn from like any other.
+records the slots it is about to write (`dirty_start`, `dirty_stop`; flushed and fsynced), writes them (flushed
+and fsynced), and only then records the new size and clears the mark; a load drops rows still marked. A first
+or whole write goes to a temporary file renamed over the old one. Rank 0 writes the checkpoint before the
+learners sync, so after a crash between the two the file is a checkpoint behind (the next checkpoint's rows are
+missing, the run collects them again); a run resumed from an older `iter-*.pt` gets the later rows as well:
+valid transitions of the same run, which an off-policy learner may learn from like any other.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +45,16 @@ class Restored:
 
     path: Path
     transitions: int
+    collected: int  # of those, at most this many were collected by simulators (not mirror images)
     iteration: int  # the iteration of the sync that wrote the file
     dropped: int  # rows an interrupted sync left half-written
     exact: bool  # slot for slot the file's layout (else the next sync rewrites the file whole)
+
+
+def durable(f: h5py.File) -> None:
+    """Flush HDF5's buffers and fsync the file, so what follows cannot reach the disk before it."""
+    f.flush()
+    os.fsync(f.id.get_vfd_handle())
 
 
 class ReplayFile:
@@ -64,48 +74,52 @@ class ReplayFile:
         """Write the slots filled since the last sync (all of them the first time); returns rows written."""
         buffer = self.buffer
         new = buffer.added - self.synced if self.synced is not None else None
-        if new == 0 and self.path.is_file():
+        if new is not None and new < buffer.size and self.path.is_file():
             with h5py.File(self.path, "r+") as f:
-                f.attrs["iteration"] = iteration
-            return 0
-        whole = new is None or new >= buffer.size or not self.path.is_file()
-        if whole:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with h5py.File(tmp, "w") as f:
-                self._create(f)
-                self._write_slots(f, 0, buffer.size)
-                self._finish(f, iteration)
-            tmp.replace(self.path)  # a crash leaves the previous file whole
-            written = buffer.size
-        else:
-            start = (buffer.cursor - new) % buffer.capacity
-            with h5py.File(self.path, "r+") as f:
-                self._check_layout(f)
-                stop = start + new  # may run past the end of the ring: written in two pieces
-                f.attrs["dirty_start"], f.attrs["dirty_stop"] = start, stop
-                f.flush()
-                self._write_slots(f, start, min(stop, buffer.capacity))
-                if stop > buffer.capacity:
-                    self._write_slots(f, 0, stop - buffer.capacity)
-                self._finish(f, iteration)
-            written = new
+                if self._fits(f):
+                    self._write_new(f, new, iteration)
+                    self.synced = buffer.added
+                    return new
+        self._write_whole(iteration)
         self.synced = buffer.added
-        return written
+        return buffer.size
 
-    def _create(self, f: h5py.File) -> None:
-        b = self.buffer
-        f.attrs["format"] = FORMAT
-        f.attrs["capacity"] = b.capacity
-        for name in FIELDS:
-            array = getattr(b, name)
-            shape = (0, *array.shape[1:])
-            chunks = (min(CHUNK_ROWS, b.capacity), *array.shape[1:])
-            f.create_dataset(name, shape, array.dtype, maxshape=(b.capacity, *array.shape[1:]), chunks=chunks)
+    def _fits(self, f: h5py.File) -> bool:
+        """The file is this buffer's, slot for slot, as of the last sync."""
+        return (
+            f.attrs.get("format") == FORMAT
+            and int(f.attrs["capacity"]) == self.buffer.capacity
+            and int(f.attrs["added"]) == self.synced
+            and all(f[name].shape[1:] == getattr(self.buffer, name).shape[1:] for name in FIELDS)
+        )
 
-    def _check_layout(self, f: h5py.File) -> None:
-        if int(f.attrs["capacity"]) != self.buffer.capacity or f["obs"].shape[1:] != self.buffer.obs.shape[1:]:
-            raise ReplayFileError(f"{self.path}: written for another buffer shape")
+    def _write_new(self, f: h5py.File, new: int, iteration: int) -> None:
+        capacity = self.buffer.capacity
+        start = (self.buffer.cursor - new) % capacity
+        stop = start + new  # may run past the end of the ring: written in two pieces
+        if new:
+            f.attrs["dirty_start"], f.attrs["dirty_stop"] = start, stop
+            durable(f)
+            self._write_slots(f, start, min(stop, capacity))
+            self._write_slots(f, 0, stop - capacity)
+            durable(f)
+        self._finish(f, iteration)
+
+    def _write_whole(self, iteration: int) -> None:
+        buffer = self.buffer
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["capacity"] = buffer.capacity
+            for name in FIELDS:
+                array = getattr(buffer, name)
+                chunks = (min(CHUNK_ROWS, buffer.capacity), *array.shape[1:])
+                maxshape = (buffer.capacity, *array.shape[1:])
+                f.create_dataset(name, (0, *array.shape[1:]), array.dtype, maxshape=maxshape, chunks=chunks)
+            self._write_slots(f, 0, buffer.size)
+            self._finish(f, iteration)
+        tmp.replace(self.path)  # a crash leaves the previous file whole
 
     def _write_slots(self, f: h5py.File, start: int, stop: int) -> None:
         if stop <= start:
@@ -117,17 +131,23 @@ class ReplayFile:
             dataset[start:stop] = getattr(self.buffer, name)[start:stop]
 
     def _finish(self, f: h5py.File, iteration: int) -> None:
-        f.attrs["size"], f.attrs["cursor"] = self.buffer.size, self.buffer.cursor
-        f.attrs["added"] = self.buffer.added
+        b = self.buffer
+        f.attrs["size"], f.attrs["cursor"], f.attrs["added"], f.attrs["collected"] = (
+            b.size,
+            b.cursor,
+            b.added,
+            b.collected,
+        )
         f.attrs["iteration"] = iteration
         f.attrs["dirty_start"] = f.attrs["dirty_stop"] = 0
-        f.flush()
+        durable(f)
 
 
 def load_replay(path: str | Path, buffer: ReplayBuffer) -> Restored:
-    """Fill an empty `buffer` from a replay file; rows a crashed sync left half-written are dropped (the buffer
-    is then compacted, so its next sync rewrites the file whole). Raises `ReplayFileError` for a file that is
-    corrupt or made for other shapes."""
+    """Fill an empty `buffer` from a replay file; rows a crashed sync left half-written are dropped. Loaded into
+    a buffer of another capacity, or with rows dropped, the transitions are laid out oldest first (the newest
+    kept where the buffer is smaller), so the next adds still overwrite the oldest. Raises `ReplayFileError` for
+    a file that is corrupt or made for other shapes."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
@@ -140,25 +160,27 @@ def load_replay(path: str | Path, buffer: ReplayBuffer) -> Restored:
                     f"{path}: transitions of {f['obs'].shape[1]} features and {f['actions'].shape[1]} actions, "
                     f"the run has {buffer.obs.shape[1]} and {buffer.actions.shape[1]}"
                 )
+            short = [name for name in FIELDS if f[name].shape[0] < size]
+            if short or not 0 <= cursor < max(capacity, 1) or size > capacity:
+                raise ReplayFileError(f"{path}: inconsistent (size {size}, cursor {cursor}, short {short})")
             keep = np.ones(size, bool)
             start, stop = int(f.attrs["dirty_start"]), int(f.attrs["dirty_stop"])
             for a, b in ((start, min(stop, capacity)), (0, max(stop - capacity, 0))):
                 keep[a : min(b, size)] = False
+            oldest = cursor if size == capacity else 0  # a full ring's oldest slot is where it writes next
             rows = np.flatnonzero(keep)
-            dropped = size - len(rows)
-            if len(rows) > buffer.capacity:  # a smaller buffer now: keep the newest rows
-                age = (rows - cursor) % max(size, 1)
-                rows = np.sort(rows[np.argsort(age)[-buffer.capacity :]])
-            arrays = {name: f[name][:size][rows] if len(rows) < size else f[name][:size] for name in FIELDS}
+            rows = rows[np.argsort((rows - oldest) % max(size, 1), kind="stable")][-buffer.capacity :]
+            exact = len(rows) == size and capacity == buffer.capacity
+            arrays = {name: f[name][:size] for name in FIELDS}
             iteration = int(f.attrs["iteration"])
-            added = int(f.attrs.get("added", size))
-    except (OSError, KeyError) as exc:
+            added, collected = int(f.attrs["added"]), int(f.attrs["collected"])
+    except (OSError, KeyError, ValueError) as exc:
         raise ReplayFileError(f"{path}: corrupt or unreadable replay file ({exc})") from exc
     n = len(rows)
     for name, values in arrays.items():
-        getattr(buffer, name)[:n] = values
+        getattr(buffer, name)[:n] = values if exact else values[rows]
     buffer.size = n
-    exact = n == size and capacity == buffer.capacity
     buffer.cursor = cursor if exact else n % buffer.capacity
     buffer.added = added if exact else n
-    return Restored(path, n, iteration, dropped, exact)
+    buffer.collected = collected
+    return Restored(path, n, min(collected, n), iteration, size - int(keep.sum()), exact)
