@@ -166,14 +166,21 @@ def make_plan(
     )
 
 
-def _differences(theirs: dict[str, Any], ours: dict[str, Any], prefix: str = "") -> list[str]:
-    """Keys whose values differ between two resolved configs (nested dicts), as section.key."""
+def _differences(
+    theirs: dict[str, Any], ours: dict[str, Any], prefix: str = "", defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Keys whose values differ between two resolved configs (nested dicts), as section.key. A key the stored
+    config lacks (lrun added it since) counts as equal where ours holds its default: a run of older code is not
+    "another config" for a key it never had."""
+    defaults = TrainConfig().to_dict() if defaults is None else defaults
     found = []
     for key in sorted(set(theirs) | set(ours)):
         a, b = theirs.get(key), ours.get(key)
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict) and prefix == "":
-            found += _differences(a, b, f"{key}.")
+            found += _differences(a, b, f"{key}.", defaults.get(key, {}))
+        elif key not in theirs and key in defaults and b == defaults[key]:
+            continue
         elif a != b and not (prefix == "run." and key in NEUTRAL_RUN_KEYS):
             found.append(name)
     return found

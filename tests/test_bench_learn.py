@@ -72,3 +72,17 @@ def test_bench_learn_tiny_budget(tmp_path):
     # another config in the same directory is refused, not mixed in
     other = run([*command, "--overwrite", "--set", "ppo.learning_rate=1e-3"])
     assert other.returncode == 2 and "ppo.learning_rate" in other.stderr, other.stderr
+
+
+def test_a_key_added_since_a_run_was_stored_is_no_difference_at_its_default():
+    from lrun.bench_learn import _differences
+    from lrun.config import TrainConfig
+
+    ours = TrainConfig().to_dict()
+    theirs = {section: dict(values) if isinstance(values, dict) else values for section, values in ours.items()}
+    del theirs["sac"]["save_buffer"]  # a run stored before lrun had the key
+    assert _differences(theirs, ours) == []
+    ours["sac"]["save_buffer"] = False
+    assert _differences(theirs, ours) == ["sac.save_buffer"]
+    theirs["sac"]["batch_size"] = 7
+    assert _differences(theirs, ours) == ["sac.batch_size", "sac.save_buffer"]
