@@ -259,11 +259,11 @@ def attach_replay_file(
     if restored is not None:
         if restored.exact and restored.path.resolve() == state.replay_file.path.resolve():
             state.replay_file.mark_synced()
-        behind = state.iteration - restored.iteration
+        ahead = restored.iteration - state.iteration
         state.replay_note = (
             f"replay buffer: {restored.transitions} transitions back from {restored.path} (written at iteration "
             f"{restored.iteration}"
-            + (f", {-behind} iterations after this checkpoint's: their transitions are kept" if behind < 0 else "")
+            + (f", {ahead} iterations after this checkpoint's: their transitions are kept" if ahead > 0 else "")
             + ")"
             + (f"; {restored.dropped} rows an interrupted write left were dropped" if restored.dropped else "")
         )

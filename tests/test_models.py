@@ -25,14 +25,21 @@ MODELS = [m for m in CHECKPOINTS if not in_progress(m)]
 IN_PROGRESS = [m for m in CHECKPOINTS if in_progress(m)]
 
 
-@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
-def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: Path, tmp_path):
+def documented_checkpoint(model: Path, needed: tuple[str, ...]) -> tuple[dict, str]:
+    """The model's checkpoint (under 2 MB) and its PROVENANCE, which names each of `needed` and the checkpoint's
+    env steps."""
     checkpoint = load_checkpoint(model)
     assert (model / "checkpoint.pt").stat().st_size < 2 * 1024 * 1024
     provenance = (model / "PROVENANCE").read_text()
-    for needed in ("commit", "command", "env steps", "wall time", "machine"):
-        assert needed in provenance.lower(), needed
+    for word in needed:
+        assert word in provenance.lower(), word
     assert f"{checkpoint['env_steps']:,}" in provenance or str(checkpoint["env_steps"]) in provenance
+    return checkpoint, provenance
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
+def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: Path, tmp_path):
+    checkpoint, _ = documented_checkpoint(model, ("commit", "command", "env steps", "wall time", "machine"))
     recorded = json.loads((model / "eval.json").read_text())
     settings = recorded["settings"]
     assert settings["difficulty"] == 0 and settings["physics"] == "reference" and settings["episodes"] >= 100
@@ -56,12 +63,7 @@ def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: 
 
 @pytest.mark.parametrize("model", IN_PROGRESS, ids=[m.name for m in IN_PROGRESS])
 def test_in_progress_checkpoint_is_small_and_says_how_to_resume_it(model: Path):
-    checkpoint = load_checkpoint(model)
-    assert (model / "checkpoint.pt").stat().st_size < 2 * 1024 * 1024
-    provenance = (model / "PROVENANCE").read_text()
-    for needed in ("commit", "command", "env steps", "machine", "--resume"):
-        assert needed in provenance.lower(), needed
-    assert f"{checkpoint['env_steps']:,}" in provenance or str(checkpoint["env_steps"]) in provenance
+    checkpoint, provenance = documented_checkpoint(model, ("commit", "command", "env steps", "machine", "--resume"))
     assert f"iteration {checkpoint['iteration']}" in provenance
     recipes = [word.strip("`") for word in provenance.split() if word.strip("`").endswith(".toml")]
     assert recipes and all((ROOT / recipe).is_file() for recipe in recipes), recipes

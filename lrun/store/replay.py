@@ -131,13 +131,8 @@ class ReplayFile:
             dataset[start:stop] = getattr(self.buffer, name)[start:stop]
 
     def _finish(self, f: h5py.File, iteration: int) -> None:
-        b = self.buffer
-        f.attrs["size"], f.attrs["cursor"], f.attrs["added"], f.attrs["collected"] = (
-            b.size,
-            b.cursor,
-            b.added,
-            b.collected,
-        )
+        for name in ("size", "cursor", "added", "collected"):
+            f.attrs[name] = getattr(self.buffer, name)
         f.attrs["iteration"] = iteration
         f.attrs["dirty_start"] = f.attrs["dirty_stop"] = 0
         durable(f)
