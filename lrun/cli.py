@@ -103,18 +103,34 @@ def _transfer(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError
+    from lrun.env.settings import SETTINGS
     from lrun.evaluate import EvalError, EvalSettings, evaluate
     from lrun.startup import StartupError
 
+    # a named setting fixes the task; a flag may repeat its value but not contradict it
+    task = SETTINGS[args.setting].to_dict() if args.setting else {}
+    for key in ("difficulty", "obstacles", "physics", "weakening"):
+        given = getattr(args, key)
+        if (
+            given is not None
+            and key in task
+            and given != task[key]
+            and not (key == "obstacles" and not task["difficulty"])
+        ):
+            raise ConfigError(f"--setting {args.setting} runs --{key} {task[key]}, not {given}: drop one of them")
+        if given is not None:
+            task[key] = given
+    defaults = EvalSettings()
     settings = EvalSettings(
         args.episodes,
-        args.difficulty,
-        args.obstacles,
+        task.get("difficulty", defaults.difficulty),
+        task.get("obstacles", defaults.obstacles),
         args.seed,
-        args.physics,
+        task.get("physics", defaults.physics),
         not args.stochastic,
         args.out or "",
         args.overwrite,
+        task.get("weakening", defaults.weakening),
     )
 
     if args.render < 0:
@@ -402,7 +418,9 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
-    from lrun.env.physics import PRESETS
+    from lrun.env.layout import WEAKENING
+    from lrun.env.physics import GRADERS_PHYSICS, PHYSICS_NAMES
+    from lrun.env.settings import SETTINGS
     from lrun.env.stand_in import DEFAULT_STEP_SECONDS
 
     parser = argparse.ArgumentParser(prog="lrun", description=__doc__)
@@ -442,10 +460,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="score a checkpoint on fixed seeds (MPI ranks share the episodes)")
     ev.add_argument("checkpoint", help="checkpoint file or run directory")
     ev.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
-    ev.add_argument("--difficulty", type=int, default=2, help="0, 1 or 2 (default 2: obstacles + weak psoas)")
-    ev.add_argument("--obstacles", type=int, default=10, help="max obstacles (default 10, as in round 2)")
+    ev.add_argument(
+        "--setting",
+        choices=sorted(SETTINGS),
+        help="a named task setting: round2 (the 2017 round 2 as graded: difficulty 2, 10 obstacles, graders-2017 "
+        "physics and muscle weakening; what the flags default to) or flat (difficulty 0, graders-2017 physics)",
+    )
+    ev.add_argument("--difficulty", type=int, help="0, 1 or 2 (default 2: obstacles + weakened muscles)")
+    ev.add_argument("--obstacles", type=int, help="max obstacles (default 10, as in round 2)")
+    ev.add_argument(
+        "--weakening",
+        choices=sorted(WEAKENING),
+        help="muscles difficulty 2 weakens: graders-2017 (default: glut_max_l and iliopsoas_r, muscle-set indices 11 "
+        "and 3, as the 2017 grader did) or psoas (iliopsoas_l and iliopsoas_r)",
+    )
     ev.add_argument("--seed", type=int, default=0, help="base seed of the episode seeds (default 0)")
-    ev.add_argument("--physics", choices=sorted(PRESETS), default="reference", help="default: reference")
+    ev.add_argument(
+        "--physics",
+        choices=PHYSICS_NAMES,
+        default=None,
+        help=f"default: the --setting's, else {GRADERS_PHYSICS} (OpenSim's defaults, as the 2017 graders ran)",
+    )
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mean")
     ev.add_argument("--out", help="output directory (default RUN_DIR/eval/d<D>-o<O>-s<S>-n<N>)")
     ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
@@ -465,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("run_dir")
     replay.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
     replay.add_argument(
-        "--physics", choices=sorted(PRESETS), help="replay on this physics preset instead of the episode's own"
+        "--physics", choices=PHYSICS_NAMES, help="replay on this physics preset instead of the episode's own"
     )
     replay.set_defaults(func=_replay)
     render = commands.add_parser("render", help="stick-figure animation (.gif) or frame strip (.png) of an episode")
@@ -512,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     env = bench_kinds.add_parser("env", help="RunEnv.step vs bare OpenSim integration, physics presets, memory")
     env.add_argument("--steps", type=int, default=2000, help="steps per timing round (default 2000)")
     env.add_argument("--memory-steps", type=int, default=20000, help="steps of the memory soak, 0 to skip")
-    env.add_argument("--physics", choices=sorted(PRESETS), default="reference", help="physics of the timing")
+    env.add_argument("--physics", choices=PHYSICS_NAMES, default="accurate", help="physics of the timing")
     env.add_argument("--json", help="also write the figures to this JSON file")
     env.set_defaults(func=_bench_env)
     tr = bench_kinds.add_parser("train", help="the full training loop under mpiexec vs the single-process env rate")

@@ -28,6 +28,7 @@ from lrun.config import ConfigError, EnvConfig, config_from_dict
 from lrun.env.factory import env_factory
 from lrun.env.features import IDENTITY, features
 from lrun.env.physics import STEP_SECONDS
+from lrun.env.settings import ROUND2_2017, setting_name
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -50,10 +51,16 @@ class EvalSettings:
     difficulty: int = 2
     obstacles: int = 10
     seed: int = 0
-    physics: str = "reference"
+    physics: str = "graders-2017"
     deterministic: bool = True
     out: str = ""
     overwrite: bool = False
+    weakening: str = "graders-2017"
+
+    @property
+    def setting(self) -> str:
+        """The named task setting these values make (`lrun.env.settings`), or ""."""
+        return setting_name(self.difficulty, self.obstacles, self.physics, self.weakening)
 
 
 class EvalError(RuntimeError):
@@ -92,6 +99,7 @@ def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvCon
         max_obstacles=settings.obstacles,
         physics=settings.physics,
         frame_skip=train_env["frame_skip"],
+        kwargs={"weakening": settings.weakening},
     )
 
 
@@ -203,24 +211,26 @@ def summarise(table: np.ndarray) -> dict[str, float]:
 
 
 def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
-    """The summary as a few lines, with the 2017 results to compare with."""
+    """The summary as a few lines, with the 2017 results beside a result of the same setting (round 2)."""
     low, high = summary["fall_rate_ci95"]
-    return "\n".join(
-        [
-            f"{summary['episodes']} episodes, difficulty {settings.difficulty}, "
-            f"{f'{settings.obstacles} obstacles' if settings.difficulty else 'no obstacles'}, "
-            f"{settings.physics} physics, {'deterministic' if settings.deterministic else 'stochastic'} policy, "
-            f"seed {settings.seed}",
-            f"  distance   mean {summary['mean_distance_m']:.2f} m, median {summary['median_distance_m']:.2f} m "
-            f"(std {summary['std_distance_m']:.2f})",
-            f"  falls      {summary['falls']} = {100 * summary['fall_rate']:.1f} % "
-            f"(95 % CI {100 * low:.1f}-{100 * high:.1f} %)",
-            f"  speed      mean {summary['mean_speed_m_s']:.2f} m/s; task return {summary['mean_task_return']:.2f}",
-            f"  integrator failures {summary['integrator_failures']}",
-            "  2017, 10 obstacles (l2r-2017.md): winner ~43 m mean distance with 8-10 % falls; deepsense.ai < 8 % "
-            "falls, < 0.5 % when ~20 % slower",
-        ]
-    )
+    setting = settings.setting
+    named = f"setting {setting}: " if setting else ""
+    weak = f", {settings.weakening} weakening" if settings.difficulty == 2 else ""
+    lines = [
+        f"{summary['episodes']} episodes, {named}difficulty {settings.difficulty}, "
+        f"{f'{settings.obstacles} obstacles' if settings.difficulty else 'no obstacles'}, "
+        f"{settings.physics} physics{weak}, {'deterministic' if settings.deterministic else 'stochastic'} "
+        f"policy, seed {settings.seed}",
+        f"  distance   mean {summary['mean_distance_m']:.2f} m, median {summary['median_distance_m']:.2f} m "
+        f"(std {summary['std_distance_m']:.2f})",
+        f"  falls      {summary['falls']} = {100 * summary['fall_rate']:.1f} % "
+        f"(95 % CI {100 * low:.1f}-{100 * high:.1f} %)",
+        f"  speed      mean {summary['mean_speed_m_s']:.2f} m/s; task return {summary['mean_task_return']:.2f}",
+        f"  integrator failures {summary['integrator_failures']}",
+    ]
+    if setting == "round2":
+        lines.append(f"  {ROUND2_2017}")
+    return "\n".join(lines)
 
 
 def evaluate(
@@ -235,10 +245,13 @@ def evaluate(
         raise ConfigError("--episodes must be >= 1")
     if settings.difficulty not in (0, 1, 2) or settings.obstacles < 0:
         raise ConfigError("--difficulty must be 0, 1 or 2 and --obstacles >= 0")
-    from lrun.env.physics import PRESETS
+    from lrun.env.layout import WEAKENING
+    from lrun.env.physics import PHYSICS_NAMES, PRESETS
 
-    if settings.physics not in PRESETS:
-        raise ConfigError(f"--physics must be one of {sorted(PRESETS)}")
+    if settings.physics not in PHYSICS_NAMES:
+        raise ConfigError(f"--physics must be one of {', '.join(PRESETS)}")
+    if settings.weakening not in WEAKENING:
+        raise ConfigError(f"--weakening must be one of {', '.join(WEAKENING)}")
     path = resolve_checkpoint(checkpoint)
     policy, normaliser, payload = load_policy(path)
     train_config = config_from_dict(payload["config"])
@@ -317,7 +330,12 @@ def evaluate(
         w.writerow(COLUMNS)
         for row in table:
             w.writerow([repr(float(v)) if name in FLOAT_COLUMNS else int(v) for name, v in zip(COLUMNS, row)])
-    result = {"checkpoint": str(path), "iteration": version, "settings": asdict(settings), "summary": summary}
+    result = {
+        "checkpoint": str(path),
+        "iteration": version,
+        "settings": {**asdict(settings), "setting": settings.setting},
+        "summary": summary,
+    }
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print(format_summary(summary, settings), file=stream, flush=True)
     print(f"wrote {out / 'eval.json'}, {out / 'episodes.csv'} and the episodes' trajectories", file=stream)

@@ -157,10 +157,14 @@ class RolloutCollector:
         distance_index: int | None = None,
         book: EpisodeBook | None = None,
         feature_map: str = IDENTITY,
+        send_features: bool = False,
     ) -> None:
         """`distance_index`: observation entry that measures distance travelled (pelvis x in RunEnv), if any;
-        `feature_map`: what the policy sees of the env's observations (`lrun.env.features`)."""
+        `feature_map`: what the policy sees of the env's observations (`lrun.env.features`); `send_features`:
+        rollouts carry the features before normalisation (SAC's replay buffer keeps those) instead of the
+        policy's normalised inputs (PPO learns from those)."""
         self.vec = vec
+        self.send_features = send_features
         self.feature_map = feature_map
         self.distance_index = distance_index
         self.policy = policy
@@ -214,7 +218,8 @@ class RolloutCollector:
             # float32 excitations, so the stored float32 copy is exactly what the env applied (replay is exact)
             env_action = self.policy.env_action(raw_action, self.low, self.high).astype(np.float32)
             next_raw, reward, term, trunc, infos = self.vec.step(env_action)
-            obs[t], raw_obs[t], actions[t], applied[t] = x, self.raw_obs, raw_action, env_action
+            obs[t] = features(self.feature_map, self.raw_obs) if self.send_features else x
+            raw_obs[t], actions[t], applied[t] = self.raw_obs, raw_action, env_action
             logprobs[t], values[t] = logprob, value
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
             sim_steps += sum(int(info.get("frames", 1)) for info in infos)

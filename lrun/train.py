@@ -54,10 +54,11 @@ from lrun.learn.blend import BlendedPolicy, blend_coefficient, build_from_spec
 from lrun.learn.clone import CloneSettings, clone_policy
 from lrun.learn.gae import compute_gae
 from lrun.learn.normaliser import RunningNormaliser
-from lrun.learn.policy import Policy, count_trainable, flat_parameters, load_flat_parameters
+from lrun.learn.policy import ActorCritic, Policy, count_trainable, flat_parameters, load_flat_parameters
 from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater
 from lrun.learn.sac import SACSettings, SACUpdater
 from lrun.learn.symmetry import Mirror, asymmetry, mirrored_batch, symmetry_loss
+from lrun.learn.transfer import zero_input_columns
 from lrun.logger import ProgressLogger
 from lrun.memory import RssLog
 from lrun.metadata import flat_attributes, run_metadata
@@ -408,13 +409,9 @@ def sac_update(
     Every learner takes the same number of steps (computed from the config and the layout, not from what it
     received), so their gradient Allreduces pair up."""
     updater: SACUpdater = state.updater
-    mean, std = collected_with
-    if not config.policy.normalise_observations:
-        mean, std = np.zeros_like(mean), np.ones_like(std)
     mirror = mirror_map(config, state.problem, collected_with) if config.sac.mirror else None
-    for k, r in enumerate(rollouts):
-        features = (r.obs.astype(np.float64) * std + mean).astype(np.float32)  # as the buffer keeps them
-        transitions = updater.stitcher.transitions(k, features, r.actions, r.rewards, r.terminated, r.truncated)
+    for k, r in enumerate(rollouts):  # SAC's rollouts carry features before normalisation, as the buffer keeps them
+        transitions = updater.stitcher.transitions(k, r.obs, r.actions, r.rewards, r.terminated, r.truncated)
         updater.buffer.add(*transitions)
         if mirror is not None:
             obs, actions, rewards, next_obs, terminated = transitions
@@ -506,6 +503,8 @@ class Reporter:
             for path in rank_files(run_dir):
                 kept, _ = cut_back(path, state.iteration)
                 self.say(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}")
+        if state.transfer_note:
+            self.say(state.transfer_note)
         if state.replay_note:
             self.say(state.replay_note)
 
@@ -640,6 +639,7 @@ class TrainingState:
         self.replay_file: ReplayFile | None = None  # SAC with sac.save_buffer: the buffer's file
         self.restored_decisions = 0  # collected decisions the learners' buffers came back with, over all learners
         self.replay_note = ""  # how the buffer started, for rank 0's log
+        self.transfer_note = ""  # what a transfer from a parent carried over, for rank 0's log
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -680,8 +680,32 @@ class TrainingState:
 
     def start_from(self, parent: dict[str, Any], how: str) -> None:
         """Begin a new run from a trained policy's normaliser (its weights are in the policy already, or are
-        imitated next) and record it in the lineage; fresh optimiser and counters."""
+        imitated next) and record it in the lineage; fresh optimiser and counters.
+
+        Features the parent never saw vary (obstacles and muscle strengths, for a walker from flat ground) start
+        their statistics afresh, and a network carried over as it is gets zero weight from them, so it acts as
+        the parent did until it learns to use them (`lrun.learn.transfer`). A SAC run starts from a SAC
+        parent's critics and temperature (copied, or widened into bigger critics), not from random critics that
+        would hand the actor random gradients while they learn."""
         self.normaliser.load_state_vector(parent["normaliser"].numpy())
+        new_inputs = self.normaliser.forget_constant()
+        notes = []
+        if new_inputs.any():
+            notes.append(f"{int(new_inputs.sum())} features the parent never saw vary start their statistics afresh")
+        if how == "init" and isinstance(self.policy, ActorCritic):
+            zero_input_columns(self.policy.actor, new_inputs)
+            zero_input_columns(self.policy.critic, new_inputs)
+        parent_optimizer = parent.get("optimizer") or {}
+        if isinstance(self.updater, SACUpdater):
+            if "critic" in parent_optimizer:
+                try:
+                    how_critics = self.updater.start_from(parent_optimizer, new_inputs)
+                    notes.append(f"critics and temperature {how_critics} from the parent")
+                except ValueError as exc:
+                    notes.append(f"critics learnt afresh: the parent's do not fit ({exc})")
+            else:
+                notes.append("critics learnt afresh (the parent is not a SAC run)")
+        self.transfer_note = "; ".join(notes)
         self.lineage = [
             *parent.get("lineage", []),
             {
@@ -705,7 +729,7 @@ class TrainingState:
 
 def message_size(policy: Policy, obs_size: int) -> int:
     """Length of the broadcast message (a blend's frozen network never travels: every rank loads it)."""
-    return 2 + count_trainable(policy) + 2 * obs_size + 1
+    return 2 + count_trainable(policy) + RunningNormaliser.state_size(obs_size)
 
 
 def load_message(message: np.ndarray, policy: Policy, normaliser: RunningNormaliser) -> tuple[int, int]:
@@ -759,7 +783,14 @@ def make_collector(
             first_counter=writer.next_episode_counter(simulator_index),
         )
     collector = RolloutCollector(
-        vec, policy, normaliser, config.policy.normalise_observations, problem.distance_index, book, problem.feature_map
+        vec,
+        policy,
+        normaliser,
+        config.policy.normalise_observations,
+        problem.distance_index,
+        book,
+        problem.feature_map,
+        send_features=config.run.algorithm == "sac",
     )
     return collector, writer
 
@@ -936,7 +967,7 @@ def describe_start(start: Start, policy: Policy) -> str:
         spec = policy.spec()
         return f"blending: frozen {describe_spec(spec['frozen'])} from {where} + new {describe_spec(spec['student'])}"
     if start.how == "clone":
-        return f"behavioural cloning of {where} into {describe_spec(policy.spec())}, then PPO"
+        return f"behavioural cloning of {where} into {describe_spec(policy.spec())}, then training"
     return f"starting from {where}"
 
 
@@ -979,7 +1010,9 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
                 flush=True,
             )
 
-    settings = CloneSettings(c.epochs, c.minibatch_size, c.learning_rate, c.value_coef, c.holdout_fraction)
+    # SAC's actor has a value head it never uses: its critics are the twin Q networks, carried over by start_from
+    value_coef = 0.0 if config.run.algorithm == "sac" else c.value_coef
+    settings = CloneSettings(c.epochs, c.minibatch_size, c.learning_rate, value_coef, c.holdout_fraction)
     history = clone_policy(state.policy, teacher, obs, settings, seed=config.run.seed, progress=progress)
     if stream is not None:
         path = Path(config.run.run_dir) / "clone.csv"

@@ -81,7 +81,7 @@ def test_normaliser_merge_equals_statistics_of_all_data():
     copy = RunningNormaliser(5)
     copy.load_state_vector(merged.state_vector())
     assert np.array_equal(copy.normalise(everything), x)
-    with pytest.raises(ValueError, match="needs 11 values"):
+    with pytest.raises(ValueError, match="needs 15 values"):
         copy.load_state_vector(np.zeros(3))
 
 

@@ -7,10 +7,11 @@ import pytest
 from lrun.env.physics import PRESETS, Physics, resolve_physics
 
 
-def test_reference_is_the_graders_setting():
-    ref = resolve_physics(None)
-    assert (ref.integrator, ref.accuracy) == ("rk-merson", 5e-5)
-    assert resolve_physics("reference") == ref
+def test_the_default_is_the_2017_graders_setting_and_earlier_names_still_resolve():
+    default = resolve_physics(None)
+    assert (default.integrator, default.accuracy) == ("rk-merson", 1e-3)  # OpenSim's defaults (tests/test_round2.py)
+    assert resolve_physics("graders-2017") == default == resolve_physics("medium")
+    assert resolve_physics("reference") == resolve_physics("accurate") == Physics("rk-merson", 5e-5)
     assert resolve_physics({"integrator": "rk2", "accuracy": 1e-2}) == Physics("rk2", 1e-2)
     assert len(PRESETS) >= 2
 

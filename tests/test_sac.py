@@ -116,7 +116,6 @@ def test_sac_learns_the_best_action_of_a_one_step_problem():
     [
         (["run.algorithm=sac"], "run.algorithm = sac trains policy.distribution = squashed"),
         (["policy.distribution=squashed"], "run.algorithm = sac trains policy.distribution = squashed"),
-        (["run.algorithm=sac", "policy.distribution=squashed", "clone.teacher=x"], "blending and cloning are PPO's"),
         (["run.algorithm=sac", "policy.distribution=squashed", "sac.tau=0"], r"sac.tau = 0.0: must be in \(0, 1\]"),
         (["run.algorithm=sac", "policy.distribution=squashed", "sac.hidden_sizes=[]"], "sac.hidden_sizes"),
         (["run.algorithm=a2c"], "run.algorithm = 'a2c': must be ppo or sac"),

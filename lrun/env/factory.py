@@ -17,7 +17,7 @@ def make_env(
     env_id: str,
     difficulty: int = 0,
     max_obstacles: int = 3,
-    physics: Any = "reference",
+    physics: Any = "graders-2017",
     frame_skip: int = 1,
     kwargs: dict | None = None,
     reward_weights: dict[str, float] | None = None,

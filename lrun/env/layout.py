@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Which muscles difficulty 2's two strengths (observation order: left, right) scale, by setting:
+#: `graders-2017` is what the 2017 grader did: indices MUSCLES_PSOAS_L = 11 and MUSCLES_PSOAS_R = 3 of the
+#: muscle set (stanfordnmbl/osim-rl 48494f5, osim/env/run.py), which in gait9dof18musc are glut_max_l and
+#: iliopsoas_r; `psoas` weakens both psoas muscles, as the observation's name says.
+WEAKENING: dict[str, tuple[int | str, int | str]] = {
+    "graders-2017": (11, 3),
+    "psoas": ("iliopsoas_l", "iliopsoas_r"),
+}
 #: Observation slots for "no obstacle ahead": x relative to pelvis, y, radius.
 NO_OBSTACLE = (100.0, 0.0, 0.0)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrun.env.layout import EpisodeLayout
+from lrun.env.layout import WEAKENING, EpisodeLayout
 from lrun.env.physics import INTEGRATORS, STEP_SECONDS, Physics
 
 try:
@@ -42,7 +42,6 @@ PELVIS_COORDINATES = ("pelvis_tilt", "pelvis_tx", "pelvis_ty")
 JOINT_COORDINATES = ("hip_flexion_r", "knee_angle_r", "ankle_angle_r", "hip_flexion_l", "knee_angle_l", "ankle_angle_l")
 OBSERVED_BODIES = ("head", "pelvis", "torso", "toes_l", "toes_r", "talus_l", "talus_r")
 FOOT_SPHERES = ("r_heel", "r_toe", "l_heel", "l_toe")
-PSOAS_MUSCLES = ("iliopsoas_l", "iliopsoas_r")  # observation order: left, right
 #: A parked (unused) obstacle: tiny and 10 cm under ground, as in 2017.
 PARKED_RADIUS = 1e-4
 PARKED_Y = -0.1
@@ -89,7 +88,15 @@ def _summarise_simtk_error(exc: Exception) -> str:
 class GaitModel:
     """`gait9dof18musc` with obstacle slots, constant-excitation controls and one-step integration."""
 
-    def __init__(self, max_obstacles: int, physics: Physics, model_file: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        max_obstacles: int,
+        physics: Physics,
+        model_file: Path | str | None = None,
+        weakening: str = "graders-2017",
+    ) -> None:
+        if weakening not in WEAKENING:
+            raise ValueError(f"weakening must be one of {', '.join(WEAKENING)}, got {weakening!r}")
         self.max_obstacles = int(max_obstacles)
         self.physics = physics
         self.model_file = Path(model_file) if model_file else find_model_file()
@@ -100,7 +107,9 @@ class GaitModel:
         self._add_obstacle_slots()
         muscles = self.model.getMuscles()
         self.muscle_names = tuple(muscles.get(i).getName() for i in range(muscles.getSize()))
-        self._psoas = [opensim.Thelen2003Muscle.safeDownCast(muscles.get(name)) for name in PSOAS_MUSCLES]
+        self.weakening = weakening
+        self._psoas = [muscles.get(key) for key in WEAKENING[weakening]]
+        self.weakened_muscles = tuple(m.getName() for m in self._psoas)  # (left slot, right slot)
         self._psoas_base_force = [m.getMaxIsometricForce() for m in self._psoas]
         self.built_layout: EpisodeLayout | None = None
         self.state = None

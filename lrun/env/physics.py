@@ -1,8 +1,11 @@
 """Integrator settings for the OpenSim simulation, as plain data (no opensim import).
 
-The reference setting is the one the challenge graders used (Runge-Kutta-Merson at accuracy 5e-5). Cheaper
-presets trade accuracy for speed; a curriculum trains on them and evaluates on the reference
-(`lrun bench env` reports the speed and the trajectory deviation of each).
+`graders-2017` is what the 2017 Learning to Run graders ran: their env (stanfordnmbl/osim-rl 48494f5,
+osim/env/osim.py) built a new `opensim.Manager(model)` every step and never set an accuracy, so OpenSim's
+defaults applied: Runge-Kutta-Merson at accuracy 1e-3 (measured on OpenSim 4.6: a default Manager gives the same
+states as this preset, to 0.0 over 40 steps). `accurate` (accuracy 5e-5) is the stricter setting osim-rl 2.x
+adopted in 2018: not the 2017 task, though results on it are close. `fast` trades accuracy for speed for
+training (`lrun bench env` reports the speed and the trajectory deviation of each).
 """
 
 from __future__ import annotations
@@ -49,24 +52,32 @@ class Physics:
         return asdict(self)
 
 
-#: Named presets. `reference` is the graders' setting; use it for the last stage and for evaluation.
+#: Named presets (see the module docstring).
 PRESETS: dict[str, Physics] = {
-    "reference": Physics("rk-merson", 5e-5),
-    "medium": Physics("rk-merson", 1e-3),
+    "graders-2017": Physics("rk-merson", 1e-3),
+    "accurate": Physics("rk-merson", 5e-5),
     "fast": Physics("semi-explicit-euler2", 1e-2),
 }
+#: Earlier names, still accepted (configs, checkpoints and evaluations of before 2026-12-03 carry them):
+#: `reference` was `accurate`, once mistaken for the graders' setting; `medium` was `graders-2017`.
+ALIASES: dict[str, str] = {"reference": "accurate", "medium": "graders-2017"}
+#: What the 2017 task was graded on: `lrun eval`'s and the env's default.
+GRADERS_PHYSICS = "graders-2017"
+#: Every name `resolve_physics` takes.
+PHYSICS_NAMES: tuple[str, ...] = (*PRESETS, *ALIASES)
 
 
 def resolve_physics(physics: Physics | str | dict | None) -> Physics:
-    """Turn a preset name, a dict of fields or a `Physics` into a `Physics` (None gives the reference)."""
+    """Turn a preset name (or an earlier name in `ALIASES`), a dict of fields or a `Physics` into a `Physics`
+    (None gives the graders' setting)."""
     if physics is None:
-        return PRESETS["reference"]
+        return PRESETS[GRADERS_PHYSICS]
     if isinstance(physics, Physics):
         return physics
     if isinstance(physics, str):
-        if physics not in PRESETS:
-            raise ValueError(f"unknown physics preset {physics!r}; choose one of {sorted(PRESETS)}")
-        return PRESETS[physics]
+        if physics not in PHYSICS_NAMES:
+            raise ValueError(f"unknown physics preset {physics!r}; choose one of {', '.join(PRESETS)}")
+        return PRESETS[ALIASES.get(physics, physics)]
     if isinstance(physics, dict):
         unknown = set(physics) - {"integrator", "accuracy", "min_step"}
         if unknown:

@@ -61,6 +61,7 @@ class RunEnv(gym.Env):
         fault_every: int = 0,
         init_speed: float | Sequence[float] = 0.0,
         render_mode: str | None = None,
+        weakening: str = "graders-2017",
     ) -> None:
         """`fault_every` > 0 is fault injection for tests and drills (`env.kwargs = {fault_every = N}`): every
         N-th step of an episode starts from a state with a NaN velocity, which OpenSim's integration and lrun's
@@ -69,6 +70,10 @@ class RunEnv(gym.Env):
         `init_speed` (m/s, a number or a [low, high] range drawn uniformly per episode) is a training aid: the
         whole body starts moving forwards at that speed, a push the feet slip out of and the policy must step
         out of or fall. The task itself starts at rest (0, the default, which `lrun eval` always uses).
+
+        `weakening` (difficulty 2): which two muscles the drawn strengths scale: `graders-2017` (the default) as
+        the 2017 grader did, muscle-set indices 11 and 3 (`glut_max_l` for the "left psoas" slot, `iliopsoas_r`
+        for the right); `psoas` scales `iliopsoas_l` and `iliopsoas_r`, as the observation's name says.
 
         `render_mode="rgb_array"`: `render()` returns the stick figure `lrun render` draws (obstacles included)
         as an RGB array, for gymnasium's RecordVideo and the like."""
@@ -87,7 +92,8 @@ class RunEnv(gym.Env):
         self.fault_every = fault_every
         self.init_speed = check_init_speed(init_speed)
         self.physics = resolve_physics(physics)
-        self.sim = GaitModel(max_obstacles, self.physics, model_file)
+        self.sim = GaitModel(max_obstacles, self.physics, model_file, weakening)
+        self.weakening = weakening
         self.muscle_names = self.sim.muscle_names
         self.observation_names = TASK_NAMES
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (OBSERVATION_SIZE,), np.float64)

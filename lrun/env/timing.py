@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lrun.env.physics import PRESETS, Physics
+from lrun.env.physics import PRESETS, Physics, resolve_physics
 from lrun.memory import rss_mb
 
 
@@ -134,7 +134,7 @@ def measure_presets(steps: int = 100, seed: int = 0) -> dict[str, dict[str, floa
                 break
         rates[name] = len(pelvis) / (time.perf_counter() - t0)
         trajectories[name] = np.array(pelvis)
-    reference = trajectories["reference"]
+    reference = trajectories["accurate"]
     out = {}
     for name in PRESETS:
         n = min(len(reference), len(trajectories[name]))
@@ -166,9 +166,9 @@ def measure_memory(steps: int, physics: Physics, progress: bool = True) -> dict[
     return {"steps": steps, "resets": resets, "rss_start_mb": start, "rss_end_mb": end, "growth_mb": end - start}
 
 
-def bench_env(steps: int = 2000, memory_steps: int = 20000, physics: str = "reference") -> EnvBenchResult:
+def bench_env(steps: int = 2000, memory_steps: int = 20000, physics: str = "accurate") -> EnvBenchResult:
     """Run every env benchmark and return the figures."""
-    chosen = PRESETS[physics]
+    chosen = resolve_physics(physics)
     env_rate, bare_rate, identical = measure_env_vs_bare(steps, chosen)
     result = EnvBenchResult(
         steps=steps,
@@ -191,7 +191,7 @@ def format_env_bench(result: EnvBenchResult, physics: str) -> str:
         f"  bare Manager.integrate {result.bare_steps_per_s:8.1f} steps/s",
         f"  env overhead           {100 * result.overhead:+8.2f} %   (goal <= 5 %)",
         f"  same trajectory        {'yes, bit for bit' if result.trajectories_identical else 'NO'}",
-        "physics presets (100 steps of a smooth excitation pattern; deviation of pelvis x, y from reference):",
+        "physics presets (100 steps of a smooth excitation pattern; deviation of pelvis x, y from accurate):",
     ]
     for name, row in result.presets.items():
         preset = PRESETS[name]

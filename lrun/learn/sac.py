@@ -24,6 +24,7 @@ from torch import nn
 
 from lrun.learn.policy import INPUT_CLIP, ActorCritic, mlp
 from lrun.learn.ppo import average_gradients
+from lrun.learn.transfer import carry_mlp, zero_input_columns
 
 
 @dataclass
@@ -125,7 +126,10 @@ class SACUpdater:
         self.log_alpha = torch.tensor(float(np.log(settings.init_alpha)), requires_grad=True)
         self.target_entropy = settings.target_entropy * actor.act_size
         lr = settings.learning_rate
-        actor_params = [p for name, p in actor.named_parameters() if name.startswith("actor.")]
+        # the policy's own network (a blend's new network: its frozen one has no gradients), not its value head
+        actor_params = [
+            p for name, p in actor.named_parameters() if p.requires_grad and name.split(".")[-3:-2] == ["actor"]
+        ]
         self.actor_optimizer = torch.optim.Adam(actor_params, lr=lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
@@ -178,6 +182,10 @@ class SACUpdater:
             new_actions, logprob = self._sample_actions(obs_t)
             q1_pi, q2_pi = self.critic(obs_t, new_actions)
             actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
+            auxiliary = self.actor.auxiliary_loss(obs_t)  # a blend's distillation of its frozen policy
+            if auxiliary is not None:
+                sums["auxiliary_loss"] = sums.get("auxiliary_loss", 0.0) + float(auxiliary.detach())
+                actor_loss = actor_loss + auxiliary
             self._step(self.actor_optimizer, self.actor_params, actor_loss)
             self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
 
@@ -194,6 +202,21 @@ class SACUpdater:
         metrics = {key: value / max(n_updates, 1) for key, value in sums.items()}
         metrics["updates"] = float(n_updates)
         return metrics
+
+    @torch.no_grad()
+    def start_from(self, source: dict, new_inputs: np.ndarray) -> str:
+        """Begin from the critics, targets and temperature of a trained SAC run (`source` is its `state_dict`):
+        copied, or widened where this run's critics are wider (`lrun.learn.transfer`); inputs in `new_inputs`
+        (features the source never saw vary) get zero weight. Optimisers start afresh. Returns "copied" or
+        "widened"; ValueError where the critics do not fit (another depth, narrower)."""
+        how = "copied"
+        for net, key in ((self.critic, "critic"), (self.target, "target")):
+            for name in ("q1", "q2"):
+                part = {k.removeprefix(f"{name}."): v for k, v in source[key].items() if k.startswith(f"{name}.")}
+                how = carry_mlp(part, getattr(net, name))
+                zero_input_columns(getattr(net, name), new_inputs)
+        self.log_alpha.copy_(source["log_alpha"])
+        return how
 
     def state_dict(self) -> dict:
         """Critics, targets, temperature and optimisers (the actor is checkpointed as the run's policy)."""

@@ -1,0 +1,146 @@
+"""SAC's policies carried into a new stage end to end: plain init, blending and cloning, with the critics and the
+features the source never saw vary. Real OpenSim, real MPI, real checkpoints."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers import LRUN, MPIEXEC, run, sets
+
+from lrun.checkpoint import load_checkpoint
+from lrun.env.features import features
+from lrun.evaluate import load_policy
+
+SAC = sets(
+    "env.physics=fast",
+    "layout.envs_per_rank=2",
+    "ppo.steps_per_env=32",
+    "run.algorithm=sac",
+    "policy.distribution=squashed",
+    "policy.features=relative-v1",
+    "sac.batch_size=32",
+    "sac.updates_per_step=0.25",
+    "sac.learning_starts=32",
+)
+#: the round-2 task, as a stage after a walker: obstacles and weakened muscles the source never saw
+OBSTACLES = sets("env.difficulty=2", "env.max_obstacles=3")
+NO_UPDATES = sets("sac.learning_starts=1000000")  # collect only: the networks stay as the transfer made them
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+OBS = 38  # relative-v1
+NEW = [33, 34, 35, 36, 37]  # psoas left, right, obstacle dx, y, radius: constant at difficulty 0
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """A (briefly) trained 1x16 SAC policy at difficulty 0, critics 2x16, with its stored trajectories."""
+    run_dir = tmp_path_factory.mktemp("sac-transfer") / "source"
+    command = [LRUN, "train", *SAC, *sets("policy.hidden_sizes=[16]", "sac.hidden_sizes=[16, 16]")]
+    result = run([*command, *sets("run.iterations=3", f"run.run_dir={run_dir}")])
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def critic_weights(payload: dict, key: str = "critic") -> torch.Tensor:
+    return payload["optimizer"][key]["q1.0.weight"]
+
+
+def test_plain_init_carries_actor_critics_and_temperature_and_cuts_the_new_inputs(source, tmp_path):
+    run_dir = tmp_path / "init"
+    result = run(
+        [
+            *(LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES),
+            *sets("policy.hidden_sizes=[16]", "sac.hidden_sizes=[16, 16]", "run.iterations=1"),
+            *sets(f"run.init_from={source}", f"run.run_dir={run_dir}"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "5 features the parent never saw vary start their statistics afresh" in result.stdout
+    assert "critics and temperature copied from the parent" in result.stdout
+    mine, theirs = load_checkpoint(run_dir), load_checkpoint(source)
+    keep = [i for i in range(OBS) if i not in NEW]
+    for name in ("actor.0.weight", "critic.0.weight"):
+        assert torch.equal(mine["policy"][name][:, keep], theirs["policy"][name][:, keep])
+        assert torch.all(mine["policy"][name][:, NEW] == 0)
+    for key in ("critic", "target"):
+        assert torch.equal(critic_weights(mine, key)[:, keep], critic_weights(theirs, key)[:, keep])
+        assert torch.all(critic_weights(mine, key)[:, NEW] == 0)
+        assert torch.equal(critic_weights(mine, key)[:, OBS:], critic_weights(theirs, key)[:, OBS:])  # actions
+    assert torch.equal(mine["optimizer"]["log_alpha"], theirs["optimizer"]["log_alpha"])
+    # the new features' statistics are this stage's own (obstacles ahead now), the others carried on
+    stats, old = mine["normaliser"].view(3, -1), theirs["normaliser"].view(3, -1)
+    assert torch.all(stats[2, NEW] == 2 * 32) and torch.all(stats[2, keep] == old[2, keep] + 2 * 32)
+    assert torch.all(stats[1, [35, 37]] > 0)
+
+
+def test_a_sac_blend_at_coefficient_zero_acts_as_its_source_over_obstacles(source, tmp_path):
+    """The source (a flat-ground walker) blended into a bigger network at c = 0 on the obstacle task: the
+    critics are widened from the source's, and `lrun eval` over obstacles acts exactly as the source does with
+    its own statistics (the obstacle and strength features it never saw reach it as 0)."""
+    run_dir = tmp_path / "zero"
+    result = run(
+        [
+            *(LRUN, "blend", str(source), *SAC, *OBSTACLES, *NO_UPDATES),
+            *sets("blend.end=0", "policy.hidden_sizes=[32]", "sac.hidden_sizes=[32, 32]", "run.iterations=2"),
+            *sets(f"run.run_dir={run_dir}"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "blending: frozen mlp [16] tanh squashed" in result.stdout
+    assert "critics and temperature widened from the parent" in result.stdout
+    mine, theirs = load_checkpoint(run_dir), load_checkpoint(source)
+    keep = [i for i in range(OBS + 18) if i not in NEW]
+    assert torch.equal(critic_weights(mine)[:16, keep], critic_weights(theirs)[:, keep])
+    out = tmp_path / "eval"
+    result = run(
+        [LRUN, "eval", str(run_dir), "--episodes", "2", "--physics", "fast", "--obstacles", "3", "--out", str(out)]
+    )
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out / "trajectories" / "rank-0000.h5", "r") as f:
+        obs, applied = f["steps/obs"][:], f["steps/excitations"][:]
+    assert len(obs) > 20 and np.ptp(obs[:, 38]) > 0  # obstacles ahead, passed or not
+    policy, normaliser, payload = load_policy(source)
+    x = normaliser.normalise(features(payload["config"]["policy"]["features"], obs), clip=False)
+    raw, _, _ = policy.act(x, deterministic=True)
+    np.testing.assert_allclose(applied, policy.env_action(raw, np.zeros(18), np.ones(18)), rtol=0, atol=1e-6)
+
+
+@needs_mpi
+def test_a_sac_blend_trains_under_mpi_resumes_and_leaves_the_frozen_network_alone(source, tmp_path):
+    run_dir = tmp_path / "blend"
+    common = [MPIEXEC, "-n", "3", LRUN, "blend", str(source), *SAC, *OBSTACLES, "--ramp", "4"]
+    common += sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[32, 32]", f"run.run_dir={run_dir}")
+    result = run([*common, *sets("run.iterations=2")])
+    assert result.returncode == 0, result.stderr
+    result = run([*common, *sets("run.iterations=4"), "--resume", str(run_dir)])
+    assert result.returncode == 0, result.stderr
+    with open(run_dir / "progress.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["blend/coefficient"]) for r in rows] == [0.0, 0.25, 0.5, 0.75]
+    assert float(rows[-1]["blend/distillation_loss"]) > 0 and float(rows[-1]["losses/updates"]) > 0
+    checkpoint, trained = load_checkpoint(run_dir), load_checkpoint(source)
+    for name, tensor in trained["policy"].items():
+        assert torch.equal(checkpoint["policy"][f"frozen.{name}"], tensor)
+
+
+def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):
+    run_dir = tmp_path / "clone"
+    result = run(
+        [
+            *(LRUN, "clone", str(source), *SAC),
+            *sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[16, 16]", "clone.epochs=10"),
+            *sets("clone.minibatch_size=32", "run.iterations=1", f"run.run_dir={run_dir}"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cloning on 192 stored states" in result.stdout and "then training" in result.stdout
+    assert "critics and temperature copied from the parent" in result.stdout
+    with open(run_dir / "clone.csv") as handle:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert rows[-1]["holdout_kl"] < 0.5 * rows[0]["holdout_kl"], rows
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["hidden_sizes"] == [32, 32]
