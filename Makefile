@@ -70,14 +70,16 @@ bench-learn: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench learn experiments/recipes/walk-sac.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json
 
-# The main job: a short local training run under the pip MPICH's mpiexec.
+# The main job: the SAC curriculum from the shipped walker (models/walk), every stage cut to a few iterations,
+# under the pip MPICH's mpiexec; then the last stage's report and its evaluation on the 2017 round-2 setting.
 RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR)
 	$(BIN)/lrun report $(RUN_DIR)/fast
-	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun eval $(RUN_DIR)/fast --episodes 6 --difficulty 2 --obstacles 10 --out $(RUN_DIR)/eval
-	@echo "runs: $(RUN_DIR)/{walk,run,obstacles,fast} (checkpoints/, trajectories/, report/, progress.csv, ...)"
-	@echo "evaluation of the last stage (reference physics, 10 obstacles): $(RUN_DIR)/eval"
+	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun eval $(RUN_DIR)/fast --episodes 6 --setting round2 --out $(RUN_DIR)/eval
+	$(BIN)/lrun render $(RUN_DIR)/eval --episode 0 -o $(RUN_DIR)/eval/episode.gif --stride 3
+	@echo "runs: $(RUN_DIR)/{run,obstacles,fast} from models/walk (checkpoints/, trajectories/, report/, progress.csv, ...)"
+	@echo "evaluation of the last stage on the 2017 round-2 setting: $(RUN_DIR)/eval (episode.gif: one episode)"
 
 # The shipped policy (models/walk, the best so far): a few evaluation episodes on the graders' physics and
 # a GIF of one.

@@ -259,7 +259,16 @@ def _curriculum(args: argparse.Namespace) -> int:
         if args.list:
             if comm.Get_rank() == 0:
                 stages = load_curriculum(args.curriculum, args.root).stages
-                print("\n".join(f"{s.name} {s.parent or '-'}" if args.with_parents else s.name for s in stages))
+                given = {s.name for s in stages if s.checkpoint}  # trained elsewhere: no job, no dependency
+                print(
+                    "\n".join(
+                        f"{s.name} {s.parent if s.parent and s.parent not in given else '-'}"
+                        if args.with_parents
+                        else s.name
+                        for s in stages
+                        if s.name not in given
+                    )
+                )
             return 0
         provided = {}
         for item in args.from_checkpoint:

@@ -13,6 +13,10 @@ A curriculum file (TOML) names a root directory and its stages:
     parent = "walk"
     transfer = "blend"                   # init (default), blend or clone
 
+A stage trained elsewhere names its checkpoint instead of a config (`checkpoint = "../models/walk"`, relative to
+the curriculum file): it is not run, and its children start from that checkpoint (as `--from STAGE=CKPT` does on
+the command line, which takes precedence).
+
 Stage S runs in ROOT/S. A stage whose final checkpoint exists is skipped; one with an earlier checkpoint is
 resumed; a new one starts from its parent's final checkpoint, by `transfer`: `init` loads it into a network of
 the same size (`run.init_from`), `blend` freezes it and blends it with the stage's (bigger) network
@@ -40,6 +44,7 @@ class Stage:
     parent: str | None = None
     overrides: list[str] = field(default_factory=list)
     transfer: str = "init"
+    checkpoint: Path | None = None  # trained elsewhere: not run, its children start from this checkpoint
 
 
 #: How a stage takes its parent's final checkpoint: the config key that receives its path.
@@ -63,11 +68,15 @@ def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a curriculum has root and [[stage]] tables")
     stages: list[Stage] = []
     for i, entry in enumerate(data.get("stage", [])):
-        bad = set(entry) - {"name", "config", "parent", "set", "transfer"}
-        if bad or "name" not in entry or "config" not in entry:
+        bad = set(entry) - {"name", "config", "parent", "set", "transfer", "checkpoint"}
+        if bad or "name" not in entry or ("config" in entry) == ("checkpoint" in entry):
             raise ConfigError(
-                f"{path}: stage {i + 1}: needs name and config (and may have parent, set, transfer); "
-                f"unknown: {sorted(bad)}"
+                f"{path}: stage {i + 1}: needs a name and either a config (and may have parent, set, transfer) or "
+                f"the checkpoint of a stage trained elsewhere; unknown: {sorted(bad)}"
+            )
+        if "checkpoint" in entry and set(entry) - {"name", "checkpoint"}:
+            raise ConfigError(
+                f"{path}: stage {entry['name']!r}: a stage given by its checkpoint has a name and nothing else"
             )
         transfer = entry.get("transfer", "init")
         if transfer not in TRANSFER_KEYS:
@@ -79,7 +88,9 @@ def load_curriculum(path: str | Path, root: str | None = None) -> Curriculum:
         parent = entry.get("parent")
         if parent is not None and parent not in [s.name for s in stages]:
             raise ConfigError(f"{path}: stage {entry['name']!r}: parent {parent!r} is not an earlier stage")
-        stages.append(Stage(entry["name"], path.parent / entry["config"], parent, list(entry.get("set", [])), transfer))
+        config = path.parent / entry["config"] if "config" in entry else path
+        checkpoint = path.parent / entry["checkpoint"] if "checkpoint" in entry else None
+        stages.append(Stage(entry["name"], config, parent, list(entry.get("set", [])), transfer, checkpoint))
     if not stages:
         raise ConfigError(f"{path}: no [[stage]] tables")
     return Curriculum(Path(root or data.get("root", "runs/curriculum")), stages)
@@ -132,7 +143,7 @@ def run_curriculum(
     speak = comm.Get_rank() == 0
     curriculum = load_curriculum(path, root)
     names = [s.name for s in curriculum.stages]
-    provided = dict(provided or {})
+    provided = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(provided or {})}
     for name, checkpoint in provided.items():
         if name not in names:
             raise ConfigError(f"{path}: --from names no stage {name!r}; stages: {', '.join(names)}")
@@ -140,7 +151,10 @@ def run_curriculum(
             provided[name] = str(resolve_checkpoint(checkpoint))
         except CheckpointError as exc:
             raise ConfigError(f"--from {name}={checkpoint}: {exc}") from None
-    configs = [stage_config(curriculum, s, overrides or [], provided) for s in curriculum.stages]
+    configs = [
+        None if s.name in provided else stage_config(curriculum, s, overrides or [], provided)
+        for s in curriculum.stages
+    ]
     if only is not None and only not in names:
         raise ConfigError(f"{path}: no stage {only!r}; stages: {', '.join(names)}")
     summaries = []

@@ -80,7 +80,12 @@ def test_policy_carries_over_exactly(tmp_path):
     assert run([LRUN, "curriculum", str(curriculum), "--set", "ppo.learning_rate=1e-12"]).returncode == 0
     walk = load_checkpoint(tmp_path / "runs" / "walk")["policy"]
     second = load_checkpoint(tmp_path / "runs" / "run")["policy"]
+    never_varied = [36, 37, 38, 39, 40]  # psoas strengths and the obstacle slot: constant at difficulty 0
     for name, tensor in walk.items():  # a 1e-12 learning rate leaves the inherited weights all but unchanged
+        if name in ("actor.0.weight", "critic.0.weight"):  # except inputs the parent never saw vary: cut
+            assert torch.all(second[name][:, never_varied] == 0)
+            tensor = tensor.clone()
+            tensor[:, never_varied] = 0.0
         assert torch.allclose(tensor, second[name], atol=1e-8), name
 
 
@@ -106,16 +111,29 @@ def test_bad_curricula_and_missing_parent_checkpoint(tmp_path):
         ]
     )
     assert result.returncode == 2 and f"no checkpoint at {tmp_path / 'no-parent'}" in result.stderr
-    assert load_curriculum(EXPERIMENTS / "curriculum.toml").stages[-1].parent == "obstacles"
+    for name in ("curriculum.toml", "curriculum-ppo.toml"):
+        assert load_curriculum(EXPERIMENTS / name).stages[-1].parent == "obstacles"
     with pytest.raises(ConfigError, match="transfer must be one of init, blend, clone"):
         bad.write_text('[[stage]]\nname = "a"\nconfig = "x.toml"\ntransfer = "copy"\n')
         load_curriculum(bad)
-    assert [s.transfer for s in load_curriculum(EXPERIMENTS / "curriculum.toml").stages] == [
+    with pytest.raises(ConfigError, match=r"either a config .* or the checkpoint"):
+        bad.write_text('[[stage]]\nname = "a"\nconfig = "x.toml"\ncheckpoint = "y.pt"\n')
+        load_curriculum(bad)
+    with pytest.raises(ConfigError, match="given by its checkpoint has a name and nothing else"):
+        bad.write_text('[[stage]]\nname = "a"\ncheckpoint = "y.pt"\nset = ["run.seed=1"]\n')
+        load_curriculum(bad)
+    assert [s.transfer for s in load_curriculum(EXPERIMENTS / "curriculum-ppo.toml").stages] == [
         "init",
         "blend",
         "blend",
         "init",
     ]
+    sac = load_curriculum(EXPERIMENTS / "curriculum.toml").stages
+    assert sac[0].checkpoint == EXPERIMENTS / ".." / "models" / "walk" / "checkpoint.pt"
+    assert [(s.name, s.transfer) for s in sac[1:]] == [("run", "init"), ("obstacles", "blend"), ("fast", "blend")]
+    # the Slurm chain submits the stages to train: the shipped walker is no job and no dependency
+    listed = run([LRUN, "curriculum", str(EXPERIMENTS / "curriculum.toml"), "--list", "--with-parents"])
+    assert listed.stdout.split("\n")[:3] == ["run -", "obstacles run", "fast obstacles"], listed.stdout
 
 
 def test_growing_stages_blend_and_a_finished_blend_hands_on_its_new_network(tmp_path):
@@ -178,3 +196,24 @@ def test_a_later_stage_starts_from_a_provided_checkpoint(tmp_path):
         refused = run([LRUN, "curriculum", str(curriculum), "--root", str(tmp_path / "other"), "--from", bad])
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_make_run_s_curriculum_carries_the_shipped_walker_through_every_sac_stage(tmp_path):
+    """experiments/curriculum-tiny.toml (make run): run, obstacles and fast from models/walk under mpiexec, each
+    stage's checkpoint descending from the walker, the critics carried (copied, widened, copied)."""
+    root = tmp_path / "tiny"
+    tiny = EXPERIMENTS / "curriculum-tiny.toml"
+    result = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(tiny), "--root", str(root)])
+    assert result.returncode == 0, result.stderr
+    assert "== stage walk: provided" in result.stdout and not (root / "walk").exists()
+    for how in ("copied", "widened", "copied"):
+        assert f"critics and temperature {how} from the parent" in result.stdout
+    walker = EXPERIMENTS.parent / "models" / "walk" / "checkpoint.pt"
+    fast = load_checkpoint(root / "fast")
+    assert [step["how"] for step in fast["lineage"]] == ["init", "blend", "blend"]
+    assert Path(fast["lineage"][0]["checkpoint"]).resolve() == walker.resolve()
+    spec = fast["meta"]["policy_spec"]
+    assert spec["kind"] == "blend" and spec["frozen"]["kind"] == "blend"
+    assert spec["student"]["hidden_sizes"] == [256] * 3
+    assert fast["optimizer"]["critic"]["q1.0.weight"].shape[0] == 256
