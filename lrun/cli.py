@@ -174,6 +174,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
                 args.set,
                 args.eval_episodes,
                 comm=comm,
+                seeds=args.seeds,
             )
         except CheckpointError as exc:
             raise StartupError(str(exc)) from exc
@@ -457,11 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--store", help="run directory whose stored states to imitate on (default: teacher's)")
         sub.set_defaults(func=_transfer)
 
-    ts = commands.add_parser("transfer-study", help="blending vs behavioural cloning (vs scratch) on one transfer")
+    ts = commands.add_parser(
+        "transfer-study", help="blending vs behavioural cloning vs scratch (vs fine-tuning) on one transfer, over seeds"
+    )
     ts.add_argument("source", help="checkpoint file or run directory of the trained source policy")
     ts.add_argument("config", nargs="?", help="TOML config of the target runs (bigger network, same budget)")
     ts.add_argument("--out", required=True, help="directory for the methods' runs and the comparison")
-    ts.add_argument("--methods", default="blend,clone,scratch", help="comma-separated (default blend,clone,scratch)")
+    ts.add_argument(
+        "--methods",
+        default="blend,clone,scratch",
+        help="comma-separated from blend, clone, scratch, init (the source's own network fine-tuned); default "
+        "blend,clone,scratch",
+    )
+    ts.add_argument("--seeds", type=int, default=1, help="runs per method, run.seed = 0..N-1 (default 1)")
     ts.add_argument("--eval-episodes", type=int, default=0, help="also lrun eval each final checkpoint (0: skip)")
     add_set_option(ts, "override a config key of every method's run (repeatable)")
     ts.set_defaults(func=_transfer_study)

@@ -5,7 +5,13 @@ the same trained source policy, in OUT/<method>:
 
 * blend: the source is frozen and blended into the new network (`blend.source`);
 * clone: the new network first imitates the source on its stored states (`clone.teacher`), then trains;
-* scratch: the new network from random initialisation (the baseline that transfers nothing).
+* scratch: the new network from random initialisation (the baseline that transfers nothing);
+* init: the source's own network, fine-tuned (`run.init_from`; the target config with the source's
+  `policy.hidden_sizes`): what a bigger network has to beat.
+
+SAC runs carry the source's critics and temperature in every method but scratch (copied, or widened into
+bigger critics). With `seeds` > 1 every method runs once per seed (run.seed = 0 .. seeds - 1) in
+OUT/<method>/seed-K, and the comparison gives the mean over seeds with the range.
 
 Methods already complete are skipped and interrupted ones resumed, like curriculum stages. Rank 0 then writes
 OUT/comparison.txt (table), OUT/comparison.json and OUT/comparison.png (task return against env steps). With
@@ -24,17 +30,57 @@ import numpy as np
 
 from lrun.config import ConfigError, load_config
 
-METHODS = {"blend": "blend.source", "clone": "clone.teacher", "scratch": None}
+METHODS = {"blend": "blend.source", "clone": "clone.teacher", "scratch": None, "init": "run.init_from"}
 
 
-def method_overrides(method: str, source: str, out: Path) -> list[str]:
-    """The config overrides that make a target config into this method's run."""
+def run_dirs(out: Path, method: str, seeds: int) -> list[Path]:
+    """Where a method's runs live: OUT/<method>, or OUT/<method>/seed-K for several seeds."""
+    return [out / method] if seeds <= 1 else [out / method / f"seed-{k}" for k in range(seeds)]
+
+
+def method_overrides(method: str, source: str, out: Path, seed: int | None = None) -> list[str]:
+    """The config overrides that make a target config into this method's run (of this seed, where given)."""
     if method not in METHODS:
         raise ConfigError(f"unknown transfer method {method!r}; choose from {', '.join(METHODS)}")
-    extra = [f"run.run_dir={out / method}"]
+    run_dir = out / method if seed is None else out / method / f"seed-{seed}"
+    extra = [f"run.run_dir={run_dir}"]
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
     if METHODS[method]:
         extra.append(f"{METHODS[method]}={source}")
+    if method == "init":  # fine-tuning keeps the source's network
+        from lrun.checkpoint import load_checkpoint, resolve_checkpoint
+        from lrun.startup import collapse_student
+
+        payload = load_checkpoint(resolve_checkpoint(source))
+        spec = payload["meta"].get("policy_spec") or {}
+        if collapse_student(payload) is not None:
+            spec = spec["student"]
+        if spec.get("kind") != "mlp":
+            raise ConfigError(f"transfer method init needs a plain network as its source, not a {spec.get('kind')}")
+        extra.append(f"policy.hidden_sizes={list(spec['hidden_sizes'])}")
     return extra
+
+
+def merge_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's summary over seeds: numeric fields averaged, evaluations averaged with their range, and
+    the per-seed rows kept under "seeds"."""
+    if len(rows) == 1:
+        return rows[0]
+    merged: dict[str, Any] = {
+        key: float(np.nanmean([r[key] for r in rows])) for key in rows[0] if key not in ("eval", "iterations")
+    }
+    merged["iterations"] = rows[0]["iterations"]
+    merged["env_steps"] = round(merged["env_steps"])
+    if all("eval" in r for r in rows):
+        evals = [r["eval"] for r in rows]
+        merged["eval"] = {
+            key: float(np.mean([e[key] for e in evals])) for key in ("mean_distance_m", "fall_rate", "mean_speed_m_s")
+        }
+        distances = [e["mean_distance_m"] for e in evals]
+        merged["eval"]["distance_range"] = [float(min(distances)), float(max(distances))]
+    merged["seeds"] = rows
+    return merged
 
 
 def read_progress(run_dir: Path) -> dict[str, np.ndarray]:
@@ -102,6 +148,8 @@ def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
     )
     if evals:
         head += f" {'eval dist':>9} {'eval falls':>10}"
+    if any("seeds" in r for r in rows.values()):
+        head += "  eval dist range over seeds"
     lines = [f"source policy's final task return: {reference:.3f}", head]
     for name, r in rows.items():
         line = (
@@ -111,13 +159,19 @@ def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
         if "eval" in r:
             e = r["eval"]
             line += f" {e['mean_distance_m']:>9.2f} {100 * e['fall_rate']:>9.1f}%"
+            if "distance_range" in e:
+                low, high = e["distance_range"]
+                line += f"  {low:.2f}-{high:.2f} m ({len(r['seeds'])} seeds)"
         lines.append(line)
     lines.append("returns are the task's own (unshaped) episode returns; 'final' = mean over the last tenth")
+    if any("seeds" in r for r in rows.values()):
+        lines.append("with several seeds: means over the seeds")
     return "\n".join(lines)
 
 
-def plot_comparison(out: Path, methods: list[str], reference: float) -> Path:
-    """Task return (smoothed) against env steps for every method, the source's level dashed."""
+def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int = 1) -> Path:
+    """Task return (smoothed) against env steps for every method (one line per seed), the source's level
+    dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,14 +179,16 @@ def plot_comparison(out: Path, methods: list[str], reference: float) -> Path:
 
     from lrun.analysis.report import save_figure
 
-    progress = {method: read_progress(out / method) for method in methods}
-    with_distance = any(np.isfinite(p["charts/distance"]).any() for p in progress.values())  # lrun/Run-v0 only
+    progress = {method: [read_progress(d) for d in run_dirs(out, method, seeds)] for method in methods}
+    with_distance = any(np.isfinite(p["charts/distance"]).any() for ps in progress.values() for p in ps)
     fig, axes = plt.subplots(1, 2 if with_distance else 1, figsize=(11 if with_distance else 6, 4), squeeze=False)
     axes = axes[0]
-    for method, p in progress.items():
-        axes[0].plot(p["env_steps"], smooth(p["charts/episodic_task_return"], 5), label=method)
-        if with_distance:
-            axes[1].plot(p["env_steps"], smooth(p["charts/distance"], 5), label=method)
+    for i, (method, runs) in enumerate(progress.items()):
+        for k, p in enumerate(runs):
+            style = {"color": f"C{i}", "label": method if k == 0 else None, "alpha": 1.0 if len(runs) == 1 else 0.7}
+            axes[0].plot(p["env_steps"], smooth(p["charts/episodic_task_return"], 5), **style)
+            if with_distance:
+                axes[1].plot(p["env_steps"], smooth(p["charts/distance"], 5), **style)
     if np.isfinite(reference):
         axes[0].axhline(reference, color="grey", linestyle="--", label="source policy")
     axes[0].set(xlabel="env steps", ylabel="episodic task return (5-iteration mean)", title="return")
@@ -141,7 +197,7 @@ def plot_comparison(out: Path, methods: list[str], reference: float) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("transfer into a bigger network: blending vs behavioural cloning vs scratch")
+    fig.suptitle(f"transfer: {' vs '.join(methods)}{f' ({seeds} seeds each)' if seeds > 1 else ''}")
     fig.tight_layout()
     return save_figure(fig, out / "comparison.png", dpi=110)
 
@@ -155,8 +211,12 @@ def run_transfer_study(
     eval_episodes: int = 0,
     comm: Any = None,
     stream: TextIO | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
-    """Train every method (collective over `comm`), then compare; rank 0 returns the comparison."""
+    """Train every method (and seed; collective over `comm`), then compare; rank 0 returns the comparison.
+
+    With `eval_episodes`, each final policy is scored by `lrun eval` on the target config's task (difficulty,
+    obstacles) with the graders' physics and muscle weakening: for a round-2 target, the round-2 setting."""
     from lrun import mpi as lmpi
     from lrun.curriculum import stage_status
     from lrun.train import train
@@ -165,39 +225,49 @@ def run_transfer_study(
     comm = comm if comm is not None else lmpi.comm_world()
     out = Path(out)
     speak = comm.Get_rank() == 0
-    configs = {m: load_config(config_path, [*(overrides or []), *method_overrides(m, source, out)]) for m in methods}
-    for method, config in configs.items():
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be >= 1")
+    seed_list: list[int | None] = [None] if seeds == 1 else list(range(seeds))
+    configs = {
+        (m, k): load_config(config_path, [*(overrides or []), *method_overrides(m, source, out, k)])
+        for m in methods
+        for k in seed_list
+    }
+    for (method, seed), config in configs.items():
         status, done = stage_status(config)
         if speak:
-            print(f"== {method}: {status}{f' at iteration {done}' if status == 'resume' else ''}", file=stream)
+            name = method if seed is None else f"{method} seed {seed}"
+            print(f"== {name}: {status}{f' at iteration {done}' if status == 'resume' else ''}", file=stream)
         if status == "done":
             continue
         last = train(config, resume=config.run.run_dir if status == "resume" else None, comm=comm, stream=stream)
         if last.get("stopped_early"):
             return {"stopped_early": True}
-    rows = {m: summarise_method(out / m) for m in methods} if speak else {}
+    per_seed = {m: [summarise_method(d) for d in run_dirs(out, m, seeds)] for m in methods} if speak else {}
     if eval_episodes:
         from lrun.evaluate import EvalSettings, evaluate
 
-        for method in methods:
-            env = configs[method].env
+        for (method, seed), config in configs.items():
+            env = config.env
+            run_dir = Path(config.run.run_dir)
             settings = EvalSettings(
                 episodes=eval_episodes,
                 difficulty=env.difficulty,
                 obstacles=env.max_obstacles,
-                out=str(out / method / "eval"),
+                out=str(run_dir / "eval"),
                 overwrite=True,
             )
-            result = evaluate(out / method, settings, comm=comm, stream=stream)
+            result = evaluate(run_dir, settings, comm=comm, stream=stream)
             if speak:
-                rows[method]["eval"] = result["summary"]
+                per_seed[method][0 if seed is None else seed]["eval"] = result["summary"]
     if not speak:
         return {}
+    rows = {m: merge_seeds(per_seed[m]) for m in methods}
     reference = source_return(source)
     text = format_table(rows, reference)
     (out / "comparison.txt").write_text(text + "\n")
     (out / "comparison.json").write_text(json.dumps({"source": source, "methods": rows}, indent=1) + "\n")
-    png = plot_comparison(out, methods, reference)
+    png = plot_comparison(out, methods, reference, seeds)
     print(text, file=stream)
     print(f"wrote {out / 'comparison.txt'} and {png}", file=stream, flush=True)
     return {"methods": rows, "reference": reference}

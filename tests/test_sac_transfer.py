@@ -4,6 +4,7 @@ features the source never saw vary. Real OpenSim, real MPI, real checkpoints."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import h5py
@@ -144,3 +145,26 @@ def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):
     assert rows[-1]["holdout_kl"] < 0.5 * rows[0]["holdout_kl"], rows
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["hidden_sizes"] == [32, 32]
+
+
+@needs_mpi
+def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
+    """`lrun transfer-study --methods init,blend --seeds 2` on the obstacle task: every method and seed on the same
+    budget, init keeping the source's network, each scored by lrun eval, the comparison with the seeds' range."""
+    out = tmp_path / "study"
+    study = [MPIEXEC, "-n", "3", LRUN, "transfer-study", str(source), "--out", str(out), *SAC, *OBSTACLES]
+    study += sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[32, 32]", "run.iterations=1")
+    result = run([*study, "--methods", "init,blend", "--seeds", "2", "--eval-episodes", "1"], timeout=600)
+    assert result.returncode == 0, result.stderr
+    methods = json.loads((out / "comparison.json").read_text())["methods"]
+    assert set(methods) == {"init", "blend"} and all(len(m["seeds"]) == 2 for m in methods.values())
+    assert len({s["env_steps"] for m in methods.values() for s in m["seeds"]}) == 1  # one budget
+    for method in ("init", "blend"):
+        for k in (0, 1):
+            checkpoint = load_checkpoint(out / method / f"seed-{k}")
+            assert checkpoint["config"]["run"]["seed"] == k
+            settings = json.loads((out / method / f"seed-{k}" / "eval" / "eval.json").read_text())["settings"]
+            assert settings["difficulty"] == 2 and settings["physics"] == "graders-2017"
+    init = load_checkpoint(out / "init" / "seed-0")
+    assert init["meta"]["policy_spec"]["hidden_sizes"] == [16] and init["lineage"][-1]["how"] == "init"
+    assert "(2 seeds)" in (out / "comparison.txt").read_text()
