@@ -90,6 +90,39 @@ def output_of(root: Path, job_id: str) -> str:
     return "".join(p.read_text() for p in root.glob(f"slurm-*-{job_id}.out"))
 
 
+SAC_TINY = (
+    '["run.iterations=2", "ppo.steps_per_env=16", "layout.envs_per_rank=2", "sac.learning_starts=32", '
+    '"sac.updates_per_step=0.25", "sac.buffer_size=5000", "run.checkpoint_every=100"]'
+)
+
+
+@pytest.mark.timeout(600)
+def test_the_sac_chain_from_the_shipped_walker_submits_only_the_stages_to_train(cluster, tmp_path):
+    """A stage given by its checkpoint (models/walk) gets no job; the run stage starts from it with no
+    dependency, the obstacle stage blends the run stage's policy after it (afterok)."""
+    if cluster.nodes:
+        pytest.skip("the same chain as on one node; CI time")
+    walker = ROOT / "models" / "walk" / "checkpoint.pt"
+    curriculum = tmp_path / "sac.toml"
+    curriculum.write_text(
+        f'[[stage]]\nname = "walk"\ncheckpoint = "{walker}"\n'
+        f'[[stage]]\nname = "run"\nconfig = "{STAGES / "run-sac.toml"}"\nparent = "walk"\nset = {SAC_TINY}\n'
+        f'[[stage]]\nname = "obstacles"\nconfig = "{STAGES / "obstacles-sac.toml"}"\nparent = "run"\n'
+        f'transfer = "blend"\nset = {SAC_TINY}\n'
+    )
+    root = tmp_path / "runs"
+    jobs = submit(cluster, curriculum, root)
+    assert list(jobs) == ["run", "obstacles"]
+    assert cluster.job(jobs["run"]).get("Dependency") in (None, "", "(null)")
+    assert cluster.job(jobs["obstacles"])["Dependency"].startswith(f"afterok:{jobs['run']}")
+    for stage in ("run", "obstacles"):
+        fields = cluster.wait_for(jobs[stage], {"COMPLETED", "FAILED", "CANCELLED"})
+        assert fields["JobState"] == "COMPLETED", output_of(root, jobs[stage])
+    lineage = load_checkpoint(root / "obstacles")["lineage"]
+    assert [step["how"] for step in lineage] == ["init", "blend"] and lineage[0]["checkpoint"] == str(walker)
+    assert "critics and temperature widened from the parent" in output_of(root, jobs["obstacles"])
+
+
 @pytest.mark.timeout(600)
 def test_two_stage_chain_completes_and_stage_2_starts_from_stage_1(cluster, tmp_path):
     curriculum = curriculum_file(tmp_path, [("walk", "walk.toml", None, tiny(2)), ("run", "run.toml", "walk", tiny(2))])
