@@ -437,6 +437,15 @@ def sac_update(
     return losses
 
 
+def synced_state(state: TrainingState) -> np.ndarray:
+    """What every learner must hold identically: the policy's parameters and, for SAC, the critics, their
+    targets and the temperature."""
+    flat = flat_parameters(state.policy).astype(np.float64)
+    if isinstance(state.updater, SACUpdater):
+        flat = np.concatenate([flat, state.updater.sync_vector()])
+    return flat
+
+
 def normalised_features(config: TrainConfig, state: TrainingState, features: np.ndarray) -> np.ndarray:
     """Features as the networks take them: normalised with the run's current statistics (unclipped: the
     networks clip their own inputs)."""
@@ -461,7 +470,7 @@ def tally(
             new_decisions = sum(g[1] for g in gathered)
             rollouts = [r for g in gathered for r in g[2]]
         if state.iteration % config.run.sync_check_every == 0 and not lmpi.check_synced(
-            learner_comm, flat_parameters(state.policy)
+            learner_comm, synced_state(state)
         ):
             raise RuntimeError(f"learners' parameters diverged at iteration {state.iteration}")
     if layout.is_root:
@@ -627,7 +636,16 @@ class TrainingState:
         seed = config.run.seed * 1000 + learner_index
         self.updater: PPOUpdater | SACUpdater
         if config.run.algorithm == "sac":
-            self.updater = SACUpdater(self.policy, sac_settings(config), reduce_gradients, seed, config.sac.buffer_size)
+            # critics from the run seed, identical on every learner (they train one pair by averaged gradients);
+            # minibatches from the learner's own seed
+            self.updater = SACUpdater(
+                self.policy,
+                sac_settings(config),
+                reduce_gradients,
+                config.run.seed * 1000,
+                config.sac.buffer_size,
+                sample_seed=seed,
+            )
         else:
             self.updater = PPOUpdater(self.policy, ppo_settings(config), reduce_gradients, seed=seed)
         self.iteration = 0

@@ -199,7 +199,8 @@ def test_a_sac_run_under_mpiexec_resumes_with_its_replay_buffer_and_is_evaluated
 def test_a_stop_signal_keeps_every_learners_replay_buffer_with_the_checkpoint(tmp_path):
     run_dir = tmp_path / "sac"
     recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
-    settings = sac_settings(run_dir, "layout.learners=2", "run.checkpoint_every=50")
+    # two learners train one pair of critics: checked identical (with the policy and temperature) every iteration
+    settings = sac_settings(run_dir, "layout.learners=2", "run.checkpoint_every=50", "run.sync_check_every=1")
     process = start([MPIEXEC, "-n", "4", LRUN, "train", *recipe, *settings, *sets("run.iterations=40")])
     try:
         read_until(process, "iter 3/40")

@@ -114,7 +114,10 @@ class SACUpdater:
         reduce_gradients: Callable[[np.ndarray], None] | None = None,
         seed: int = 0,
         buffer_size: int = 1_000_000,
+        sample_seed: int | None = None,
     ) -> None:
+        """`seed` initialises the critics (the same on every learner: they train one pair of critics by averaged
+        gradients); `sample_seed` (default `seed`) draws this learner's minibatches from its own buffer."""
         if actor.distribution_name != "squashed":
             raise ValueError(f"SAC trains a squashed Gaussian policy, not a {actor.distribution_name!r} one")
         self.actor = actor
@@ -134,7 +137,9 @@ class SACUpdater:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
         self.actor_params = actor_params
-        self.buffer = ReplayBuffer(buffer_size, actor.obs_size, actor.act_size, seed)
+        self.buffer = ReplayBuffer(
+            buffer_size, actor.obs_size, actor.act_size, seed if sample_seed is None else sample_seed
+        )
         self.rng = self.buffer.rng  # checkpointed with the run, like PPO's minibatch order
         self.stitcher = TransitionStitcher()
 
@@ -217,6 +222,11 @@ class SACUpdater:
                 zero_input_columns(getattr(net, name), new_inputs)
         self.log_alpha.copy_(source["log_alpha"])
         return how
+
+    def sync_vector(self) -> np.ndarray:
+        """Critics, targets and temperature in one float64 vector: what learners must hold identically."""
+        tensors = [*self.critic.parameters(), *self.target.parameters(), self.log_alpha.reshape(1)]
+        return torch.cat([t.detach().reshape(-1) for t in tensors]).double().numpy()
 
     def state_dict(self) -> dict:
         """Critics, targets, temperature and optimisers (the actor is checkpointed as the run's policy)."""
