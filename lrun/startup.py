@@ -61,6 +61,8 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
     layout_cfg = config.layout
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
+    if config.run.algorithm == "sac":
+        check_replay_capacity(config, world_size)
     problem = probe_env(config)
     plain = config_spec(config, problem)
     run_dir = config.run.run_dir
@@ -85,6 +87,8 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             theirs = payload["meta"].get("policy_spec") or {}
             spec = {"kind": "blend", "frozen": theirs.get("frozen", {}), "student": plain}
         check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
+        if config.run.algorithm == "sac":
+            check_critics(payload, resume_path, config)
         return Start(problem, spec, payload=payload, how="resume", resume_path=resume_path)
     origins = [
         (key, how, where)
@@ -137,6 +141,35 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
         check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.task_obs_size)
     spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
     return Start(problem, spec, source=source, how=how)
+
+
+def check_critics(payload: dict, path: Path, config: TrainConfig) -> None:
+    """A resumed SAC run restores critics, targets, temperature and optimisers: refuse a checkpoint whose critics
+    are not the config's `sac.hidden_sizes` (or that holds no SAC state at all) before anything is loaded."""
+    state = payload.get("optimizer") or {}
+    if "critic" not in state:
+        raise CheckpointError(f"{path}: not a SAC run's checkpoint (no critics): start from it with run.init_from")
+    weights = [v for k, v in state["critic"].items() if k.startswith("q1.") and k.endswith("weight")]
+    theirs = [int(w.shape[0]) for w in weights[:-1]]  # the hidden layers' widths (the last layer gives Q)
+    if theirs != list(config.sac.hidden_sizes):
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit this config: sac.hidden_sizes {theirs} vs "
+            f"{list(config.sac.hidden_sizes)} (the critics are restored with the run; --set sac.hidden_sizes={theirs})"
+        )
+
+
+def check_replay_capacity(config: TrainConfig, world_size: int) -> None:
+    """sac.buffer_size holds at least one iteration of a learner's transitions (with their mirror images)."""
+    layout = config.layout
+    simulators = max(world_size - layout.learners, 1)
+    per_learner = -(-simulators // layout.learners) * layout.envs_per_rank * config.ppo.steps_per_env
+    needed = per_learner * (2 if config.sac.mirror else 1)
+    if config.sac.buffer_size < needed:
+        raise ConfigError(
+            f"sac.buffer_size = {config.sac.buffer_size}: a learner receives up to {needed} transitions per "
+            f"iteration here ({per_learner} decisions{' and their mirror images' if config.sac.mirror else ''}); "
+            f"the buffer must hold at least that many"
+        )
 
 
 def probe_env(config: TrainConfig) -> Problem:

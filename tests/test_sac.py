@@ -253,3 +253,30 @@ def test_sampled_log_probabilities_stay_exact_where_tanh_saturates():
     expected = torch.distributions.Normal(mean.double(), log_std.double().exp()).log_prob(u).sum(-1)
     expected -= torch.log1p(-torch.tanh(u).square()).sum(-1)
     assert torch.allclose(logprob.double()[finite], expected[finite], atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--set", "sac.buffer_size=16"],
+            "sac.buffer_size = 16: a learner receives up to 1024 transitions per iteration here (512 decisions and "
+            "their mirror images)",
+        ),
+        (
+            [
+                "--resume",
+                str(EXPERIMENTS.parent / "models" / "walk" / "checkpoint.pt"),
+                "--set",
+                "sac.hidden_sizes=[64]",
+            ],
+            "checkpoint does not fit this config: sac.hidden_sizes [128, 128] vs [64]",
+        ),
+    ],
+)
+def test_sac_settings_that_cannot_work_are_refused_in_one_line_before_anything_is_written(extra, message, tmp_path):
+    run_dir = tmp_path / "run"
+    recipe = str(EXPERIMENTS / "recipes" / "walk-sac.toml")
+    result = run([LRUN, "train", recipe, *sets(f"run.run_dir={run_dir}"), *extra])
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not run_dir.exists()
