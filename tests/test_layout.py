@@ -19,7 +19,7 @@ def test_difficulty_0_has_no_obstacles_and_full_psoas():
     assert layout.next_obstacle(0.0) == NO_OBSTACLE
 
 
-@pytest.mark.parametrize("max_obstacles, expected", [(0, 0), (1, 1), (3, 3), (10, 10)])
+@pytest.mark.parametrize("max_obstacles, expected", [(0, 0), (1, 1), (3, 3), (10, 10), (25, 20)])
 def test_obstacle_count(max_obstacles, expected):
     assert len(draw(1, 1, max_obstacles).obstacles) == expected
     assert len(draw(1, 2, max_obstacles).obstacles) == expected

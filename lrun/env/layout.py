@@ -18,6 +18,9 @@ WEAKENING: dict[str, tuple[int | str, int | str]] = {
     "graders-2017": (11, 3),
     "psoas": ("iliopsoas_l", "iliopsoas_r"),
 }
+#: The 2017 grader drew at most this many obstacles, whatever max_obstacles (min(20, max_obstacles) in its
+#: generate_env).
+MAX_DRAWN_OBSTACLES = 20
 #: Observation slots for "no obstacle ahead": x relative to pelvis, y, radius.
 NO_OBSTACLE = (100.0, 0.0, 0.0)
 
@@ -63,7 +66,8 @@ def draw_layout(rng: np.random.Generator, difficulty: int, max_obstacles: int) -
 
     difficulty 0: no obstacles; 1: min(3, max_obstacles) obstacles at x ~ U(1, 5), radius 0.05 + Exp(0.05),
     y = U(-0.25, 0.25) * radius, then further ones at 5 + cumsum(U(2, 4)) with y = U(-0.05, 0.25) * radius;
-    2: as 1 plus psoas strength max(0.5, 1 - N(0, 0.1)) per side (right drawn first, as in 2017).
+    2: as 1 plus psoas strength max(0.5, 1 - N(0, 0.1)) per side (right drawn first, as in 2017). At most 20
+    obstacles are drawn (the 2017 cap), whatever max_obstacles.
     """
     if difficulty not in (0, 1, 2):
         raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
@@ -75,7 +79,7 @@ def draw_layout(rng: np.random.Generator, difficulty: int, max_obstacles: int) -
         xs = rng.uniform(1.0, 5.0, n_first)
         ys = rng.uniform(-0.25, 0.25, n_first)
         rs = 0.05 + rng.exponential(0.05, n_first)
-        n_extra = max_obstacles - n_first
+        n_extra = max(min(MAX_DRAWN_OBSTACLES, max_obstacles) - n_first, 0)
         if n_extra > 0:
             xs = np.concatenate([xs, 5.0 + np.cumsum(rng.uniform(2.0, 4.0, n_extra))])
             ys = np.concatenate([ys, rng.uniform(-0.05, 0.25, n_extra)])
