@@ -103,20 +103,20 @@ def _transfer(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError
+    from lrun.env.physics import ALIASES
     from lrun.env.settings import SETTINGS
     from lrun.evaluate import EvalError, EvalSettings, evaluate
     from lrun.startup import StartupError
 
-    # a named setting fixes the task; a flag may repeat its value but not contradict it
+    # a named setting fixes the task; a flag may repeat its value (or name it another way) but not contradict it
     task = SETTINGS[args.setting].to_dict() if args.setting else {}
     for key in ("difficulty", "obstacles", "physics", "weakening"):
         given = getattr(args, key)
-        if (
-            given is not None
-            and key in task
-            and given != task[key]
-            and not (key == "obstacles" and not task["difficulty"])
-        ):
+        irrelevant = (key == "obstacles" and not task.get("difficulty")) or (
+            key == "weakening" and task.get("difficulty", 2) < 2
+        )
+        same = given == task.get(key) or (key == "physics" and ALIASES.get(given, given) == task.get(key))
+        if given is not None and key in task and not same and not irrelevant:
             raise ConfigError(f"--setting {args.setting} runs --{key} {task[key]}, not {given}: drop one of them")
         if given is not None:
             task[key] = given

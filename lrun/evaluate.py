@@ -104,9 +104,17 @@ def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvCon
 
 
 def default_out(checkpoint: Path, settings: EvalSettings) -> Path:
-    """RUN_DIR/eval/d<difficulty>-o<obstacles>-s<seed>-n<episodes>, next to the checkpoint's run."""
+    """RUN_DIR/eval/d<difficulty>-o<obstacles>-s<seed>-n<episodes>, next to the checkpoint's run, with the physics
+    and the muscle weakening appended where they are not the graders' (so results of other settings never share
+    a directory)."""
+    from lrun.env.physics import ALIASES, GRADERS_PHYSICS
+
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     name = f"d{settings.difficulty}-o{settings.obstacles}-s{settings.seed}-n{settings.episodes}"
+    if ALIASES.get(settings.physics, settings.physics) != GRADERS_PHYSICS:
+        name += f"-{ALIASES.get(settings.physics, settings.physics)}"
+    if settings.difficulty == 2 and settings.weakening != "graders-2017":
+        name += f"-{settings.weakening}"
     return run_dir / "eval" / name
 
 
@@ -272,7 +280,13 @@ def evaluate(
     facts = env_facts(env)
     config_json = json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)})
     attrs = trajectory_attributes(
-        config_json, env_config.id, rank, 0, checkpoint=str(path), **flat_attributes(run_metadata())
+        config_json,
+        env_config.id,
+        rank,
+        0,
+        checkpoint=str(path),
+        weakening=facts["weakening"],
+        **flat_attributes(run_metadata()),
     )
     writer = TrajectoryWriter(
         out / "trajectories" / f"rank-{rank:04d}.h5",

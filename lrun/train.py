@@ -374,6 +374,8 @@ def update(
     state.normaliser.update_from_moments(moments)
     t_learn = time.perf_counter()
     if config.run.algorithm == "sac":
+        if config.policy.normalise_observations:  # SAC normalises its buffer with the statistics as they are now
+            state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
         losses = sac_update(config, state, layout, rollouts, collected_with)
         losses["learning_rate"] = config.sac.learning_rate
         return losses, time.perf_counter() - t_learn
@@ -435,6 +437,13 @@ def sac_update(
     losses = updater.update(n_updates, partial(normalised_features, config, state))
     losses["replay_transitions"] = float(updater.buffer.size)
     return losses
+
+
+def approximate_mirror(config: TrainConfig) -> bool:
+    """Whether the run mirrors difficulty-2 states whose weakened muscles are not mirror images of each other."""
+    mirrors = config.ppo.mirror or config.ppo.symmetry_loss > 0 or config.sac.mirror
+    weakening = config.env.kwargs.get("weakening", "graders-2017")
+    return mirrors and config.env.id == "lrun/Run-v0" and config.env.difficulty == 2 and weakening != "psoas"
 
 
 def synced_state(state: TrainingState) -> np.ndarray:
@@ -514,6 +523,12 @@ class Reporter:
                 self.say(f"  {path.name}: kept the {kept} steps of iterations < {state.iteration}")
         if state.transfer_note:
             self.say(state.transfer_note)
+        if approximate_mirror(config):
+            self.say(
+                "note: mirroring at difficulty 2 with the graders' muscle weakening is an approximation: the two "
+                "strengths weaken glut_max_l and iliopsoas_r, which are not mirror images (env.kwargs weakening = "
+                "'psoas' makes the mirror exact)"
+            )
         if state.replay_note:
             self.say(state.replay_note)
 
@@ -632,6 +647,7 @@ class TrainingState:
         self.config = config
         self.problem = problem = start.problem
         self.policy = initial_policy(config, start)
+        self.learner_index = learner_index
         self.normaliser = RunningNormaliser(problem.obs_size)
         seed = config.run.seed * 1000 + learner_index
         self.updater: PPOUpdater | SACUpdater
@@ -691,6 +707,11 @@ class TrainingState:
         self.normaliser.load_state_vector(payload["normaliser"].numpy())
         torch.set_rng_state(payload["torch_rng"])
         self.updater.rng.bit_generator.state = json.loads(payload["numpy_rng"])
+        if self.learner_index > 0 and isinstance(self.updater, SACUpdater):
+            # the checkpoint holds learner 0's generator: the others draw from their own, so their minibatch
+            # indices differ again after a resume (deterministically: from their seed and the iteration)
+            rng = np.random.default_rng([self.config.run.seed * 1000 + self.learner_index, int(payload["iteration"])])
+            self.updater.buffer.rng = self.updater.rng = rng
         self.iteration = int(payload["iteration"])
         self.env_steps = int(payload["env_steps"])
         self.decisions = int(payload.get("decisions", self.env_steps))
@@ -710,7 +731,7 @@ class TrainingState:
         notes = []
         if new_inputs.any():
             notes.append(f"{int(new_inputs.sum())} features the parent never saw vary start their statistics afresh")
-        if how == "init" and isinstance(self.policy, ActorCritic):
+        if how in ("init", "clone") and isinstance(self.policy, ActorCritic):  # a clone acts alone from the start
             zero_input_columns(self.policy.actor, new_inputs)
             zero_input_columns(self.policy.critic, new_inputs)
         parent_optimizer = parent.get("optimizer") or {}
@@ -780,7 +801,12 @@ def make_collector(
     if config.run.store_trajectories:
         facts = env_facts(vec.envs[0])
         attrs = trajectory_attributes(
-            config.to_json(), config.env.id, world_rank, simulator_index, **flat_attributes(metadata)
+            config.to_json(),
+            config.env.id,
+            world_rank,
+            simulator_index,
+            weakening=facts["weakening"],
+            **flat_attributes(metadata),
         )
         path = Path(config.run.run_dir) / "trajectories" / f"rank-{world_rank:04d}.h5"
         writer = TrajectoryWriter(

@@ -72,6 +72,11 @@ def test_widening_an_mlp_keeps_its_function_and_the_new_units_learn():
         widen_mlp(wide.state_dict(), mlp([OBS, 8, 8, 2], "tanh", 1.0))
     with pytest.raises(ValueError, match="2-layer"):
         widen_mlp(mlp([OBS, 8, 2], "tanh", 1.0).state_dict(), wide)
+    other = mlp([OBS, 16, 4, 2], "tanh", 1.0)  # the second layer is narrower: refused before anything is written
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="layer 1"):
+        widen_mlp(small.state_dict(), other)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in before.items())
     same = mlp([OBS, 8, 8, 2], "tanh", 1.0)
     assert carry_mlp(small.state_dict(), same) == "copied" and carry_mlp(small.state_dict(), wide) == "widened"
 

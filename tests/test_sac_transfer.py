@@ -145,6 +145,7 @@ def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):
     assert rows[-1]["holdout_kl"] < 0.5 * rows[0]["holdout_kl"], rows
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["hidden_sizes"] == [32, 32]
+    assert torch.all(checkpoint["policy"]["actor.0.weight"][:, NEW] == 0)  # the clone acts alone: inputs cut
 
 
 @needs_mpi

@@ -20,9 +20,14 @@ def replay_episode(run_dir: str | Path, episode_id: int, physics: Any = None) ->
     with RunStore(run_dir) as store:
         config = store.config
         episode = store.episode(episode_id)
+        weakening = store.attrs.get("weakening")
     row, steps = episode["row"], episode["steps"]
     env_config = config.get("env", {})
     env_id = env_config.get("id", "lrun/Run-v0")
+    kwargs = dict(env_config.get("kwargs", {}))
+    if env_id == "lrun/Run-v0" and "weakening" not in kwargs:
+        # the muscles the episode's strengths weakened; files from before lrun recorded it weakened the psoas
+        kwargs["weakening"] = weakening or "psoas"
     if physics is None and env_id == "lrun/Run-v0":
         physics = {"integrator": row["integrator"].decode(), "accuracy": float(row["accuracy"])}
     env = make_env(
@@ -31,7 +36,7 @@ def replay_episode(run_dir: str | Path, episode_id: int, physics: Any = None) ->
         int(env_config.get("max_obstacles", 3)),
         physics if physics is not None else "reference",
         int(row["frame_skip"]),
-        env_config.get("kwargs", {}),
+        kwargs,
     )
     obs, info = env.reset(seed=int(row["seed"]))
     layout = info.get("layout")

@@ -188,10 +188,11 @@ class SACUpdater:
             q1_pi, q2_pi = self.critic(obs_t, new_actions)
             actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
             auxiliary = self.actor.auxiliary_loss(obs_t)  # a blend's distillation of its frozen policy
+            loss = actor_loss
             if auxiliary is not None:
                 sums["auxiliary_loss"] = sums.get("auxiliary_loss", 0.0) + float(auxiliary.detach())
-                actor_loss = actor_loss + auxiliary
-            self._step(self.actor_optimizer, self.actor_params, actor_loss)
+                loss = actor_loss + auxiliary
+            self._step(self.actor_optimizer, self.actor_params, loss)
             self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
 
             alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()

@@ -57,14 +57,17 @@ def widen_mlp(source: dict[str, torch.Tensor], target: nn.Module) -> None:
     keys.sort(key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
     if len(keys) != len(layers):
         raise ValueError(f"cannot widen a {len(keys)}-layer network into a {len(layers)}-layer one")
+    for i, (key, layer) in enumerate(zip(keys, layers, strict=True)):  # every layer checked before any is written
+        out_s, in_s = source[key].shape
+        out_t, in_t = layer.weight.shape
+        first, last = i == 0, i == len(layers) - 1
+        if out_t < out_s or in_t < in_s or (first and in_t != in_s) or (last and out_t != out_s):
+            raise ValueError(f"layer {i}: {tuple(source[key].shape)} does not widen into {(out_t, in_t)}")
     for i, (key, layer) in enumerate(zip(keys, layers, strict=True)):
         w = source[key]
         b = source[key.removesuffix("weight") + "bias"]
         out_s, in_s = w.shape
-        out_t, in_t = layer.weight.shape
-        first, last = i == 0, i == len(layers) - 1
-        if out_t < out_s or in_t < in_s or (first and in_t != in_s) or (last and out_t != out_s):
-            raise ValueError(f"layer {i}: {tuple(w.shape)} does not widen into {tuple(layer.weight.shape)}")
+        last = i == len(layers) - 1
         layer.weight[:out_s, :in_s] = w
         layer.weight[:out_s, in_s:] = 0.0  # old units ignore the new ones
         layer.bias[:out_s] = b

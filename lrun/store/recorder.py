@@ -27,6 +27,7 @@ def env_facts(env: Any) -> dict[str, Any]:
         "integrator": physics.integrator if physics is not None else "",
         "accuracy": float(physics.accuracy) if physics is not None else float("nan"),
         "frame_skip": int(getattr(env, "skip", 1)),
+        "weakening": str(getattr(inner, "weakening", "")),
         "reward_terms": reward_terms_of(env),
         "labels": labels,
     }
