@@ -130,12 +130,13 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             )
         check_compatible(source, path, problem.obs_size, problem.act_size, plain)
         return Start(problem, plain, source=source, how="init")
-    # blend and clone take any architecture, as long as observations, actions and the distribution match
+    # blend and clone take any architecture, as long as observations and actions match; a blend mixes
+    # distribution parameters, so its distributions must match too (a clone imitates actions across families)
     check_compatible(source, path, problem.obs_size, problem.act_size, theirs)
-    if distribution_of(theirs) != plain["distribution"]:
+    if how == "blend" and distribution_of(theirs) != plain["distribution"]:
         raise CheckpointError(
             f"{path}: {key} has a {distribution_of(theirs)} policy and policy.distribution is "
-            f"{plain['distribution']!r}; they must match"
+            f"{plain['distribution']!r}; a blend needs them to match (cloning does not)"
         )
     if how == "clone":
         check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.task_obs_size)

@@ -1054,8 +1054,10 @@ def clone_from_store(config: TrainConfig, state: TrainingState, teacher_payload:
                 flush=True,
             )
 
-    # SAC's actor has a value head it never uses: its critics are the twin Q networks, carried over by start_from
-    value_coef = 0.0 if config.run.algorithm == "sac" else c.value_coef
+    # SAC's actor has a value head it never uses (its critics are the twin Q networks, carried over by
+    # start_from): a SAC student does not learn it, and nobody learns it from a SAC teacher
+    teacher_sac = teacher_payload["config"]["run"].get("algorithm", "ppo") == "sac"
+    value_coef = 0.0 if config.run.algorithm == "sac" or teacher_sac else c.value_coef
     settings = CloneSettings(c.epochs, c.minibatch_size, c.learning_rate, value_coef, c.holdout_fraction)
     history = clone_policy(state.policy, teacher, obs, settings, seed=config.run.seed, progress=progress)
     if stream is not None:

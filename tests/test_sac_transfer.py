@@ -169,3 +169,21 @@ def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
     init = load_checkpoint(out / "init" / "seed-0")
     assert init["meta"]["policy_spec"]["hidden_sizes"] == [16] and init["lineage"][-1]["how"] == "init"
     assert "(2 seeds)" in (out / "comparison.txt").read_text()
+
+
+def test_ppo_continues_a_sac_policy_cloned_across_distribution_families(source, tmp_path):
+    """PPO's Gaussian student imitates the SAC teacher's deterministic excitations (no KL across families), then
+    PPO trains it; blending across families is refused in one line."""
+    run_dir = tmp_path / "ppo"
+    ppo = sets("env.physics=fast", "layout.envs_per_rank=2", "ppo.steps_per_env=32", "ppo.minibatches=4")
+    ppo += sets("ppo.epochs=1", "policy.features=relative-v1", "policy.hidden_sizes=[32, 32]")
+    command = [LRUN, "clone", str(source), *ppo, *sets("clone.epochs=10", "clone.minibatch_size=32")]
+    result = run([*command, *sets("run.iterations=1", f"run.run_dir={run_dir}")])
+    assert result.returncode == 0, result.stderr
+    with open(run_dir / "clone.csv") as handle:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(handle)]
+    assert rows[-1]["holdout_kl"] < 0.5 * rows[0]["holdout_kl"], rows  # the excitations' squared error
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["meta"]["policy_spec"]["distribution"] == "gaussian" and checkpoint["iteration"] == 1
+    blend = run([LRUN, "blend", str(source), *ppo, *sets(f"run.run_dir={tmp_path / 'b'}")])
+    assert blend.returncode == 2 and "a blend needs them to match (cloning does not)" in blend.stderr

@@ -5,6 +5,10 @@ action distributions at those states, recomputed from its checkpoint (so they ar
 noisy samples of the many policy versions that collected the data). The loss is the mean
 KL(teacher || student) of the action distributions, plus `value_coef` times the mean squared difference of the
 critics (a warm start for the value function). A held-out share of the states measures generalisation.
+
+Across distribution families (a SAC teacher's squashed Gaussian, a PPO student's Gaussian) there is no KL in
+closed form: the student's deterministic action then learns the teacher's, as excitations in [0, 1] (mean squared
+difference), and its exploration noise stays as configured.
 """
 
 from __future__ import annotations
@@ -45,14 +49,34 @@ def copy_exploration_noise(student: Policy, teacher: Policy) -> None:
         log_std.copy_(parameters[0, teacher.act_size :])
 
 
+def unit_actions(policy: Policy, raw: torch.Tensor) -> torch.Tensor:
+    """Raw actions as excitations in [0, 1] units (`Policy.env_action` for the unit box, without the clip)."""
+    return raw if policy.distribution_name == "beta" else (raw + 1.0) / 2.0
+
+
 def imitation_losses(
-    student: Policy, obs: torch.Tensor, target_parameters: torch.Tensor, target_values: torch.Tensor
+    student: Policy,
+    obs: torch.Tensor,
+    target_parameters: torch.Tensor,
+    target_values: torch.Tensor,
+    target_actions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean KL(teacher || student), mean squared value difference) on a batch."""
-    teacher = student.distribution_from(target_parameters)
-    kl = kl_divergence(teacher, student.distribution(obs)).mean()
+    """(imitation loss, mean squared value difference) on a batch: the mean KL(teacher || student), or, given the
+    teacher's deterministic actions in unit excitations (`target_actions`, across distribution families), the
+    mean squared difference of the student's from them."""
+    if target_actions is None:
+        teacher = student.distribution_from(target_parameters)
+        loss = kl_divergence(teacher, student.distribution(obs)).mean()
+    else:
+        mine = unit_actions(student, student.mode_of(student.distribution_parameters(obs)))
+        loss = ((mine - target_actions) ** 2).sum(dim=-1).mean()
     value_mse = ((student.value(obs) - target_values) ** 2).mean()
-    return kl, value_mse
+    return loss, value_mse
+
+
+def pick(values: torch.Tensor | None, idx: torch.Tensor | np.ndarray) -> torch.Tensor | None:
+    """values[idx], or None."""
+    return None if values is None else values[idx]
 
 
 def clone_policy(
@@ -70,12 +94,15 @@ def clone_policy(
     """
     if len(obs) < 2:
         raise ValueError(f"behavioural cloning needs stored states; got {len(obs)}")
-    copy_exploration_noise(student, teacher)
+    same_family = student.distribution_name == teacher.distribution_name
+    if same_family:
+        copy_exploration_noise(student, teacher)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(obs))
     n_hold = max(1, round(settings.holdout_fraction * len(obs))) if settings.holdout_fraction > 0 else 0
     obs_t = torch.as_tensor(obs, dtype=torch.float32)
     params_t, values_t = teacher_targets(teacher, obs_t)
+    actions_t = None if same_family else unit_actions(teacher, teacher.mode_of(params_t))
     hold, train = order[:n_hold], order[n_hold:]
     optimizer = torch.optim.Adam(trainable_parameters(student), lr=settings.learning_rate)
 
@@ -83,7 +110,7 @@ def clone_policy(
         if len(idx) == 0:
             return float("nan"), float("nan")
         with torch.no_grad():
-            kl, mse = imitation_losses(student, obs_t[idx], params_t[idx], values_t[idx])
+            kl, mse = imitation_losses(student, obs_t[idx], params_t[idx], values_t[idx], pick(actions_t, idx))
         return float(kl), float(mse)
 
     history = []
@@ -92,7 +119,7 @@ def clone_policy(
             shuffled = rng.permutation(train)
             for start in range(0, len(shuffled), settings.minibatch_size):
                 idx = torch.as_tensor(shuffled[start : start + settings.minibatch_size])
-                kl, mse = imitation_losses(student, obs_t[idx], params_t[idx], values_t[idx])
+                kl, mse = imitation_losses(student, obs_t[idx], params_t[idx], values_t[idx], pick(actions_t, idx))
                 loss = kl + settings.value_coef * mse
                 optimizer.zero_grad()
                 loss.backward()
