@@ -186,7 +186,11 @@ class RunConfig:
     )
     checkpoint_every: int = doc("write a checkpoint every this many iterations (and always at the end)", 10)
     store_trajectories: bool = doc("record every step and episode in trajectories/rank-NNNN.h5 (HDF5)", True)
-    sync_check_every: int = doc("every this many iterations assert that learners hold identical parameters", 10)
+    sync_check_every: int = doc(
+        "every this many iterations assert that learners hold identical parameters (the policy; with SAC also the "
+        "critics, their targets and the temperature)",
+        10,
+    )
     wait_sleep: float = doc("seconds a waiting rank sleeps between polls (MPICH's blocking waits spin)", 0.002)
     tensorboard: bool = doc(
         "also write TensorBoard event files (RUN_DIR/tb, step = env steps) where the tensorboard package is "

@@ -303,7 +303,7 @@ def test_init_speed_pushes_training_episodes_and_the_default_starts_at_rest():
             RunEnv(physics="fast", init_speed=bad)
     # lrun eval's env carries no env kwargs: every evaluated episode starts at rest
     train_env = vars(EnvConfig(physics="fast", frame_skip=4, kwargs={"init_speed": [0.0, 1.0]}))
-    assert eval_env_config(train_env, EvalSettings()).kwargs == {}
+    assert eval_env_config(train_env, EvalSettings()).kwargs == {"weakening": "graders-2017"}  # never the push
 
 
 def test_rgb_array_render_mode_gives_the_stick_figure_frames_gymnasium_wrappers_collect():

@@ -218,7 +218,7 @@ def test_eval_gives_the_same_episodes_on_one_and_three_ranks(source, tmp_path):
 
 def test_transfer_inputs_that_cannot_work_fail_with_one_line(source, tmp_path):
     result = run([LRUN, "blend", str(source), *TINY, "--set", "policy.distribution=beta"])
-    assert result.returncode == 2 and "policy.distribution is 'beta'; they must match" in result.stderr
+    assert result.returncode == 2 and "policy.distribution is 'beta'; a blend needs them to match" in result.stderr
     result = run([LRUN, "train", "--set", f"run.init_from={source}", "--set", f"blend.source={source}"])
     assert result.returncode == 2 and "set at most one" in result.stderr
     unfinished = tmp_path / "unfinished"
