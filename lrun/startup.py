@@ -26,6 +26,7 @@ from lrun.env.factory import env_factory, reward_terms_of
 from lrun.env.features import IDENTITY, feature_size
 from lrun.learn.blend import build_from_spec, new_blend
 from lrun.learn.policy import ActorCritic, Policy
+from lrun.learn.transfer import mlp_shapes
 from lrun.store.reader import RunStore, StoreError
 
 
@@ -150,8 +151,8 @@ def check_critics(payload: dict, path: Path, config: TrainConfig) -> None:
     state = payload.get("optimizer") or {}
     if "critic" not in state:
         raise CheckpointError(f"{path}: not a SAC run's checkpoint (no critics): start from it with run.init_from")
-    weights = [v for k, v in state["critic"].items() if k.startswith("q1.") and k.endswith("weight")]
-    theirs = [int(w.shape[0]) for w in weights[:-1]]  # the hidden layers' widths (the last layer gives Q)
+    q1 = {k: v for k, v in state["critic"].items() if k.startswith("q1.")}
+    theirs = [out for out, _ in mlp_shapes(q1)[:-1]]  # the hidden layers' widths (the last layer gives Q)
     if theirs != list(config.sac.hidden_sizes):
         raise CheckpointError(
             f"{path}: checkpoint does not fit this config: sac.hidden_sizes {theirs} vs "

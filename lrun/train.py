@@ -649,7 +649,7 @@ class TrainingState:
         self.policy = initial_policy(config, start)
         self.learner_index = learner_index
         self.normaliser = RunningNormaliser(problem.obs_size)
-        seed = config.run.seed * 1000 + learner_index
+        self.sample_seed = seed = config.run.seed * 1000 + learner_index
         self.updater: PPOUpdater | SACUpdater
         if config.run.algorithm == "sac":
             # critics from the run seed, identical on every learner (they train one pair by averaged gradients);
@@ -710,7 +710,7 @@ class TrainingState:
         if self.learner_index > 0 and isinstance(self.updater, SACUpdater):
             # the checkpoint holds learner 0's generator: the others draw from their own, so their minibatch
             # indices differ again after a resume (deterministically: from their seed and the iteration)
-            rng = np.random.default_rng([self.config.run.seed * 1000 + self.learner_index, int(payload["iteration"])])
+            rng = np.random.default_rng([self.sample_seed, int(payload["iteration"])])
             self.updater.buffer.rng = self.updater.rng = rng
         self.iteration = int(payload["iteration"])
         self.env_steps = int(payload["env_steps"])

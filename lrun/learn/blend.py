@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.distributions import kl_divergence
 
-from lrun.learn.normaliser import CONSTANT_VARIANCE, RunningNormaliser
+from lrun.learn.normaliser import RunningNormaliser, never_varied
 from lrun.learn.policy import ActorCritic, Policy
 
 _DEFAULTS = RunningNormaliser(1)
@@ -100,8 +100,8 @@ class BlendedPolicy(Policy):
         scale = np.sqrt(np.asarray(var, dtype=np.float64) + self.epsilon) / own_std
         shift = (np.asarray(mean, dtype=np.float64) - frozen_mean) / own_std
         # a feature F never saw vary reached F as 0 (RunningNormaliser): it still does, whatever it is now
-        never_varied = frozen_var <= CONSTANT_VARIANCE * np.maximum(1.0, np.square(frozen_mean))
-        scale[never_varied], shift[never_varied] = 0.0, 0.0
+        unseen = never_varied(frozen_mean, frozen_var)
+        scale[unseen], shift[unseen] = 0.0, 0.0
         self._input_transform = (torch.from_numpy(scale.astype(np.float32)), torch.from_numpy(shift.astype(np.float32)))
         # a nested blend's own frozen policy is fed relative to the statistics its run ended with
         self.frozen.set_input_statistics(self.frozen_mean.numpy(), self.frozen_var.numpy())

@@ -8,6 +8,11 @@ import numpy as np
 CONSTANT_VARIANCE = 1e-12
 
 
+def never_varied(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Boolean mask of the features whose statistics (mean, var) say they never varied."""
+    return var <= CONSTANT_VARIANCE * np.maximum(1.0, np.square(mean))
+
+
 class RunningNormaliser:
     """Normalise observations by running statistics; clip to +-`clip` standard deviations.
 
@@ -67,7 +72,7 @@ class RunningNormaliser:
     def constant_features(self) -> np.ndarray:
         """Boolean mask of the features that never varied in the data seen so far (none before any data: a new
         normaliser has variance 1)."""
-        return self.var <= CONSTANT_VARIANCE * np.maximum(1.0, np.square(self.mean))
+        return never_varied(self.mean, self.var)
 
     def forget_constant(self) -> np.ndarray:
         """Start the statistics of every constant feature afresh (a new stage, where they may vary); returns the

@@ -40,11 +40,16 @@ def zero_input_columns(net: nn.Module, mask: np.ndarray) -> int:
     return len(columns)
 
 
+def weight_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The weight matrices' keys of an MLP's state dict, in layer order ("2.weight" before "10.weight")."""
+    return sorted(
+        (k for k in state if k.endswith("weight")), key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")]
+    )
+
+
 def mlp_shapes(state: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
     """(out, in) of each weight matrix in an MLP's state dict, in layer order."""
-    weights = [k for k in state if k.endswith("weight")]
-    weights.sort(key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
-    return [tuple(state[k].shape) for k in weights]
+    return [tuple(state[k].shape) for k in weight_keys(state)]
 
 
 @torch.no_grad()
@@ -53,8 +58,7 @@ def widen_mlp(source: dict[str, torch.Tensor], target: nn.Module) -> None:
     hidden layers, so that `target` computes exactly the source's function (see the module docstring).
     ValueError if it does not fit."""
     layers = linear_layers(target)
-    keys = [k for k in source if k.endswith("weight")]
-    keys.sort(key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")])
+    keys = weight_keys(source)
     if len(keys) != len(layers):
         raise ValueError(f"cannot widen a {len(keys)}-layer network into a {len(layers)}-layer one")
     for i, (key, layer) in enumerate(zip(keys, layers, strict=True)):  # every layer checked before any is written
