@@ -23,15 +23,12 @@ import torch
 
 from lrun import mpi as lmpi
 from lrun.analysis.report import wilson_interval
-from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from lrun.api import Agent, load_policy, resolve_model
+from lrun.checkpoint import resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig, config_from_dict
 from lrun.env.factory import env_factory
-from lrun.env.features import IDENTITY, features
 from lrun.env.physics import STEP_SECONDS
 from lrun.env.settings import ROUND2_2017, setting_name
-from lrun.learn.blend import build_from_spec
-from lrun.learn.normaliser import RunningNormaliser
-from lrun.learn.policy import Policy
 from lrun.metadata import flat_attributes, run_metadata
 from lrun.store.reader import write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
@@ -73,22 +70,6 @@ def episode_seed(base_seed: int, k: int) -> int:
     return int(np.random.SeedSequence([base_seed, k]).generate_state(1, np.uint64)[0] >> np.uint64(11))
 
 
-def load_policy(checkpoint: str | Path) -> tuple[Policy, RunningNormaliser, dict[str, Any]]:
-    """The checkpoint's policy (any architecture, blends included) and its observation normaliser."""
-    payload = load_checkpoint(checkpoint)
-    spec = payload["meta"].get("policy_spec")
-    if spec is None:
-        raise CheckpointError(f"{checkpoint}: checkpoint records no policy architecture (written by an older lrun)")
-    policy = build_from_spec(spec)
-    policy.load_state_dict(payload["policy"])
-    policy.eval()
-    normaliser = RunningNormaliser(payload["meta"]["obs_size"])
-    normaliser.load_state_vector(payload["normaliser"].numpy())
-    if payload["config"]["policy"]["normalise_observations"]:
-        policy.set_input_statistics(normaliser.mean, normaliser.var)
-    return policy, normaliser, payload
-
-
 def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvConfig:
     """The training env with the evaluation's difficulty, obstacles and physics (the control rate is kept)."""
     if train_env["id"] != "lrun/Run-v0":
@@ -120,23 +101,19 @@ def default_out(checkpoint: Path, settings: EvalSettings) -> Path:
 
 def run_episode(
     env: Any,
-    policy: Policy,
-    normaliser: RunningNormaliser | None,
+    agent: Agent,
     seed: int,
     k: int,
     deterministic: bool,
     writer: TrajectoryWriter | None,
     facts: dict[str, Any],
     policy_version: int,
-    feature_map: str = IDENTITY,
 ) -> np.ndarray:
     """One episode from reset(seed) to its end; appends its steps and table row to `writer`; returns its
     COLUMNS row."""
     raw, info = env.reset(seed=seed)
     if not deterministic:
         torch.manual_seed(seed)  # sampled actions too depend only on the episode, not on the rank that runs it
-    low = np.asarray(env.action_space.low, np.float64)
-    high = np.asarray(env.action_space.high, np.float64)
     book = EpisodeBook(1, 0, len(raw), facts, first_row=writer.n_steps if writer else 0, first_counter=k)
     book.start(0, {"episode_seed": seed, "layout": info.get("layout")})
     records: dict[str, list] = {name: [] for name in ("obs", "excitations", "reward", "terminated", "truncated")}
@@ -144,10 +121,8 @@ def run_episode(
     terms: dict[str, list] = {name: [] for name in facts["reward_terms"]}
     total = 0.0
     while True:
-        seen = features(feature_map, raw[None])
-        x = normaliser.normalise(seen, clip=False) if normaliser is not None else seen.astype(np.float32)
-        action, logprob, value = policy.act(x, deterministic=deterministic)
-        excitations = policy.env_action(action, low, high).astype(np.float32)[0]
+        actions, logprob, value = agent.act_with_details(raw[None], deterministic)
+        excitations = actions[0]
         obs, reward, terminated, truncated, info = env.step(excitations)
         total += reward
         _, steps, rows = book.step_rows()
@@ -260,9 +235,12 @@ def evaluate(
         raise ConfigError(f"--physics must be one of {', '.join(PRESETS)}")
     if settings.weakening not in WEAKENING:
         raise ConfigError(f"--weakening must be one of {', '.join(WEAKENING)}")
-    path = resolve_checkpoint(checkpoint)
+    path = resolve_checkpoint(resolve_model(checkpoint))
     policy, normaliser, payload = load_policy(path)
     train_config = config_from_dict(payload["config"])
+    agent = Agent(
+        policy, normaliser if train_config.policy.normalise_observations else None, train_config, checkpoint=path
+    )
     env_config = eval_env_config(payload["config"]["env"], settings)
     out = Path(settings.out) if settings.out else default_out(path, settings)
     if out.exists() and not out.is_dir():
@@ -297,7 +275,6 @@ def evaluate(
         attrs,
         facts["labels"],
     )
-    use_normaliser = normaliser if train_config.policy.normalise_observations else None
     version = int(payload["iteration"])
     mine = range(rank, settings.episodes, size)
     table = np.zeros((settings.episodes, len(COLUMNS)))
@@ -309,19 +286,15 @@ def evaluate(
             file=stream,
             flush=True,
         )
+        trained = train_config.env
+        unseen_obstacles = settings.difficulty and trained.max_obstacles != settings.obstacles
+        if trained.difficulty != settings.difficulty or unseen_obstacles:
+            # a policy meets a task it never saw (e.g. the walker on round 2's defaults): say so before minutes pass
+            print(f"  note: this policy was trained on {agent.trained_on()}", file=stream, flush=True)
     try:
         for done, k in enumerate(mine, 1):
             table[k] = run_episode(
-                env,
-                policy,
-                use_normaliser,
-                episode_seed(settings.seed, k),
-                k,
-                settings.deterministic,
-                writer,
-                facts,
-                version,
-                train_config.policy.features,
+                env, agent, episode_seed(settings.seed, k), k, settings.deterministic, writer, facts, version
             )
             if rank == 0:
                 elapsed = time.perf_counter() - started

@@ -100,6 +100,8 @@ def test_eval_setting_round2_names_it_and_quotes_2017_only_beside_it(tmp_path):
     settings = json.loads((out / "eval.json").read_text())["settings"]
     assert settings["setting"] == "round2" and settings["physics"] == "graders-2017" and settings["obstacles"] == 10
     assert "setting round2" in result.stdout and "2017 round 2" in result.stdout
+    # the walker meets obstacles it never saw: said before the episodes run
+    assert "note: this policy was trained on lrun/Run-v0: difficulty 0, no obstacles" in result.stdout
     replayed = replay_episode(out, 0)  # the store says which muscles were weakened: the replay is exact
     assert replayed["max_obs_deviation"] == 0.0 and replayed["replayed_steps"] == replayed["stored_steps"]
     flat = tmp_path / "flat"
@@ -107,7 +109,7 @@ def test_eval_setting_round2_names_it_and_quotes_2017_only_beside_it(tmp_path):
     command = [LRUN, "eval", str(model), "--setting", "flat", "--physics", "medium", "--weakening", "psoas"]
     result = run([*command, "--episodes", "1", "--out", str(flat)])
     assert result.returncode == 0, result.stderr
-    assert "setting flat" in result.stdout and "2017 round 2" not in result.stdout
+    assert "setting flat" in result.stdout and "2017 round 2" not in result.stdout and "note:" not in result.stdout
     result = run([LRUN, "eval", str(model), "--setting", "round2", "--physics", "fast", "--out", str(tmp_path / "x")])
     assert result.returncode == 2 and "--setting round2 runs --physics graders-2017, not fast" in result.stderr
     assert not (tmp_path / "x").exists()

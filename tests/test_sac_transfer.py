@@ -13,9 +13,9 @@ import pytest
 import torch
 from helpers import LRUN, MPIEXEC, run, sets
 
+from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
 from lrun.env.features import features
-from lrun.evaluate import load_policy
 
 SAC = sets(
     "env.physics=fast",

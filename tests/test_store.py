@@ -22,6 +22,7 @@ from lrun.analysis.render import render_gif, render_strip
 from lrun.analysis.replay import replay_episode
 from lrun.analysis.report import build_report, wilson_interval
 from lrun.env.features import TASK_NAMES
+from lrun.store.dimensions import datasets_in
 from lrun.store.reader import RunStore, StoreError, check_file, write_master
 from lrun.store.schema import EPISODE_FIELDS, SCHEMA_VERSION, STEP_FIELDS, empty_rows
 from lrun.store.writer import TrajectoryWriter, cut_back
@@ -126,6 +127,12 @@ def test_virtual_master_presents_three_rank_files_as_one(tmp_path):
         assert np.array_equal(f["steps/reward_terms/delta_x"][:], np.r_[np.ones(30), np.ones(45) * 3])
         assert f["episodes/id"].shape == (6,)
         assert json.loads(f.attrs["rank_files"]) == ["rank-0001.h5", "rank-0002.h5", "rank-0003.h5"]
+        # the master carries the rank files' attributes on every dataset, `meaning` included
+        with h5py.File(moved / "trajectories" / "rank-0001.h5", "r") as rank_file:
+            for group in ("steps", "episodes"):
+                for name in datasets_in(rank_file[group]):
+                    assert f[group][name].attrs["meaning"] == rank_file[group][name].attrs["meaning"], name
+        assert "ligament" in f["steps/reward_terms/ligament_penalty"].attrs["meaning"]
 
 
 def axis_names(ds: h5py.Dataset) -> list[str]:
@@ -349,8 +356,14 @@ def test_dataframes_of_steps_and_episodes(trained_run, monkeypatch):
         steps = store.steps_dataframe(["obs", "reward", "episode_id"])
         episodes = store.episodes_dataframe()
         columns = store.steps(["obs", "reward"])
-    assert len(steps) == 600 and list(steps.columns[:2]) == ["obs_0", "obs_1"] and "obs_40" in steps
-    assert np.array_equal(steps["obs_1"].to_numpy(), columns["obs"][:, 1])  # pelvis x, as stored
+    # columns carry the stored labels: the 41 observation names, the 18 muscles, x/y/radius, left/right
+    assert len(steps) == 600 and list(steps.columns[:41]) == [f"obs_{name}" for name in TASK_NAMES]
+    assert np.array_equal(steps["obs_pelvis_tx"].to_numpy(), columns["obs"][:, 1])  # pelvis x, as stored
+    assert {"psoas_left", "psoas_right", "obstacles_0_x", "obstacles_9_radius", "final_obs_knee_r"} <= set(episodes)
+    with RunStore(trained_run) as store:
+        muscles = store.steps_dataframe(["excitations"])
+        assert list(muscles.columns) == [f"excitations_{m}" for m in store.labels["action"]]
+    assert "excitations_glut_max_l" in muscles
     assert np.array_equal(steps["reward"].to_numpy(), columns["reward"])
     # per-episode sums from the DataFrame agree with the episode table
     sums = steps.groupby("episode_id")["reward"].sum()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import LRUN, MPIEXEC, run, sets
 
+from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
 from lrun.env.features import (
     FEATURES,
@@ -22,7 +23,6 @@ from lrun.env.features import (
     observation_mirror,
     point,
 )
-from lrun.evaluate import load_policy
 from lrun.learn.policy import ActorCritic
 from lrun.learn.ppo import Batch
 from lrun.learn.symmetry import Mirror, asymmetry, mirror_normalised, mirrored_batch, symmetry_loss

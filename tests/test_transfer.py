@@ -12,8 +12,9 @@ import pytest
 import torch
 from helpers import LRUN, MPIEXEC, run, sets
 
+from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
-from lrun.evaluate import episode_seed, load_policy
+from lrun.evaluate import episode_seed
 
 TINY = [
     "--set",

@@ -12,7 +12,8 @@ class FrameSkip(gym.Wrapper):
     """Repeat each action `skip` times; rewards (and reward terms in info) are summed; stops at an episode end.
 
     `info["frames"]` says how many env steps the action was applied for (less than `skip` where the episode
-    ended), so simulated time is counted exactly.
+    ended), so simulated time is counted exactly. A recorder sees one frame per `skip` env steps, so
+    `metadata["render_fps"]` is the wrapped env's divided by `skip`: videos play in real time.
     """
 
     def __init__(self, env: gym.Env, skip: int) -> None:
@@ -20,6 +21,9 @@ class FrameSkip(gym.Wrapper):
         if skip < 1:
             raise ValueError(f"frame skip must be >= 1, got {skip}")
         self.skip = skip
+        fps = env.metadata.get("render_fps")
+        if fps:
+            self.metadata = {**env.metadata, "render_fps": fps / skip}
         try:
             self.summed_terms = tuple(env.get_wrapper_attr("reward_terms"))
         except AttributeError:

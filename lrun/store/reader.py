@@ -10,8 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lrun.store.dimensions import attach_dimensions, datasets_in, stored_labels
-from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, READABLE_VERSIONS, SCHEMA_VERSION
+from lrun.store.dimensions import SCALE_ATTRIBUTES, attach_dimensions, datasets_in, stored_labels
+from lrun.store.schema import DIRECTORY, FILE_KIND, MASTER_NAME, READABLE_VERSIONS, SCHEMA_VERSION, dimension_names
 
 
 class StoreError(RuntimeError):
@@ -184,14 +184,31 @@ class RunStore:
         """Episode-table columns over all ranks."""
         return self._columns("episodes", names)
 
+    @property
+    def labels(self) -> dict[str, list[str]]:
+        """The labelled axes (axis name -> labels): `observation` (the 41 names for RunEnv), `action` (the 18
+        muscles), `obstacle_field`, `leg`."""
+        return stored_labels(self.files[0])
+
     def steps_dataframe(self, names: list[str] | None = None) -> Any:
         """Step columns as a pandas DataFrame (`pip install -e '.[analysis]'`); a column with one value per
-        observation or excitation becomes one column each (`obs_0` .. `obs_40`, `excitations_0` ..)."""
-        return to_dataframe(self.steps(names))
+        observation or excitation becomes one column each, named by the stored labels (`obs_knee_r`,
+        `excitations_glut_max_r`; index numbers where an axis has no labels)."""
+        return to_dataframe(self.steps(names), self._column_axes("steps"))
 
     def episodes_dataframe(self, names: list[str] | None = None) -> Any:
-        """Episode-table columns as a pandas DataFrame (obstacle tables as `obstacles_0` .. columns)."""
-        return to_dataframe(self.episodes(names))
+        """Episode-table columns as a pandas DataFrame (`psoas_left`, `obstacles_0_radius`, `final_obs_knee_r`)."""
+        return to_dataframe(self.episodes(names), self._column_axes("episodes"))
+
+    def _column_axes(self, group: str) -> dict[str, list[list[str]]]:
+        """dataset name -> the labels of each of its axes after the row axis."""
+        labels = self.labels
+        out = {}
+        for name, ds in datasets_in(self.files[0][group]).items():
+            dims = dimension_names(group, name)
+            if dims is not None and len(dims) == ds.ndim:
+                out[name] = [labels.get(dim) or [str(i) for i in range(n)] for dim, n in zip(dims[1:], ds.shape[1:])]
+        return out
 
     def recent_observations(self, max_rows: int) -> np.ndarray:
         """Raw observations of the most recent policy versions: at most `max_rows` rows over all ranks.
@@ -234,8 +251,9 @@ class RunStore:
         raise StoreError(f"{self.run_dir}: no finished episode with id {episode_id}")
 
 
-def to_dataframe(columns: dict[str, np.ndarray]) -> Any:
-    """numpy columns (one row per step or episode) as a pandas DataFrame, wide columns flattened."""
+def to_dataframe(columns: dict[str, np.ndarray], axes: dict[str, list[list[str]]] | None = None) -> Any:
+    """numpy columns (one row per step or episode) as a pandas DataFrame, wide columns flattened: column
+    `name_<label>` per value, the labels from `axes` (dataset -> labels of each trailing axis), else indices."""
     try:
         import pandas
     except ImportError:
@@ -245,9 +263,13 @@ def to_dataframe(columns: dict[str, np.ndarray]) -> Any:
         if values.ndim == 1:
             flat[name] = values
         else:
+            trailing = values.shape[1:]
+            known = (axes or {}).get(name)
+            if known is None or [len(a) for a in known] != list(trailing):
+                known = [[str(i) for i in range(n)] for n in trailing]
             wide = values.reshape(len(values), -1)
-            for i in range(wide.shape[1]):
-                flat[f"{name}_{i}"] = wide[:, i]
+            for i, index in enumerate(np.ndindex(*trailing)):
+                flat[f"{name}_" + "_".join(known[axis][j] for axis, j in enumerate(index))] = wide[:, i]
     return pandas.DataFrame(flat)
 
 
@@ -266,12 +288,18 @@ def write_master(run_dir: str | Path) -> Path:
     dtypes: dict[str, Any] = {}
     attrs: dict[str, Any] = {}
     labels: dict[str, list[str]] = {}
+    meanings: dict[str, dict[str, Any]] = {}
     for path in paths:
         with open_h5(path) as f:
             _check_open(f, path)
             if not attrs:
                 attrs = dict(f.attrs)
                 labels = stored_labels(f)
+                meanings = {
+                    f"{group}/{name}": {k: v for k, v in ds.attrs.items() if k not in SCALE_ATTRIBUTES}
+                    for group in ("steps", "episodes")
+                    for name, ds in datasets_in(f[group]).items()
+                }
             shapes = {}
             for group in ("steps", "episodes"):
                 datasets = datasets_in(f[group])
@@ -295,7 +323,9 @@ def write_master(run_dir: str | Path) -> Path:
                 if n:
                     layout[offset : offset + n] = h5py.VirtualSource(path.name, key, shape=s[key])[:n]
                 offset += n
-            master.create_virtual_dataset(key, layout)
+            virtual = master.create_virtual_dataset(key, layout)
+            for attr, value in meanings.get(key, {}).items():
+                virtual.attrs[attr] = value  # the rank files' `meaning` (and any other) attributes, as promised
         attach_dimensions(master, labels)
     target = directory / MASTER_NAME
     os.replace(tmp, target)

@@ -8,7 +8,11 @@ A None entry in sys.modules is Python's own "not importable" mark: `import x` ra
 
 import sys
 
-BLOCKED = ("tensorboard", "torch.utils.tensorboard", "wandb", "imageio_ffmpeg", "pandas", "xarray", "h5netcdf")
+BLOCKED = (
+    *("tensorboard", "torch.utils.tensorboard", "wandb"),
+    *("imageio_ffmpeg", "moviepy"),
+    *("pandas", "xarray", "h5netcdf"),
+)
 
 for name in BLOCKED:
     sys.modules[name] = None

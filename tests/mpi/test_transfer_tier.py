@@ -11,9 +11,10 @@ import pytest
 import torch
 from mpi4py import MPI
 
+from lrun.api import Agent
 from lrun.checkpoint import load_checkpoint
 from lrun.env.factory import env_factory
-from lrun.evaluate import EvalSettings, episode_seed, eval_env_config, evaluate, load_policy, run_episode
+from lrun.evaluate import EvalSettings, episode_seed, eval_env_config, evaluate, run_episode
 from lrun.store.recorder import env_facts
 from lrun.train import train
 
@@ -73,9 +74,9 @@ def test_eval_episodes_do_not_depend_on_the_world_size(shared_dir, deterministic
     if rank != 0:
         return
     # every episode again, one after another in this one process, in reverse order
-    policy, normaliser, payload = load_policy(run_dir)
-    env = env_factory(eval_env_config(payload["config"]["env"], settings))()
+    agent = Agent.load(run_dir)  # the public API acts as lrun eval does
+    env = env_factory(eval_env_config(agent.config.to_dict()["env"], settings))()
     facts = env_facts(env)
     for k in reversed(range(settings.episodes)):
-        row = run_episode(env, policy, normaliser, episode_seed(3, k), k, deterministic, None, facts, 1)
+        row = run_episode(env, agent, episode_seed(3, k), k, deterministic, None, facts, 1)
         np.testing.assert_array_equal(result["table"][k], row)
