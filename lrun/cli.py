@@ -221,6 +221,16 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    from lrun.card import model_card, write_card
+
+    for model_dir in args.model_dirs:
+        model_card(model_dir)  # every directory checked before any card is written
+    for model_dir in args.model_dirs:
+        print(f"wrote {write_card(model_dir)}")
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     from lrun.analysis.render import render_gif, render_mp4, render_strip, video_encoder_available
     from lrun.config import ConfigError
@@ -552,6 +562,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_option(cur, "override a config key in every stage (repeatable)")
     cur.set_defaults(func=_curriculum)
 
+    card = commands.add_parser(
+        "card", help="write a model directory's card (README.md, Hugging Face format) from its eval.json and PROVENANCE"
+    )
+    card.add_argument(
+        "model_dirs", nargs="+", metavar="MODEL_DIR", help="e.g. models/walk (checkpoint.pt, eval.json, PROVENANCE)"
+    )
+    card.set_defaults(func=_card)
+
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)
     info = commands.add_parser(
@@ -628,6 +646,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     to a bug in lrun (a traceback, kept for the report)."""
     from lrun.analysis.compare import CompareError
     from lrun.bench_learn import BenchError
+    from lrun.card import CardError
     from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError
     from lrun.evaluate import EvalError
@@ -644,6 +663,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         StartupError,
         BenchError,
         CompareError,
+        CardError,
         OSError,
     )
 
