@@ -435,6 +435,10 @@ def add_set_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     )
 
 
+#: Help of the RUN_DIR argument of the analysis commands.
+RUN_DIR_HELP = "a run directory (lrun train's run.run_dir) or an lrun eval output directory (--out)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `lrun` and its subcommands."""
     from lrun import __version__
@@ -516,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help=RUN_DIR_HELP)
     report.set_defaults(func=_report)
     cmp = commands.add_parser(
         "compare", help="runs grouped by recipe: IQM and 95 %% bootstrap CI over seeds against env steps (table, PNG)"
@@ -525,14 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
     cmp.set_defaults(func=_compare)
     replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")
-    replay.add_argument("run_dir")
+    replay.add_argument("run_dir", help=RUN_DIR_HELP)
     replay.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
     replay.add_argument(
         "--physics", choices=PHYSICS_NAMES, help="replay on this physics preset instead of the episode's own"
     )
     replay.set_defaults(func=_replay)
     render = commands.add_parser("render", help="stick-figure animation (.gif) or frame strip (.png) of an episode")
-    render.add_argument("run_dir")
+    render.add_argument("run_dir", help=RUN_DIR_HELP)
     render.add_argument("--episode", type=int, required=True, help="episode id (episodes/id in the store)")
     render.add_argument(
         "-o",

@@ -226,6 +226,8 @@ def evaluate(
     # checks every rank makes alike, before any MPI traffic
     if settings.episodes < 1:
         raise ConfigError("--episodes must be >= 1")
+    if settings.seed < 0:
+        raise ConfigError(f"--seed {settings.seed}: must be >= 0 (episode seeds derive from it)")
     if settings.difficulty not in (0, 1, 2) or settings.obstacles < 0:
         raise ConfigError("--difficulty must be 0, 1 or 2 and --obstacles >= 0")
     from lrun.env.layout import WEAKENING

@@ -228,6 +228,7 @@ class ProgressLogger:
         if self.bar is not None:
             width = 20
             filled = int(width * done / max(self.total, 1))
+            line = fit_line(line, terminal_columns(self.bar) - width - 4)  # one line on the terminal, never wrapped
             self.bar.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
             if done >= self.total:
                 self.bar.write("\n")
@@ -262,3 +263,36 @@ class ProgressLogger:
             f"{num('time/communicate_s', '.2f')}s learn {num('time/learn_s', '.2f')}s"
             f" | sim idle {num('time/simulator_wait_fraction', '.0%')}"
         )
+
+
+#: Parts of the progress line (" | "-separated) that give way first when the terminal is narrow, in order.
+LEAST_NEEDED = ("sim idle", "sim ", "learner", "steps/s", "return")
+
+
+def terminal_columns(stream: TextIO, default: int = 120) -> int:
+    """Width of the terminal behind `stream` (`default` where it has none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, AttributeError, ValueError):
+        return default
+
+
+def fit_line(line: str, columns: int) -> str:
+    """The progress line within `columns` characters: its least needed parts dropped first (LEAST_NEEDED), the
+    iteration, env steps and ETA kept; cut with '~' only if that is not enough."""
+    parts = line.split(" | ")
+
+    def kind(part: str) -> str:
+        if " ent " in part or part.startswith(("q ", "pg ", "filling")):
+            return "learner"
+        for name in LEAST_NEEDED:
+            if part.startswith(name) or part.endswith(name):
+                return name
+        return ""
+
+    for name in LEAST_NEEDED:
+        if len(" | ".join(parts)) <= columns:
+            break
+        parts = [p for p in parts if kind(p) != name]
+    fitted = " | ".join(parts)
+    return fitted if len(fitted) <= columns else fitted[: max(columns - 1, 0)] + "~"

@@ -55,6 +55,7 @@ def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", str(tmp / "notes.txt")], "not valid TOML"),
         (["eval", str(hostile)], "does not load"),
         (["eval", str(run_dir), "--episodes", "1", "--out", str(tmp / "notes.txt")], "is a file"),
+        (["eval", str(run_dir), "--seed", "-1", "--out", str(tmp / "neg")], "--seed -1: must be >= 0"),
         (["replay", str(run_dir), "--episode", "999999"], "no finished episode"),
     ]
 

@@ -197,6 +197,40 @@ def test_progress_logger_writes_csv_and_a_live_bar_on_a_terminal(tmp_path):
     assert "| elapsed 0s, ETA 0s" in plain.getvalue()  # the last iteration: nothing left
 
 
+def test_the_bar_fits_the_terminal_dropping_the_least_needed_parts_first(tmp_path, monkeypatch):
+    import lrun.logger as logger_module
+
+    scalars = {
+        "iteration": 7,
+        "env_steps": 28672,
+        "charts/steps_per_s": 131.0,
+        "charts/episodic_return": 41.1,
+        "charts/episodic_length": 250.0,
+        "charts/episodes": 5,
+        "losses/q_loss": 19.9,
+        "losses/q_mean": 115.0,
+        "losses/alpha": 0.0185,
+        "losses/entropy": -18.1,
+        "losses/updates": 512,
+        "time/simulate_s": 24.6,
+        "time/communicate_s": 0.55,
+        "time/learn_s": 6.5,
+        "time/simulator_wait_fraction": 0.21,
+    }
+    for columns in (300, 130, 40):
+        monkeypatch.setattr(logger_module, "terminal_columns", lambda stream, c=columns: c)
+        terminal = FakeTerminal()
+        (tmp_path / str(columns)).mkdir()
+        logger_module.ProgressLogger(tmp_path / str(columns), 490, stream=terminal).log(scalars)
+        shown = terminal.getvalue().removeprefix("\r").removesuffix("\x1b[K")
+        assert len(shown) <= columns, shown
+        assert shown.startswith("[") and "iter 7/490" in shown
+        if columns == 300:
+            assert "q 19.9" in shown and "sim idle 21%" in shown  # room for everything
+        if columns == 130:  # the timings and the learner went first; the return and the ETA stayed
+            assert "sim idle" not in shown and "q 19.9" not in shown and "return 41.1" in shown and "ETA" in shown
+
+
 def test_a_column_that_appears_later_is_kept_not_dropped(tmp_path):
     """progress.csv's header once came from the first row alone: a later metric (a resumed run of an older lrun,
     a term that starts mid-run) vanished silently."""
