@@ -14,6 +14,7 @@ import numpy as np
 
 from lrun.env.timing import concurrent_env_rate, single_process_env_rate
 from lrun.launcher import mpiexec_lrun, run_lrun
+from lrun.progress import load_progress
 
 
 def bench_train(
@@ -28,8 +29,6 @@ def bench_train(
 
     Returns the figures; the first iteration (start-up) is left out of the rates.
     """
-    import csv
-
     from lrun.config import load_config
 
     # the accurate physics (RK-Merson 5e-5), on which the README's figures were measured, unless overridden
@@ -47,14 +46,14 @@ def bench_train(
         args += ["--set", item]
     print(f"running: {' '.join(mpiexec_lrun(ranks, *args))}", file=sys.stderr, flush=True)
     run_lrun(ranks, *args, check=True, stdout=sys.stderr)
-    with open(Path(run_dir) / "progress.csv") as handle:
-        rows = list(csv.DictReader(handle))[1:]
-    steady_steps = float(rows[-1]["env_steps"]) - float(rows[0]["env_steps"])
-    wall = sum(float(r["time/iteration_s"]) for r in rows[1:])
+    progress = load_progress(run_dir)
+    env_steps = progress["env_steps"]
+    steady_steps = float(env_steps[-1] - env_steps[1])  # from the end of the first iteration (start-up) on
+    wall = float(sum(progress["time/iteration_s"][2:]))
     ranks_stats = [json.loads(p.read_text()) for p in sorted((Path(run_dir) / "ranks").glob("rank-*.json"))]
 
     def mean(key: str) -> float:
-        return float(np.mean([float(r[key]) for r in rows]))
+        return float(np.mean(progress[key][1:]))
 
     def wait_cpu(role: str) -> float:
         waits = [s for s in ranks_stats if s["role"] == role]
@@ -79,7 +78,7 @@ def bench_train(
     figures["store_s"] = mean("time/store_s")
     figures["store_fraction"] = figures["store_s"] / figures["simulate_s"]
     stored_bytes = sum(p.stat().st_size for p in (Path(run_dir) / "trajectories").glob("rank-*.h5"))
-    figures["store_bytes_per_million_steps"] = stored_bytes / float(rows[-1]["env_steps"]) * 1e6
+    figures["store_bytes_per_million_steps"] = stored_bytes / float(env_steps[-1]) * 1e6
     figures["efficiency"] = figures["train_steps_per_s"] / figures["ideal_steps_per_s"]
     figures["efficiency_vs_concurrent"] = figures["train_steps_per_s"] / concurrent
     return figures
@@ -102,14 +101,14 @@ def bench_soak(
         "env.max_obstacles=10",
         "env.physics=fast",
         "layout.envs_per_rank=4",
-        "ppo.steps_per_env=128",
+        "layout.steps_per_env=128",
         "ppo.epochs=2",
         "policy.hidden_sizes=[64, 64]",
         "run.checkpoint_every=10",
         *(overrides or []),
     ]
     config = load_config(None, settings)
-    per_iteration = (ranks - config.layout.learners) * config.layout.envs_per_rank * config.ppo.steps_per_env
+    per_iteration = (ranks - config.layout.learners) * config.layout.envs_per_rank * config.layout.steps_per_env
     iterations = max(3, -(-env_steps // per_iteration))
     run_dir = run_dir or tempfile.mkdtemp(prefix="lrun-bench-soak-")
     args = ["train", "--progress", "lines"]

@@ -14,7 +14,6 @@ another config is refused rather than mixed in.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import numpy as np
 
 from lrun.config import TrainConfig, load_config
 from lrun.launcher import find_mpiexec, lrun_command
+from lrun.progress import load_progress, smooth
 
 DEFAULT_CONFIG = "experiments/recipes/walk-sac.toml"
 #: Keys the benchmark sets itself (per seed); a --set of one of them would break the budget or the layout.
@@ -95,7 +95,7 @@ class LearnPlan:
 def simulated_steps_per_iteration(config: TrainConfig, ranks: int) -> tuple[int, int]:
     """(simulator ranks, simulated env steps per iteration) of `config` on `ranks` MPI ranks (1: serial)."""
     simulators = 1 if ranks == 1 else ranks - config.layout.learners
-    steps = simulators * config.layout.envs_per_rank * config.ppo.steps_per_env * config.env.frame_skip
+    steps = simulators * config.layout.envs_per_rank * config.layout.steps_per_env * config.env.frame_skip
     return simulators, steps
 
 
@@ -194,10 +194,11 @@ def seed_status(plan: LearnPlan, seed: int) -> tuple[str, int, int]:
     planned iterations: it is then continued for as many more as the shortfall needs. BenchError if the
     directory holds a run of another config or one that went past this budget.
     """
-    from lrun.checkpoint import CheckpointError, load_checkpoint
+    from lrun.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from lrun.config import upgrade_keys
 
     run_dir = plan.seed_dir(seed)
-    latest = run_dir / "checkpoints" / "checkpoint.pt"
+    latest = latest_checkpoint(run_dir)
     if not latest.is_file():
         return "new", 0, plan.iterations
     try:
@@ -205,7 +206,8 @@ def seed_status(plan: LearnPlan, seed: int) -> tuple[str, int, int]:
     except CheckpointError as exc:
         raise BenchError(f"{exc}: remove {run_dir} to train seed {seed} afresh") from None
     expected = load_config(plan.config_path, [*plan.seed_overrides(seed), *plan.overrides]).to_dict()
-    differ = _differences(payload["config"], expected)
+    # a run of an older lrun holds keys that moved under their old names: compare them under the new ones
+    differ = _differences(upgrade_keys(payload["config"])[0], expected)
     if differ:
         raise BenchError(
             f"{run_dir} holds a run of another config (differs in {', '.join(differ)}): choose another --out"
@@ -308,14 +310,6 @@ def evaluate_seed(plan: LearnPlan, seed: int, iteration: int, kind: str, stream:
     return json.loads(previous.read_text())
 
 
-def read_progress(run_dir: Path) -> list[dict[str, float]]:
-    """progress.csv as rows of floats (NaN where empty)."""
-    with open(run_dir / "progress.csv", newline="") as handle:
-        return [
-            {k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(handle)
-        ]
-
-
 def learning_curve(run_dir: Path, rows: list[dict[str, float]]) -> dict[str, Any]:
     """Per-iteration training curve against simulated env steps: the mean distance of the episodes that ended
     in each iteration (from the trajectory store), else the logged `charts/episodic_task_return`."""
@@ -343,7 +337,7 @@ def learning_curve(run_dir: Path, rows: list[dict[str, float]]) -> dict[str, Any
 def seed_figures(plan: LearnPlan, seed: int) -> dict[str, Any]:
     """Simulated env steps reached, training time (sum of the iterations' times, resumes included) and rate."""
     run_dir = plan.seed_dir(seed)
-    rows = read_progress(run_dir)
+    rows = load_progress(run_dir).rows()
     reached = int(rows[-1]["env_steps"]) if rows else 0
     wall = float(sum(r.get("time/iteration_s", math.nan) for r in rows))
     curve = learning_curve(run_dir, rows)
@@ -421,7 +415,6 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from lrun.analysis.report import save_figure
-    from lrun.transfer_study import smooth
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     label = "value"

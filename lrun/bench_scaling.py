@@ -11,7 +11,6 @@ is from each measurement.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import numpy as np
 from lrun.config import TrainConfig, load_config
 from lrun.env.stand_in import SLEEP_ENV_ID
 from lrun.launcher import launch_environment, mpiexec_lrun
+from lrun.progress import load_progress
 from lrun.scaling import Machine, Workload, as_dict, learners_for, predict, simulators_per_learner, tree_stages
 
 PREDICTED_RANKS = (64, 256, 1024)
@@ -42,14 +42,14 @@ def workload(config: TrainConfig) -> Workload:
     from lrun.env.features import feature_size
     from lrun.learn.policy import ActorCritic, count_trainable
     from lrun.rollout import Rollout
-    from lrun.train import message_size
+    from lrun.training.engine import message_size
 
     obs, act = 41, 18
     p = config.policy
     policy = ActorCritic(
         feature_size(p.features, obs), act, p.hidden_sizes, p.activation, p.distribution, p.init_log_std
     )
-    steps, envs = config.ppo.steps_per_env, config.layout.envs_per_rank
+    steps, envs = config.layout.steps_per_env, config.layout.envs_per_rank
     return Workload(
         envs_per_rank=envs,
         steps_per_env=steps,
@@ -84,14 +84,14 @@ def measure_world(
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=launch_environment())
     if result.returncode != 0:
         raise ScalingError(f"{' '.join(command)} exited with {result.returncode}: {result.stderr.strip()[-600:]}")
-    with open(run_dir / "progress.csv") as handle:
-        every = list(csv.DictReader(handle))
-    if len(every) < 2:
+    progress = load_progress(run_dir)
+    if len(progress) < 2:
         raise ScalingError(f"{run_dir}: fewer than two iterations; give --iterations >= 2")
-    rows = every[1:]  # the first (warm-up) iteration not counted
-    figures = {key: float(np.mean([float(r[key]) for r in rows])) for key in rows[0] if key.startswith("time/")}
+    # the first (warm-up) iteration not counted
+    figures = {key: float(np.mean(values[1:])) for key, values in progress.columns.items() if key.startswith("time/")}
     # env_steps is cumulative: the counted iterations' steps are the difference from the warm-up's
-    per_iteration = (int(every[-1]["env_steps"]) - int(every[0]["env_steps"])) / len(rows)
+    env_steps = progress["env_steps"]
+    per_iteration = int(env_steps[-1] - env_steps[0]) / (len(progress) - 1)
     figures["steps_per_iteration"] = per_iteration
     figures["steps_per_s"] = per_iteration / figures["time/iteration_s"]
     return figures

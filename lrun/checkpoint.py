@@ -24,6 +24,11 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run's latest checkpoint is (RUN_DIR/checkpoints/checkpoint.pt), written or not."""
+    return checkpoint_dir(run_dir) / LATEST
+
+
 def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int) -> Path:
     """Write `payload` as checkpoints/iter-NNNNNN.pt and checkpoints/checkpoint.pt, each atomically.
 
@@ -59,7 +64,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory / checkpoints directory meaning its latest checkpoint."""
     path = Path(path)
-    for candidate in (path, path / LATEST, checkpoint_dir(path) / LATEST):
+    for candidate in (path, path / LATEST, latest_checkpoint(path)):
         if candidate.is_file():
             return candidate
     raise CheckpointError(f"no checkpoint at {path} (looked for the file, {LATEST} in it and in checkpoints/)")

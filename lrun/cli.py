@@ -61,7 +61,7 @@ def _collective(command: str, body) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from lrun.config import load_config
-    from lrun.train import train
+    from lrun.training import train
 
     def body(comm) -> int:
         overrides = list(args.set)
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a policy with PPO (run under mpiexec/srun for many ranks)")
+    train = commands.add_parser("train", help="train a policy with PPO or SAC (run under mpiexec/srun for many ranks)")
     train.add_argument("config", nargs="?", help="TOML config file (omitted: all defaults)")
     add_set_option(train, "override a config key (repeatable), e.g. --set ppo.learning_rate=1e-4")
     train.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint file or run directory")

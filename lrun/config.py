@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrun.env import ENV_ID
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key named."""
@@ -35,7 +37,7 @@ class EnvConfig:
     id: str = doc(
         "gymnasium id: lrun/Run-v0, lrun/Sleep-v0 (RunEnv's shapes and step time without physics, for scaling "
         "measurements), or gymnasium:<id> for any gymnasium env",
-        "lrun/Run-v0",
+        ENV_ID,
     )
     difficulty: int = doc("Learning to Run difficulty: 0 no obstacles, 1 obstacles, 2 obstacles + weak psoas", 0)
     max_obstacles: int = doc("obstacles per episode at difficulty >= 1 (3 in round 1, 10 in round 2)", 3)
@@ -75,8 +77,13 @@ class RewardConfig:
 class LayoutConfig:
     """How the MPI ranks are used."""
 
-    learners: int = doc("learner ranks (PPO with gradient Allreduce); every other rank is a simulator", 1)
+    learners: int = doc("learner ranks (they average gradients by Allreduce); every other rank is a simulator", 1)
     envs_per_rank: int = doc("envs each simulator rank steps in turn", 8)
+    steps_per_env: int = doc(
+        "steps (decisions) each env collects per iteration: the rollout's length, for every algorithm (formerly "
+        "ppo.steps_per_env, still accepted)",
+        128,
+    )
     ranks: int = doc("expected world size; 0 accepts any size that fits the layout", 0)
 
 
@@ -103,7 +110,6 @@ class PolicyConfig:
 class PPOConfig:
     """Proximal policy optimisation."""
 
-    steps_per_env: int = doc("steps each env collects per iteration", 128)
     gamma: float = doc("discount factor", 0.99)
     reward_scale: float = doc("multiply rewards by this for the value and advantage maths (logs stay unscaled)", 1.0)
     gae_lambda: float = doc("GAE lambda", 0.95)
@@ -174,7 +180,8 @@ class RunConfig:
     iterations: int = doc("iterations (the run ends after this many in total, resumes included)", 100)
     algorithm: str = doc(
         "the learner: ppo (on-policy, [ppo]) or sac (soft actor-critic with a replay buffer, [sac]; needs "
-        "policy.distribution = squashed). Rollouts are ppo.steps_per_env steps of every env per iteration either way",
+        "policy.distribution = squashed). Rollouts are layout.steps_per_env steps of every env per iteration "
+        "either way",
         "ppo",
     )
     seed: int = doc("base seed of networks, minibatch order and every env's episode seeds", 0)
@@ -257,6 +264,10 @@ class TrainConfig:
     blend: BlendConfig = field(default_factory=BlendConfig)
     clone: CloneConfig = field(default_factory=CloneConfig)
 
+    def __post_init__(self) -> None:
+        # not a field: what `build_config` has to tell the user (a key under its old name), for rank 0's log
+        self.notes: list[str] = []
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for JSON and checkpoints)."""
         return dataclasses.asdict(self)
@@ -323,11 +334,49 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
-    """Validate a nested dict (from TOML) plus `section.key=value` overrides into a `TrainConfig`."""
+#: Keys that moved to another name (old -> new). A config file, a --set or a checkpoint's config that uses the
+#: old name keeps working; `build_config` leaves a note naming the new key (rank 0 prints it).
+MOVED_KEYS: dict[str, str] = {"ppo.steps_per_env": "layout.steps_per_env"}
+
+
+def moved_key_note(old: str) -> str:
+    """The one line that tells a user which key replaced `old`."""
+    return f"note: {old} is now {MOVED_KEYS[old]} (the old name still works)"
+
+
+def upgrade_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A nested config dict (from TOML, config.json or a checkpoint) with every moved key under its new name,
+    and a note for each moved key it held. ConfigError where it sets one key under both names, differently."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    notes = []
+    for old, new in MOVED_KEYS.items():
+        old_section, old_name = old.split(".")
+        new_section, new_name = new.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        value = section.pop(old_name)
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{new_section}: expected a table")
+        if new_name in target and target[new_name] != value:
+            raise ConfigError(
+                f"{old} = {value!r} and {new} = {target[new_name]!r}: {old} is the old name of {new}; set only {new}"
+            )
+        target[new_name] = value
+        notes.append(moved_key_note(old))
+    return data, notes
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """Validate a nested dict (from TOML) plus `section.key=value` overrides into a `TrainConfig`; keys under an
+    old name (`MOVED_KEYS`) are taken under their new one, with a note in the config's `notes`."""
+    data, notes = upgrade_keys(data)
     for item in overrides or []:
         key, value = _parse_override(item)
+        if key in MOVED_KEYS:  # an override under the old name overrides the new key as the new name would
+            notes.append(moved_key_note(key))
+            key = MOVED_KEYS[key]
         if "." not in key:
             raise ConfigError(f"--set key must be section.key, got {key!r}; sections: {', '.join(SECTIONS)}")
         section, name = key.split(".", 1)
@@ -352,6 +401,7 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> Tr
         sections[section] = cls(**checked)
     config = TrainConfig(**sections)
     validate(config)
+    config.notes = list(dict.fromkeys(notes))  # one note per moved key, however often the old name was used
     return config
 
 
@@ -408,7 +458,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "sac.buffer_size": (lambda v: v >= 1, ">= 1"),
     "sac.mirror_min_asymmetry": (lambda v: v >= 0, ">= 0"),
     "policy.init_log_std": (lambda v: -20 <= v <= 2, "in [-20, 2]"),
-    "ppo.steps_per_env": (lambda v: v >= 1, ">= 1"),
+    "layout.steps_per_env": (lambda v: v >= 1, ">= 1"),
     "ppo.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "ppo.reward_scale": (lambda v: v > 0, "> 0"),
     "ppo.gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -464,12 +514,12 @@ def validate(config: TrainConfig) -> None:
     sizes = config.policy.hidden_sizes
     if not sizes or min(sizes) < 1:
         raise _bad("policy.hidden_sizes", sizes, "a list of one or more positive sizes")
-    batch = config.ppo.steps_per_env * config.layout.envs_per_rank  # the smallest batch a learner can get
+    batch = config.layout.steps_per_env * config.layout.envs_per_rank  # the smallest batch a learner can get
     if config.ppo.minibatches > batch:
         raise _bad(
             "ppo.minibatches",
             config.ppo.minibatches,
-            f"<= the samples of one simulator's rollout (ppo.steps_per_env x layout.envs_per_rank = {batch})",
+            f"<= the samples of one simulator's rollout (layout.steps_per_env x layout.envs_per_rank = {batch})",
         )
     if sum(bool(x) for x in (config.run.init_from, config.blend.source, config.clone.teacher)) > 1:
         raise ConfigError(
@@ -480,7 +530,7 @@ def validate(config: TrainConfig) -> None:
 
     if config.env.physics not in PHYSICS_NAMES:
         raise _bad("env.physics", config.env.physics, f"one of {', '.join(sorted(PRESETS))}")
-    if config.env.id == "lrun/Run-v0" and config.env.kwargs:
+    if config.env.id == ENV_ID and config.env.kwargs:
         import inspect
 
         from lrun.env.run_env import RunEnv
@@ -489,7 +539,7 @@ def validate(config: TrainConfig) -> None:
         accepted = [n for n in inspect.signature(RunEnv.__init__).parameters if n not in own_keys]
         for name in config.env.kwargs:
             if name not in accepted:
-                raise ConfigError(f"env.kwargs.{name}: not an option of lrun/Run-v0 (options: {', '.join(accepted)})")
+                raise ConfigError(f"env.kwargs.{name}: not an option of {ENV_ID} (options: {', '.join(accepted)})")
         if "init_speed" in config.env.kwargs:
             from lrun.env.run_env import check_init_speed
 
@@ -507,20 +557,20 @@ def validate(config: TrainConfig) -> None:
         for name, weight in config.reward.weights.items():
             if not math.isfinite(weight):
                 raise _bad(f"reward.weights.{name}", weight, "a finite number")
-        if config.env.id != "lrun/Run-v0":
-            raise ConfigError("reward.weights: reward shaping needs env.id = lrun/Run-v0")
+        if config.env.id != ENV_ID:
+            raise ConfigError(f"reward.weights: reward shaping needs env.id = {ENV_ID}")
     from lrun.env.features import check_features
 
     try:
         check_features(config.policy.features, config.env.id)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if config.ppo.mirror and config.env.id != "lrun/Run-v0":
-        raise ConfigError("ppo.mirror needs env.id = lrun/Run-v0")
-    if config.ppo.symmetry_loss > 0 and config.env.id != "lrun/Run-v0":
-        raise ConfigError("ppo.symmetry_loss needs env.id = lrun/Run-v0")
-    if config.sac.mirror and config.env.id != "lrun/Run-v0":
-        raise ConfigError("sac.mirror needs env.id = lrun/Run-v0")
+    if config.ppo.mirror and config.env.id != ENV_ID:
+        raise ConfigError(f"ppo.mirror needs env.id = {ENV_ID}")
+    if config.ppo.symmetry_loss > 0 and config.env.id != ENV_ID:
+        raise ConfigError(f"ppo.symmetry_loss needs env.id = {ENV_ID}")
+    if config.sac.mirror and config.env.id != ENV_ID:
+        raise ConfigError(f"sac.mirror needs env.id = {ENV_ID}")
     sac = config.run.algorithm == "sac"
     if sac != (config.policy.distribution == "squashed"):
         raise ConfigError(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from lrun.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, resolve_checkpoint
+from lrun.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, resolve_checkpoint
 from lrun.config import ConfigError, TrainConfig, load_config, read_toml
 
 
@@ -106,14 +106,14 @@ def stage_config(
         if provided and stage.parent in provided:
             parent_checkpoint = resolve_checkpoint(provided[stage.parent])
         else:
-            parent_checkpoint = checkpoint_dir(curriculum.root / stage.parent) / "checkpoint.pt"
+            parent_checkpoint = latest_checkpoint(curriculum.root / stage.parent)
         extra.append(f"{TRANSFER_KEYS[stage.transfer]}={parent_checkpoint}")
     return load_config(stage.config, [*stage.overrides, *overrides, *extra])
 
 
 def stage_status(config: TrainConfig) -> tuple[str, int]:
     """('done' | 'resume' | 'new', completed iterations) from the stage's latest checkpoint."""
-    latest = checkpoint_dir(config.run.run_dir) / "checkpoint.pt"
+    latest = latest_checkpoint(config.run.run_dir)
     if not latest.is_file():
         return "new", 0
     iteration = int(load_checkpoint(latest)["iteration"])
@@ -136,7 +136,7 @@ def run_curriculum(
     those stages are not trained, and their children start from the given checkpoint.
     """
     from lrun import mpi as lmpi
-    from lrun.train import train
+    from lrun.training import train
 
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-PROGRESS_FILE = "progress.csv"
+from lrun.progress import PROGRESS_FILE  # the file's name lives with its reader
+
 TENSORBOARD_DIR = "tb"
 TENSORBOARD_OFF = (
     "lrun: TensorBoard logging is off (no tensorboard package: pip install -e '.[track]'); progress.csv has it all"
@@ -270,11 +271,12 @@ LEAST_NEEDED = ("sim idle", "sim ", "learner", "steps/s", "return")
 
 
 def terminal_columns(stream: TextIO, default: int = 120) -> int:
-    """Width of the terminal behind `stream` (`default` where it has none)."""
+    """Width of the terminal behind `stream` (`default` where it has none or says none)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (OSError, AttributeError, ValueError):
         return default
+    return columns or default  # a pseudo-terminal whose size nobody set says 0
 
 
 def fit_line(line: str, columns: int) -> str:

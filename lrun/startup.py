@@ -8,25 +8,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from lrun import mpi as lmpi
 from lrun.checkpoint import (
-    LATEST,
     CheckpointError,
     check_compatible,
-    checkpoint_dir,
+    latest_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
 )
 from lrun.config import ConfigError, TrainConfig
+from lrun.env import ENV_ID
 from lrun.env.factory import env_factory, reward_terms_of
 from lrun.env.features import IDENTITY, feature_size
 from lrun.learn.blend import build_from_spec, new_blend
 from lrun.learn.policy import ActorCritic, Policy
-from lrun.learn.transfer import mlp_shapes
+from lrun.progress import PROGRESS_FILE
 from lrun.store.reader import RunStore, StoreError
 
 
@@ -58,19 +59,33 @@ class StartupError(RuntimeError):
     """A problem found before any MPI traffic; every rank finds it alike, so every rank can just exit."""
 
 
-def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> Start:
-    """Layout, env and checkpoint checks: local and deterministic, so a problem fails on every rank alike."""
+class AlgorithmChecks(Protocol):
+    """What an algorithm checks before a run starts (`lrun.training`'s algorithms have these): local and
+    deterministic, raising ConfigError or CheckpointError with one line."""
+
+    def check_world(self, world_size: int) -> None:
+        """The layout on a world of this size suits the algorithm."""
+
+    def check_resume(self, payload: dict, path: Path) -> None:
+        """A checkpoint to resume holds what the algorithm restores, in the config's sizes."""
+
+
+def startup_checks(
+    config: TrainConfig, resume: str | None, world_size: int, algorithm: AlgorithmChecks | None = None
+) -> Start:
+    """Layout, env and checkpoint checks (and the algorithm's own, where given): local and deterministic, so a
+    problem fails on every rank alike."""
     layout_cfg = config.layout
     lmpi.check_layout(world_size, layout_cfg.learners, layout_cfg.envs_per_rank, layout_cfg.ranks)
-    if config.run.algorithm == "sac":
-        check_replay_capacity(config, world_size)
+    if algorithm is not None:
+        algorithm.check_world(world_size)
     problem = probe_env(config)
     plain = config_spec(config, problem)
     run_dir = config.run.run_dir
     check_run_dir(run_dir)
     if resume is None and holds_checkpoint(run_dir):
         raise CheckpointError(
-            f"run directory {run_dir} already holds a run ({checkpoint_dir(run_dir) / LATEST}): continue it "
+            f"run directory {run_dir} already holds a run ({latest_checkpoint(run_dir)}): continue it "
             f"with --resume {run_dir}, or choose another run.run_dir"
         )
     found = lrun_data_in(run_dir) if resume is None else []
@@ -88,8 +103,8 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
             theirs = payload["meta"].get("policy_spec") or {}
             spec = {"kind": "blend", "frozen": theirs.get("frozen", {}), "student": plain}
         check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
-        if config.run.algorithm == "sac":
-            check_critics(payload, resume_path, config)
+        if algorithm is not None:
+            algorithm.check_resume(payload, resume_path)
         return Start(problem, spec, payload=payload, how="resume", resume_path=resume_path)
     origins = [
         (key, how, where)
@@ -145,35 +160,6 @@ def startup_checks(config: TrainConfig, resume: str | None, world_size: int) -> 
     return Start(problem, spec, source=source, how=how)
 
 
-def check_critics(payload: dict, path: Path, config: TrainConfig) -> None:
-    """A resumed SAC run restores critics, targets, temperature and optimisers: refuse a checkpoint whose critics
-    are not the config's `sac.hidden_sizes` (or that holds no SAC state at all) before anything is loaded."""
-    state = payload.get("optimizer") or {}
-    if "critic" not in state:
-        raise CheckpointError(f"{path}: not a SAC run's checkpoint (no critics): start from it with run.init_from")
-    q1 = {k: v for k, v in state["critic"].items() if k.startswith("q1.")}
-    theirs = [out for out, _ in mlp_shapes(q1)[:-1]]  # the hidden layers' widths (the last layer gives Q)
-    if theirs != list(config.sac.hidden_sizes):
-        raise CheckpointError(
-            f"{path}: checkpoint does not fit this config: sac.hidden_sizes {theirs} vs "
-            f"{list(config.sac.hidden_sizes)} (the critics are restored with the run; --set sac.hidden_sizes={theirs})"
-        )
-
-
-def check_replay_capacity(config: TrainConfig, world_size: int) -> None:
-    """sac.buffer_size holds at least one iteration of a learner's transitions (with their mirror images)."""
-    layout = config.layout
-    simulators = max(world_size - layout.learners, 1)
-    per_learner = -(-simulators // layout.learners) * layout.envs_per_rank * config.ppo.steps_per_env
-    needed = per_learner * (2 if config.sac.mirror else 1)
-    if config.sac.buffer_size < needed:
-        raise ConfigError(
-            f"sac.buffer_size = {config.sac.buffer_size}: a learner receives up to {needed} transitions per "
-            f"iteration here ({per_learner} decisions{' and their mirror images' if config.sac.mirror else ''}); "
-            f"the buffer must hold at least that many"
-        )
-
-
 def probe_env(config: TrainConfig) -> Problem:
     """Build one env to learn the spaces (and to fail early, on every rank, on a bad env config)."""
     env = env_factory(config.env, config.reward)()
@@ -184,7 +170,7 @@ def probe_env(config: TrainConfig) -> Problem:
     finally:
         env.close()
     name = config.policy.features
-    distance_index = 1 if config.env.id == "lrun/Run-v0" else None
+    distance_index = 1 if config.env.id == ENV_ID else None
     return Problem(feature_size(name, task_obs_size), act_size, distance_index, terms, task_obs_size, name)
 
 
@@ -249,7 +235,7 @@ def check_run_dir(run_dir: str | Path) -> None:
 
 
 #: What lrun writes into a run directory; any of them marks the directory as holding a run.
-RUN_DATA = ("checkpoints", "trajectories", "progress.csv", "config.json", "ranks", "clone.csv")
+RUN_DATA = ("checkpoints", "trajectories", PROGRESS_FILE, "config.json", "ranks", "clone.csv")
 
 
 def lrun_data_in(run_dir: str | Path) -> list[str]:
@@ -260,7 +246,7 @@ def lrun_data_in(run_dir: str | Path) -> list[str]:
 
 def holds_checkpoint(run_dir: str | Path) -> bool:
     """Whether `run_dir` holds a checkpoint of its own (checkpoints/checkpoint.pt)."""
-    return (checkpoint_dir(run_dir) / LATEST).is_file()
+    return latest_checkpoint(run_dir).is_file()
 
 
 def check_resume_target(checkpoint: Path, run_dir: str | Path) -> None:

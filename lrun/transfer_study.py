@@ -20,7 +20,6 @@ OUT/comparison.txt (table), OUT/comparison.json and OUT/comparison.png (task ret
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lrun.config import ConfigError, load_config
+from lrun.progress import load_progress, smooth
 
 METHODS = {"blend": "blend.source", "clone": "clone.teacher", "scratch": None, "init": "run.init_from"}
 
@@ -83,26 +83,9 @@ def merge_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def read_progress(run_dir: Path) -> dict[str, np.ndarray]:
-    """progress.csv as float columns."""
-    with open(run_dir / "progress.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: np.array([float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows]) for key in rows[0]}
-
-
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over `window` points, ignoring NaN (iterations in which no episode ended)."""
-    out = np.full(len(values), np.nan)
-    for i in range(len(values)):
-        chunk = values[max(0, i - window + 1) : i + 1]
-        if np.isfinite(chunk).any():
-            out[i] = np.nanmean(chunk)
-    return out
-
-
 def summarise_method(run_dir: Path, metric: str = "charts/episodic_task_return") -> dict[str, Any]:
     """Return at the start and the end of a method's run, its best, and its cost."""
-    p = read_progress(run_dir)
+    p = load_progress(run_dir)
     values = p[metric]
     n = len(values)
     tail = max(1, n // 10)
@@ -179,7 +162,7 @@ def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int 
 
     from lrun.analysis.report import save_figure
 
-    progress = {method: [read_progress(d) for d in run_dirs(out, method, seeds)] for method in methods}
+    progress = {method: [load_progress(d) for d in run_dirs(out, method, seeds)] for method in methods}
     with_distance = any(np.isfinite(p["charts/distance"]).any() for ps in progress.values() for p in ps)
     fig, axes = plt.subplots(1, 2 if with_distance else 1, figsize=(11 if with_distance else 6, 4), squeeze=False)
     axes = axes[0]
@@ -219,7 +202,7 @@ def run_transfer_study(
     obstacles) with the graders' physics and muscle weakening: for a round-2 target, the round-2 setting."""
     from lrun import mpi as lmpi
     from lrun.curriculum import stage_status
-    from lrun.train import train
+    from lrun.training import train
 
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()

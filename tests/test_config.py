@@ -155,7 +155,7 @@ def test_rollout_pack_round_trip():
     assert (summary.simulate_s, summary.wait_s, summary.policy_version) == (1.25, 0.5, 17)
     # the simulators' idle share is over their own cycle, never above 1 (even when the learner's iteration was
     # shorter than the update they waited for)
-    from lrun.train import iteration_scalars
+    from lrun.training.report import iteration_scalars
 
     r.wait_s, r.store_s = 3.0, 0.25
     scalars = iteration_scalars(1, 100, 100, 0.5, 100, 100, 0.1, [r.summary()], {})

@@ -132,7 +132,7 @@ def sac_settings(run_dir, *extra: str) -> list[str]:
     return sets(
         "env.physics=fast",
         "layout.envs_per_rank=2",
-        "ppo.steps_per_env=16",
+        "layout.steps_per_env=16",
         "sac.learning_starts=100",
         "sac.batch_size=32",
         "sac.hidden_sizes=[32]",

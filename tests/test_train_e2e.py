@@ -19,7 +19,7 @@ TINY = [
     "--set",
     "layout.envs_per_rank=2",
     "--set",
-    "ppo.steps_per_env=16",
+    "layout.steps_per_env=16",
     "--set",
     "ppo.minibatches=4",
     "--set",
@@ -129,7 +129,7 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
         "--set",
         "run.iterations=1",
         "--set",
-        "ppo.steps_per_env=16",
+        "layout.steps_per_env=16",
         "--set",
         "ppo.minibatches=2",
         "--set",
@@ -156,7 +156,7 @@ def test_learning_improves_pendulum_clearly(tmp_path):
             "--set",
             "layout.envs_per_rank=8",
             "--set",
-            "ppo.steps_per_env=256",
+            "layout.steps_per_env=256",
             "--set",
             "ppo.learning_rate=1e-3",
             "--set",
@@ -195,7 +195,7 @@ def test_two_learners_average_gradients_and_stay_in_sync(tmp_path):
             "--set",
             "layout.envs_per_rank=2",
             "--set",
-            "ppo.steps_per_env=32",
+            "layout.steps_per_env=32",
             "--set",
             "ppo.minibatches=4",
             "--set",
@@ -219,7 +219,7 @@ def tiny_run(run_dir: Path) -> list[str]:
     """A two-rank training run of a few seconds."""
     return [
         MPIEXEC, "-n", "2", LRUN, "train",
-        *sets("env.physics=fast", "layout.envs_per_rank=1", "ppo.steps_per_env=16", "ppo.minibatches=2"),
+        *sets("env.physics=fast", "layout.envs_per_rank=1", "layout.steps_per_env=16", "ppo.minibatches=2"),
         *sets("run.iterations=3", f"run.run_dir={run_dir}", "run.store_trajectories=false"),
     ]  # fmt: skip
 
@@ -256,7 +256,7 @@ def test_the_live_bar_reaches_the_terminal_through_mpiexec_and_a_log_file_gets_l
 FAILING_RUN = """
 import signal, sys
 from mpi4py import MPI
-import lrun.train as t
+import lrun.training.loop as t
 from lrun.config import build_config
 
 def sentinel(signum, frame):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from lrun.progress import load_progress, progress_path, smooth
 
 #: metric name -> progress.csv column
 METRICS = {
@@ -63,30 +64,28 @@ class Group:
 
 def read_curve(run_dir: Path) -> tuple[Curve, dict]:
     """A run's curve and its config (CompareError if it has neither)."""
-    progress, config_file = run_dir / "progress.csv", run_dir / "config.json"
-    if not progress.is_file() or not config_file.is_file():
+    config_file = run_dir / "config.json"
+    if not progress_path(run_dir).is_file() or not config_file.is_file():
         raise CompareError(f"{run_dir}: not an lrun run directory (needs progress.csv and config.json)")
     config = json.loads(config_file.read_text())
-    with open(progress, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
+    progress = load_progress(run_dir)
+    if not len(progress):
         raise CompareError(f"{run_dir}: progress.csv has no rows yet")
-
-    def column(name: str) -> np.ndarray:
-        return np.array([float(r[name]) if r.get(name, "") not in ("", None) else math.nan for r in rows])
-
     curve = Curve(
         run_dir,
         int(config["run"]["seed"]),
-        column("env_steps"),
-        {metric: column(col) for metric, col in METRICS.items()},
+        progress.get("env_steps"),
+        {metric: progress.get(col) for metric, col in METRICS.items()},
     )
     return curve, config
 
 
 def recipe_of(config: dict) -> dict:
-    """The config without the keys that do not change the recipe (and without the metadata)."""
-    recipe = {k: v for k, v in config.items() if k != "metadata"}
+    """The config without the keys that do not change the recipe (and without the metadata); keys that moved are
+    taken under their new names, so a run of an older lrun joins its recipe's group."""
+    from lrun.config import upgrade_keys
+
+    recipe, _ = upgrade_keys({k: v for k, v in config.items() if k != "metadata"})
     for section, keys in NEUTRAL.items():
         recipe[section] = {k: v for k, v in recipe.get(section, {}).items() if k not in keys}
     return recipe
@@ -96,10 +95,10 @@ def expand(paths: list[str | Path]) -> list[Path]:
     """Run directories: each path itself, or the run directories right below it (a job array's parent)."""
     runs: list[Path] = []
     for path in map(Path, paths):
-        if (path / "progress.csv").is_file():
+        if progress_path(path).is_file():
             runs.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir() if (p / "progress.csv").is_file())
+            found = sorted(p for p in path.iterdir() if progress_path(p).is_file())
             if not found:
                 raise CompareError(f"{path}: no run directories in it (none holds a progress.csv)")
             runs += found
@@ -148,16 +147,6 @@ def bootstrap_ci(
     stats = np.stack([interquartile_mean(values[p], axis=0) for p in picks])
     tail = (1.0 - level) / 2.0
     return np.nanquantile(stats, tail, axis=0), np.nanquantile(stats, 1.0 - tail, axis=0)
-
-
-def smooth(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over `window` iterations, ignoring NaN (iterations without a finished episode)."""
-    out = np.full_like(y, np.nan)
-    for i in range(len(y)):
-        chunk = y[max(0, i - window + 1) : i + 1]
-        if np.isfinite(chunk).any():
-            out[i] = np.nanmean(chunk)
-    return out
 
 
 @dataclass

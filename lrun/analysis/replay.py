@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lrun.env import ENV_ID
 from lrun.env.factory import make_env
 from lrun.store.reader import RunStore, StoreError
 
@@ -23,12 +24,12 @@ def replay_episode(run_dir: str | Path, episode_id: int, physics: Any = None) ->
         weakening = store.attrs.get("weakening")
     row, steps = episode["row"], episode["steps"]
     env_config = config.get("env", {})
-    env_id = env_config.get("id", "lrun/Run-v0")
+    env_id = env_config.get("id", ENV_ID)
     kwargs = dict(env_config.get("kwargs", {}))
-    if env_id == "lrun/Run-v0" and "weakening" not in kwargs:
+    if env_id == ENV_ID and "weakening" not in kwargs:
         # the muscles the episode's strengths weakened; files from before lrun recorded it weakened the psoas
         kwargs["weakening"] = weakening or "psoas"
-    if physics is None and env_id == "lrun/Run-v0":
+    if physics is None and env_id == ENV_ID:
         physics = {"integrator": row["integrator"].decode(), "accuracy": float(row["accuracy"])}
     env = make_env(
         env_id,
@@ -64,5 +65,5 @@ def replay_episode(run_dir: str | Path, episode_id: int, physics: Any = None) ->
         "max_obs_deviation": obs_dev,
         "max_reward_deviation": reward_dev,
         "stored_distance": float(row["distance"]),
-        "replayed_distance": float(observed[-1][1]) if env_id == "lrun/Run-v0" else float("nan"),
+        "replayed_distance": float(observed[-1][1]) if env_id == ENV_ID else float("nan"),
     }

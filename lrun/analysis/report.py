@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
+from lrun.progress import load_progress, progress_path
 from lrun.store.reader import RunStore
-
-
-def _progress(run_dir: Path) -> dict[int, dict[str, float]]:
-    path = run_dir / "progress.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        return {
-            int(float(r["iteration"])): {k: float(v) if v else np.nan for k, v in r.items()}
-            for r in csv.DictReader(handle)
-        }
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -39,7 +28,7 @@ def build_report(run_dir: str | Path) -> dict:
             ["policy_version", "return", "length", "distance", "fell", "integrator_failure", "difficulty"]
         )
         n_steps = len(store.steps(["policy_version"])["policy_version"])
-    progress = _progress(run_dir)
+    progress = load_progress(run_dir).by_iteration() if progress_path(run_dir).is_file() else {}
     iterations = []
     versions = sorted(set(ep["policy_version"].tolist()) | {i - 1 for i in progress})
     for v in versions:

@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from lrun.env import ENV_ID
 from lrun.env.stand_in import SLEEP_ENV_ID, SleepEnv
 from lrun.env.wrappers import FrameSkip
 
@@ -25,7 +26,7 @@ def make_env(
 ) -> gym.Env:
     """One env. Raises ValueError naming the id if it is unknown."""
     kwargs = dict(kwargs or {})
-    if env_id == "lrun/Run-v0":
+    if env_id == ENV_ID:
         from lrun.env.run_env import RunEnv
 
         env: gym.Env = RunEnv(difficulty=difficulty, max_obstacles=max_obstacles, physics=physics, **kwargs)
@@ -39,12 +40,12 @@ def make_env(
             raise ValueError(f"env.id {env_id!r}: gymnasium cannot make {name!r}: {exc}") from exc
     else:
         raise ValueError(
-            f"env.id {env_id!r}: use lrun/Run-v0, lrun/Sleep-v0 (a stand-in for scaling measurements) or "
+            f"env.id {env_id!r}: use {ENV_ID}, {SLEEP_ENV_ID} (a stand-in for scaling measurements) or "
             "gymnasium:<id> (e.g. gymnasium:Pendulum-v1)"
         )
     if reward_weights:
-        if env_id != "lrun/Run-v0":
-            raise ValueError(f"reward.weights: reward shaping needs lrun/Run-v0, not {env_id!r}")
+        if env_id != ENV_ID:
+            raise ValueError(f"reward.weights: reward shaping needs {ENV_ID}, not {env_id!r}")
         from lrun.env.shaping import ShapedReward
 
         env = ShapedReward(env, reward_weights, shaping)

@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lrun.env import ENV_ID
+
 TASK_SIZE = 41
 ACT_SIZE = 18
 MUSCLES_PER_LEG = 9
@@ -112,8 +114,8 @@ def check_features(name: str, env_id: str) -> None:
     """Raise ValueError naming an unknown feature map, or one that needs lrun/Run-v0."""
     if name not in FEATURES:
         raise ValueError(f"policy.features {name!r}: choose one of {', '.join(FEATURES)}")
-    if name != IDENTITY and env_id != "lrun/Run-v0":
-        raise ValueError(f"policy.features {name!r} needs lrun/Run-v0, not {env_id!r}")
+    if name != IDENTITY and env_id != ENV_ID:
+        raise ValueError(f"policy.features {name!r} needs {ENV_ID}, not {env_id!r}")
 
 
 def feature_size(name: str, task_size: int) -> int:

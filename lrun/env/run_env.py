@@ -12,6 +12,7 @@ from lrun.env.features import TASK_NAMES
 from lrun.env.layout import EpisodeLayout, draw_layout
 from lrun.env.model import GaitModel, IntegratorFailure
 from lrun.env.physics import STEP_SECONDS, Physics, resolve_physics
+from lrun.env.stick_figure import StickFigureCanvas
 
 OBSERVATION_SIZE = 41
 N_MUSCLES = 18
@@ -173,9 +174,7 @@ class RunEnv(gym.Env):
             return None
         if self._obs is None:
             raise RuntimeError("render() before the first reset()")
-        if self._canvas is None:
-            from lrun.analysis.render import StickFigureCanvas  # matplotlib only where frames are wanted
-
+        if self._canvas is None:  # matplotlib only where frames are wanted
             self._canvas = StickFigureCanvas()
         title = f"t={self.step_count * STEP_SECONDS:.2f} s  x={self._obs[1]:.2f} m"
         return self._canvas.frame(self._obs, self.layout.obstacles, title)

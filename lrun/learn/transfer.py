@@ -10,7 +10,7 @@
   the old function, and gradient flows into the new units from the first step (their outgoing weights get
   gradient at once).
 
-SAC's stages use both for the critics (lrun/train.py): a Q function is the value of the policy that acts, and at
+SAC's stages use both for the critics (lrun/training/sac.py): a Q function is the value of the policy that acts, and at
 the start of a transfer (plain init, or a blend at c = 0) that is the source policy, whose critics are therefore
 the right ones to start from; fresh critics would hand the actor random gradients until they had learnt.
 """

@@ -17,7 +17,7 @@ from lrun import mpi as lmpi
 from lrun.checkpoint import load_checkpoint
 from lrun.learn.policy import ActorCritic, flat_parameters
 from lrun.learn.ppo import Batch, PPOSettings, PPOUpdater
-from lrun.train import train
+from lrun.training import train
 
 from .tier import tiny_config
 

@@ -16,7 +16,7 @@ from lrun.checkpoint import load_checkpoint
 from lrun.env.factory import env_factory
 from lrun.evaluate import EvalSettings, episode_seed, eval_env_config, evaluate, run_episode
 from lrun.store.recorder import env_facts
-from lrun.train import train
+from lrun.training import train
 
 from .tier import tiny_config as config
 
