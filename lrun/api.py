@@ -25,7 +25,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from lrun.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from lrun.checkpoint import LATEST, CheckpointError, load_checkpoint, resolve_checkpoint
 from lrun.config import TrainConfig, config_from_dict
 from lrun.env import ENV_ID
 from lrun.env.features import ACT_SIZE, IDENTITY, TASK_SIZE, features
@@ -62,7 +62,7 @@ def shipped_models() -> list[str]:
     """Names of the models shipped under models/ (each a directory with a checkpoint.pt)."""
     if not MODELS_DIR.is_dir():
         return []
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "checkpoint.pt").is_file())
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / LATEST).is_file())
 
 
 def resolve_model(path: str | Path) -> Path:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lrun.checkpoint import LATEST, load_checkpoint
 from lrun.env import ENV_ID
 
 CARD_NAME = "README.md"
@@ -118,7 +119,7 @@ def front_matter(name: str, algorithm: str, evaluation: dict[str, Any]) -> str:
 def model_card(model_dir: str | Path) -> str:
     """The card of a model directory (checkpoint.pt, eval.json, PROVENANCE; a GIF or MP4 if there is one)."""
     model_dir = Path(model_dir)
-    for required in ("checkpoint.pt", "eval.json", PROVENANCE_NAME):
+    for required in (LATEST, "eval.json", PROVENANCE_NAME):
         if not (model_dir / required).is_file():
             hint = " (lrun eval MODEL --out MODEL_DIR writes it)" if required == "eval.json" else ""
             raise CardError(f"{model_dir}: no {required}{hint}")
@@ -126,9 +127,7 @@ def model_card(model_dir: str | Path) -> str:
     summary_text, fields = parse_provenance((model_dir / PROVENANCE_NAME).read_text())
     if not fields:
         raise CardError(f"{model_dir}/{PROVENANCE_NAME}: no 'name:  text' fields (command, commit, env steps, ...)")
-    from lrun.checkpoint import load_checkpoint
-
-    payload = load_checkpoint(model_dir / "checkpoint.pt")
+    payload = load_checkpoint(model_dir / LATEST)
     algorithm = payload["config"]["run"].get("algorithm", "ppo").upper()
     name = f"lrun-{model_dir.name}"
     s, e = evaluation["settings"], evaluation["summary"]

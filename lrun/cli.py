@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, what, help_text in (
         ("blend", "source", "train a new network blended with a frozen trained policy (lrun train + blend.source)"),
-        ("clone", "teacher", "imitate a trained policy on its stored states, then train with PPO (+ clone.teacher)"),
+        ("clone", "teacher", "imitate a trained policy on its stored states, then train it (+ clone.teacher)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(what, help="checkpoint file or run directory of the trained policy")

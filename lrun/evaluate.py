@@ -26,6 +26,7 @@ from lrun.analysis.report import wilson_interval
 from lrun.api import Agent, load_policy, resolve_model
 from lrun.checkpoint import resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig, config_from_dict
+from lrun.env import ENV_ID
 from lrun.env.factory import env_factory
 from lrun.env.physics import STEP_SECONDS
 from lrun.env.settings import ROUND2_2017, setting_name
@@ -72,10 +73,10 @@ def episode_seed(base_seed: int, k: int) -> int:
 
 def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvConfig:
     """The training env with the evaluation's difficulty, obstacles and physics (the control rate is kept)."""
-    if train_env["id"] != "lrun/Run-v0":
+    if train_env["id"] != ENV_ID:
         raise EvalError(f"lrun eval scores lrun/Run-v0 policies; this checkpoint was trained on {train_env['id']!r}")
     return EnvConfig(
-        id="lrun/Run-v0",
+        id=ENV_ID,
         difficulty=settings.difficulty,
         max_obstacles=settings.obstacles,
         physics=settings.physics,

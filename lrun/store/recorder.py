@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from lrun.env import ENV_ID
 from lrun.env.factory import reward_terms_of
 from lrun.store.schema import EPISODE_FIELDS, empty_rows
 
@@ -138,7 +139,7 @@ def trajectory_attributes(config_json: str, env_id: str, world_rank: int, simula
     (lrun/Run-v0; empty for other envs), which rank wrote it, and anything a command adds (`lrun eval`'s
     checkpoint)."""
     checksum = ""
-    if env_id == "lrun/Run-v0":
+    if env_id == ENV_ID:
         from lrun.env.model import model_checksum  # opensim: only where the env is RunEnv
 
         checksum = model_checksum()
