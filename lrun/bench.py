@@ -23,17 +23,22 @@ def bench_train(
     env_steps: int = 1500,
     overrides: list[str] | None = None,
     run_dir: str | None = None,
+    config_path: str | None = None,
 ) -> dict[str, float]:
-    """`mpiexec -n ranks lrun train` at the default config (accurate physics), against 2x the single-process env
-    rate.
+    """`mpiexec -n ranks lrun train` at a config (default: the default config on the accurate physics), against
+    the single-process env rate at the same physics times the simulators.
 
-    Returns the figures; the first iteration (start-up) is left out of the rates.
+    The run goes to a temporary directory unless `run_dir` (or `--set run.run_dir=...`) names one. Returns the
+    figures; the first iteration (start-up) is left out of the rates.
     """
     from lrun.config import load_config
 
-    # the accurate physics (RK-Merson 5e-5), on which the README's figures were measured, unless overridden
-    overrides = ["env.physics=accurate", *(overrides or [])]
-    config = load_config(None, overrides)
+    overrides = list(overrides or [])
+    if config_path is None:  # the accurate physics (RK-Merson 5e-5), the README's figures', unless overridden
+        overrides = ["env.physics=accurate", *overrides]
+    config = load_config(config_path, overrides)
+    if any(item.split("=", 1)[0].strip() == "run.run_dir" for item in overrides):
+        run_dir = config.run.run_dir  # asked for: the run is kept there
     physics = config.env.physics
     print(f"single-process env rate ({physics} physics, {env_steps} steps) ...", file=sys.stderr, flush=True)
     single = single_process_env_rate(physics, env_steps)
@@ -41,8 +46,9 @@ def bench_train(
     print(f"{simulators} env loops at once ...", file=sys.stderr, flush=True)
     concurrent = concurrent_env_rate(physics, env_steps, simulators)
     run_dir = run_dir or tempfile.mkdtemp(prefix="lrun-bench-train-")
-    args = ["train", "--progress", "lines"]
-    for item in [f"run.iterations={iterations}", f"run.run_dir={run_dir}", *(overrides or [])]:
+    args = ["train", *([config_path] if config_path else []), "--progress", "lines"]
+    overrides = [item for item in overrides if item.split("=", 1)[0].strip() != "run.run_dir"]
+    for item in [*overrides, f"run.iterations={iterations}", f"run.run_dir={run_dir}"]:
         args += ["--set", item]
     print(f"running: {' '.join(mpiexec_lrun(ranks, *args))}", file=sys.stderr, flush=True)
     run_lrun(ranks, *args, check=True, stdout=sys.stderr)
@@ -74,6 +80,10 @@ def bench_train(
         "learner_wait_cpu_fraction": wait_cpu("learner"),
         "simulator_wait_cpu_fraction": wait_cpu("simulator"),
         "learner_wait_wall_s": sum(s["wait_wall_s"] for s in ranks_stats if s["role"] == "learner"),
+        "algorithm": config.run.algorithm,
+        "physics": physics,
+        "config": config_path or "default",
+        "run_dir": str(run_dir),
     }
     figures["store_s"] = mean("time/store_s")
     figures["store_fraction"] = figures["store_s"] / figures["simulate_s"]
@@ -163,7 +173,9 @@ def format_train_bench(f: dict[str, float]) -> str:
     """Human-readable report of `bench_train`."""
     return "\n".join(
         [
-            f"training loop, mpiexec -n {f['ranks']} ({f['simulators']} simulators + learner), default config:",
+            f"training loop, mpiexec -n {f['ranks']} ({f['simulators']} simulators + learner), "
+            f"{f.get('config', 'default')} config ({f.get('algorithm', 'ppo').upper()}, {f.get('physics')} physics; "
+            f"run in {f.get('run_dir')}):",
             f"  env steps/s in training      {f['train_steps_per_s']:8.1f}",
             f"  {f['simulators']} x single-process env rate  {f['ideal_steps_per_s']:8.1f}   "
             f"(one env alone: {f['single_process_steps_per_s']:.1f})",

@@ -351,7 +351,13 @@ def _bench_scaling(args: argparse.Namespace) -> int:
 def _bench_train(args: argparse.Namespace) -> int:
     from lrun.bench import bench_train, format_train_bench
 
-    figures = bench_train(iterations=args.iterations, ranks=args.ranks, overrides=args.set)
+    figures = bench_train(
+        iterations=args.iterations,
+        ranks=args.ranks,
+        env_steps=args.env_steps,
+        overrides=args.set,
+        config_path=args.config,
+    )
     print(format_train_bench(figures))
     _write_json(args.json, figures)
     return 0
@@ -591,7 +597,13 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--json", help="also write the figures to this JSON file")
     env.set_defaults(func=_bench_env)
     tr = bench_kinds.add_parser("train", help="the full training loop under mpiexec vs the single-process env rate")
+    tr.add_argument(
+        "config", nargs="?", help="TOML config to measure (default: the default config on the accurate physics)"
+    )
     tr.add_argument("--iterations", type=int, default=5, help="iterations to run (the first is left out)")
+    tr.add_argument(
+        "--env-steps", type=int, default=1500, help="steps of the bare env loops measured beside (default 1500)"
+    )
     tr.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3: 1 learner + 2 simulators)")
     add_set_option(tr, "override a config key (repeatable)")
     tr.add_argument("--json", help="also write the figures to this JSON file")

@@ -167,6 +167,11 @@ class SACConfig:
         "instead of refilling it (~0.4 kB per RunEnv transition on disk)",
         True,
     )
+    overlap: bool = doc(
+        "simulators collect the next iteration while the learner updates (the acting policy is one iteration's "
+        "update behind; with simulators on their own ranks, not in serial mode)",
+        True,
+    )
     mirror: bool = doc("also store every transition's left/right mirror image (lrun/Run-v0)", False)
     mirror_min_asymmetry: float = doc(
         "store the mirror image only of states that differ from it by at least this RMS (normalised units)", 0.0

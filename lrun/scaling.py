@@ -20,6 +20,23 @@ stage can wait up to one sleep. (The rollouts' receive and the gradient Allreduc
 Simulated steps per second are S N E / T_iter; the simulators wait 1 - T_sim / T_iter of
 each iteration, the learners T_sim / T_iter. A learner keeps up while its own work (transfer and update)
 takes no longer than the simulation: at most T_sim / (K N E c + a + b_rollout / B) simulators each.
+
+SAC's iteration (`Workload.algorithm = "sac"`) differs in the learner's work, which grows with the data rather
+than with epochs: each learner takes U = round(u N E max(S div L, 1)) gradient steps (u = `sac.updates_per_step`
+per decision), each costing t_update (critic, actor and temperature at one minibatch) plus, with several
+learners, two gradient Allreduces (the critics' and the actor's):
+
+    T_learn    = U (t_update + T_grad,critic(L) + T_grad,actor(L))
+    T_iter     = T_sim + T_transfer + T_moments + T_learn + T_bcast          synchronous (`sac.overlap = false`)
+    T_iter     = max(T_sim, T_transfer + T_learn) + T_moments + T_bcast      overlapped: the simulators collect
+                                                                            the next iteration while the learner
+                                                                            updates (policy one iteration behind)
+
+Here N counts decisions (each `frame_skip` env steps), t_step is a decision's wall time, and steps/s counts env
+steps (S N E frame_skip / T_iter). A SAC learner keeps up with t_step / (u t_update) simulators (the transfer
+is negligible beside it); several learners each serve their share, but they average their gradients, so the
+run takes 1/L as many sequential gradient steps per decision, each on L minibatches: throughput bought with
+fewer, larger steps (the learning curve per env step must be checked, not assumed).
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ class Machine:
     latency_s: float  # a: one message's latency
     bandwidth_Bps: float  # B: bytes per second of one rank's link
     poll_s: float = 0.0  # p: polite waiting's cost per stage of a tree collective (about run.wait_sleep)
+    update_s: float = 0.0  # SAC: learner seconds of one gradient step (critic, actor, temperature; one minibatch)
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,11 @@ class Workload:
     rollout_bytes: int  # one simulator's packed rollout (float32)
     message_bytes: int  # the broadcast: decision, parameters, normaliser (float64)
     moments_bytes: int  # the observation moments (float64)
+    algorithm: str = "ppo"  # "sac": the learner's work is U gradient steps (below), not K epochs
+    frame_skip: int = 1  # env steps per decision (steps/s counts env steps)
+    updates_per_step: float = 0.0  # SAC: u, gradient steps per decision (sac.updates_per_step)
+    critic_parameters: int = 0  # SAC: the twin critics' parameters (their gradient Allreduce)
+    overlap: bool = False  # SAC: the simulators collect while the learner updates (sac.overlap)
 
     @property
     def samples_per_simulator(self) -> int:
@@ -61,6 +84,19 @@ class Workload:
 def tree_stages(n: int) -> int:
     """Stages of a tree collective over `n` ranks: ceil(log2 n)."""
     return math.ceil(math.log2(n)) if n > 1 else 0
+
+
+def allreduce_s(learners: int, parameters: int, machine: Machine) -> float:
+    """One gradient Allreduce of `parameters` float32 values among `learners` learners (0 for one)."""
+    if learners < 2:
+        return 0.0
+    a, bw = machine.latency_s, machine.bandwidth_Bps
+    return 2 * tree_stages(learners) * a + 2 * (learners - 1) / learners * 4 * parameters / bw
+
+
+def sac_updates(sims: int, learners: int, work: Workload) -> int:
+    """Gradient steps each SAC learner takes per iteration (as `lrun.training.sac` counts them)."""
+    return round(work.updates_per_step * work.samples_per_simulator * max(sims // learners, 1))
 
 
 def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict[str, float]:
@@ -74,13 +110,29 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
     transfer = per_learner * (a + work.rollout_bytes / bw)
     p = machine.poll_s
     moments = 2 * tree_stages(ranks) * (a + work.moments_bytes / bw + p)
-    gradient = 0.0  # the gradient Allreduce among learners: none for one
-    if learners > 1:
-        gradient = 2 * tree_stages(learners) * a + 2 * (learners - 1) / learners * 4 * work.parameters / bw
-    learn = work.epochs * per_learner * work.samples_per_simulator * machine.learn_s_per_sample
-    learn += work.epochs * work.minibatches * gradient
     bcast = tree_stages(ranks) * (a + work.message_bytes / bw + p)
-    iteration = simulate + transfer + moments + learn + bcast
+    if work.algorithm == "sac":
+        updates = sac_updates(sims, learners, work)
+        gradient = allreduce_s(learners, work.critic_parameters, machine) + allreduce_s(
+            learners, work.parameters, machine
+        )
+        learn = updates * (machine.update_s + gradient)
+        gradient_total = updates * gradient
+        if work.overlap:
+            iteration = max(simulate, transfer + learn) + moments + bcast
+            simulate_share = simulate / iteration
+        else:
+            iteration = simulate + transfer + moments + learn + bcast
+            simulate_share = simulate / iteration
+        learner_idle = 1.0 - (transfer + learn) / iteration
+    else:
+        gradient = allreduce_s(learners, work.parameters, machine)  # the gradient Allreduce among learners
+        learn = work.epochs * per_learner * work.samples_per_simulator * machine.learn_s_per_sample
+        gradient_total = work.epochs * work.minibatches * gradient
+        learn += gradient_total
+        iteration = simulate + transfer + moments + learn + bcast
+        simulate_share = simulate / iteration
+        learner_idle = simulate / iteration
     return {
         "ranks": ranks,
         "learners": learners,
@@ -89,19 +141,23 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
         "transfer_s": transfer,
         "moments_s": moments,
         "learn_s": learn,
-        "gradient_allreduce_s": work.epochs * work.minibatches * gradient,
+        "gradient_allreduce_s": gradient_total,
         "bcast_s": bcast,
         "iteration_s": iteration,
-        "steps_per_s": sims * work.samples_per_simulator / iteration,
-        "simulator_idle": 1.0 - simulate / iteration,
-        "learner_idle": simulate / iteration,
+        "steps_per_s": sims * work.samples_per_simulator * work.frame_skip / iteration,
+        "simulator_idle": 1.0 - simulate_share,
+        "learner_idle": learner_idle,
     }
 
 
 def simulators_per_learner(work: Workload, machine: Machine) -> float:
     """The most simulators one learner serves before its own work outlasts the simulation (simulators then
-    wait more than half of every iteration): raise `layout.learners` beyond this."""
-    per_simulator = work.epochs * work.samples_per_simulator * machine.learn_s_per_sample
+    wait more than half of every iteration; overlapped SAC, any wait at all): raise `layout.learners` beyond
+    this."""
+    if work.algorithm == "sac":
+        per_simulator = work.updates_per_step * work.samples_per_simulator * machine.update_s
+    else:
+        per_simulator = work.epochs * work.samples_per_simulator * machine.learn_s_per_sample
     per_simulator += machine.latency_s + work.rollout_bytes / machine.bandwidth_Bps
     return work.samples_per_simulator * machine.step_s / per_simulator
 

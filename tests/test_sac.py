@@ -174,6 +174,12 @@ def test_a_sac_run_under_mpiexec_resumes_with_its_replay_buffer_and_is_evaluated
     assert progress_column(run_dir, "losses/replay_transitions")[2] > held
     resumed = load_checkpoint(run_dir)
     assert resumed["iteration"] == 3
+    # overlapped (sac.overlap, the default): the simulators acted one update behind, and the checkpoint keeps the
+    # parameters they act with next, for a resume to hand out again
+    assert progress_column(run_dir, "charts/policy_lag") == [1.0, 1.0, 1.0]
+    acting = resumed["acting_policy"]
+    learnt = torch.cat([p.flatten() for name, p in resumed["policy"].items() if "frozen" not in name])
+    assert acting.shape == learnt.shape and not torch.equal(acting.float(), learnt.float())
     # the critics, targets and temperature came back from the checkpoint and went on learning
     assert float(payload["optimizer"]["log_alpha"]) != pytest.approx(float(np.log(0.2)))
     assert not torch.equal(resumed["optimizer"]["log_alpha"], payload["optimizer"]["log_alpha"])

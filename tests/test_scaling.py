@@ -47,6 +47,48 @@ def test_one_learner_keeps_up_until_its_work_equals_the_simulation():
     assert more[0] < more[1] < more[2]  # at 1024 ranks one learner is the bottleneck; more learners help
 
 
+SAC_WORK = Workload(
+    envs_per_rank=8,
+    steps_per_env=64,
+    epochs=0,
+    minibatches=0,
+    parameters=24_000,
+    rollout_bytes=140_000,
+    message_bytes=200_000,
+    moments_bytes=664,
+    algorithm="sac",
+    frame_skip=4,
+    updates_per_step=0.5,
+    critic_parameters=50_000,
+)
+SAC_CLUSTER = Machine(step_s=0.010, learn_s_per_sample=0.0, latency_s=2e-6, bandwidth_Bps=12e9, update_s=0.012)
+
+
+def test_sac_learners_work_grows_with_the_data_and_overlap_hides_it():
+    sync = predict(3, 1, SAC_WORK, SAC_CLUSTER)
+    updates = round(0.5 * 8 * 64 * 2)  # u x decisions of the learner's two simulators
+    assert sync["learn_s"] == pytest.approx(updates * 0.012)
+    assert sync["iteration_s"] == pytest.approx(
+        sum(sync[t] for t in ("simulate_s", "transfer_s", "moments_s", "learn_s", "bcast_s"))
+    )
+    assert sync["steps_per_s"] == pytest.approx(2 * 8 * 64 * 4 / sync["iteration_s"])  # env steps, frame skip 4
+    overlapped = predict(3, 1, Workload(**{**SAC_WORK.__dict__, "overlap": True}), SAC_CLUSTER)
+    assert overlapped["iteration_s"] == pytest.approx(
+        max(overlapped["simulate_s"], overlapped["transfer_s"] + overlapped["learn_s"])
+        + overlapped["moments_s"]
+        + overlapped["bcast_s"]
+    )
+    assert overlapped["steps_per_s"] > sync["steps_per_s"]
+    # one SAC learner keeps up with t_step / (u t_update) simulators: 0.010 / (0.5 x 0.012) = 1.67
+    assert simulators_per_learner(SAC_WORK, SAC_CLUSTER) == pytest.approx(1.0 / 0.6, rel=0.01)
+    one = Workload(**{**SAC_WORK.__dict__, "overlap": True})
+    assert predict(2, 1, one, SAC_CLUSTER)["simulator_idle"] < 0.01  # one simulator: the learner keeps up
+    assert predict(17, 1, one, SAC_CLUSTER)["simulator_idle"] > 0.8  # 16: the learner is the bottleneck
+    # several learners share the simulators: each takes 1/L of the steps, plus two gradient Allreduces per step
+    two = predict(17, 8, one, SAC_CLUSTER)
+    assert two["gradient_allreduce_s"] > 0 and two["steps_per_s"] > 4 * predict(17, 1, one, SAC_CLUSTER)["steps_per_s"]
+
+
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 def test_bench_scaling_measures_worlds_checks_the_model_and_predicts_a_cluster(tmp_path):
     out = tmp_path / "scaling"

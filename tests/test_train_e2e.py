@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import LRUN, MPIEXEC, clean_env, run, sets
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, clean_env, run, sets
 
 from lrun.checkpoint import load_checkpoint
 
@@ -300,3 +301,19 @@ def test_a_failing_run_gives_back_signal_handlers_and_the_learner_communicator(t
     assert result.returncode == 0, result.stdout + result.stderr
     roles = [(tmp_path / f"run-rank{r}.txt").read_text() for r in (0, 1)]
     assert roles == ["learner", "simulator"]  # both ranks got to the end of the checks
+
+
+def test_bench_train_measures_a_sac_recipe_and_keeps_the_run_where_asked(tmp_path):
+    """`lrun bench train CONFIG` runs that config; `--set run.run_dir=DIR` is honoured (the figures are read
+    from there), not lost to a temporary directory."""
+    kept = tmp_path / "kept"
+    small = ["layout.envs_per_rank=1", "layout.steps_per_env=8", "sac.learning_starts=8", "sac.batch_size=8"]
+    command = [LRUN, "bench", "train", str(EXPERIMENTS / "recipes" / "walk-sac.toml"), "--ranks", "2"]
+    command += ["--iterations", "3", "--env-steps", "50", "--json", str(tmp_path / "f.json")]
+    command += [item for key in [*small, f"run.run_dir={kept}"] for item in ("--set", key)]
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["algorithm"] == "sac" and figures["physics"] == "fast" and figures["run_dir"] == str(kept)
+    assert (kept / "progress.csv").is_file() and figures["train_steps_per_s"] > 0
+    assert f"run in {kept}" in result.stdout

@@ -83,6 +83,11 @@ class Algorithm:
         """What the algorithm keeps beside a checkpoint, on every learner: after each checkpoint and at a stop
         signal (global rank 0 writes the checkpoint itself)."""
 
+    def overlaps_collection(self) -> bool:
+        """Whether the simulators may collect the next iteration while this learner updates (an off-policy
+        learner can take transitions from a policy one update behind; an on-policy one cannot)."""
+        return False
+
     def mirrors(self) -> bool:
         """Whether the run learns from left/right mirror images."""
         return False

@@ -96,11 +96,13 @@ class RankContext:
     metadata: dict  # lrun.metadata.run_metadata: on global rank 0 with every rank's host, elsewhere its own
 
 
-def decision_message(iteration: int, stop: int, policy: Policy, normaliser: RunningNormaliser) -> np.ndarray:
-    """The broadcast: [iteration, stop code, parameters, normaliser state] as float64."""
-    return np.concatenate(
-        [[float(iteration), float(stop)], flat_parameters(policy).astype(np.float64), normaliser.state_vector()]
-    )
+def decision_message(
+    iteration: int, stop: int, policy: Policy, normaliser: RunningNormaliser, parameters: np.ndarray | None = None
+) -> np.ndarray:
+    """The broadcast: [iteration, stop code, parameters, normaliser state] as float64 (`parameters`: others than
+    the policy's own, e.g. the acting ones a resumed overlapped run recorded)."""
+    flat = flat_parameters(policy) if parameters is None else parameters
+    return np.concatenate([[float(iteration), float(stop)], flat.astype(np.float64), normaliser.state_vector()])
 
 
 def message_size(policy: Policy, obs_size: int) -> int:
@@ -126,7 +128,7 @@ class LocalRollouts:
         self.steps = config.layout.steps_per_env
         self.stored = 0.0
 
-    def share_decision(self, state: TrainingState, stop: int) -> int:
+    def share_decision(self, state: TrainingState, stop: int, iteration: int | None = None) -> int:
         """Nobody to tell: the decision stands."""
         return stop
 
@@ -157,9 +159,13 @@ class RemoteRollouts:
     ) -> None:
         self.config, self.problem, self.comm, self.layout, self.waiter = config, problem, comm, layout, waiter
 
-    def share_decision(self, state: TrainingState, stop: int) -> int:
-        """Broadcast [iteration, stop, parameters, normaliser]; returns global rank 0's stop decision."""
-        message = decision_message(state.iteration, stop, state.policy, state.normaliser)
+    def share_decision(self, state: TrainingState, stop: int, iteration: int | None = None) -> int:
+        """Broadcast [iteration, stop, parameters, normaliser] for `iteration` (default: the state's); returns
+        global rank 0's stop decision. The parameters are the policy's, or, once after an overlapped run's
+        resume, those its simulators were acting with (`TrainingState.acting`)."""
+        iteration = state.iteration if iteration is None else iteration
+        message = decision_message(iteration, stop, state.policy, state.normaliser, state.acting)
+        state.acting = None
         lmpi.bcast(self.comm, message, 0, self.waiter)
         return int(message[1])
 

@@ -120,22 +120,37 @@ def run_learner(
     )
     first_iteration = state.iteration
     last: dict = {"stopped_early": False}
+    # overlapped (an off-policy learner with simulators of its own): the decision for the next iteration goes out
+    # as soon as this one's rollouts are in, so the simulators collect while the learner updates, acting with the
+    # policy one update behind
+    overlap = algorithm.overlaps_collection() and layout.role != "serial"
+    if not overlap or state.acting is None or len(state.acting) != len(flat_parameters(state.policy)):
+        state.acting = None
+    shared = None  # overlapped: the decision already broadcast for the coming iteration
     try:
         while True:
-            stop = STOP_DONE if state.iteration >= config.run.iterations else STOP_NONE
-            if stop == STOP_NONE and reporter is not None and rank.stop.signal is not None:
-                stop = reporter.stop_for_signal(state, rank.stop.signal, first_iteration)
             t0 = time.perf_counter()
             mpi_before = dict(rank.waiter.by_operation)
             coefficient = schedule_blend(state.policy, config, state.iteration)
-            stop = rollout_source.share_decision(state, stop)  # rank 0's decision, with the policy
+            if shared is None:
+                stop = decide(config, state, state.iteration, reporter, rank, first_iteration)
+                stop = rollout_source.share_decision(state, stop)  # rank 0's decision, with the policy
+            else:
+                stop = shared
             if stop:
                 last["stopped_early"] = stop == STOP_SIGNAL
                 if stop == STOP_SIGNAL:  # rank 0 has checkpointed: every learner keeps what goes beside it
                     algorithm.save(state)
                 break
             rollouts, moments = rollout_source.collect(state.iteration)
-            losses, learn_s = update(config, state, algorithm, rollouts, moments)
+            fold_moments(config, state, moments)
+            if overlap:
+                # the signal's checkpoint waits for this iteration's update (decide(..., checkpoint=False))
+                upcoming = decide(config, state, state.iteration + 1, None, rank, first_iteration)
+                state.next_acting = flat_parameters(state.policy)
+                shared = rollout_source.share_decision(state, upcoming, state.iteration + 1)
+            losses, learn_s = learn(state, algorithm, rollouts)
+            losses["policy_lag"] = float(overlap)  # updates the acting policy was behind (logged where named)
             state.iteration += 1
             new_steps, new_decisions, rollouts = tally(config, state, layout, algorithm, rollouts)
             rank.rss.sample(state.iteration)
@@ -147,6 +162,8 @@ def run_learner(
                 )
             if checkpoint_due(config, state.iteration):
                 algorithm.save(state)
+            if shared == STOP_SIGNAL and reporter is not None:
+                reporter.stop_for_signal(state, rank.stop.signal or 0, first_iteration)
     finally:
         rollout_source.close()
         if reporter is not None:
@@ -188,17 +205,36 @@ def learner_state(
     return state
 
 
-def update(
-    config: TrainConfig, state: TrainingState, algorithm: Algorithm, rollouts: list[Rollout], moments: np.ndarray
-) -> tuple[dict[str, float], float]:
-    """Fold the new observation moments into the normaliser and let the algorithm learn from the rollouts;
-    returns its losses and the seconds it took."""
+def decide(
+    config: TrainConfig,
+    state: TrainingState,
+    iteration: int,
+    reporter: Reporter | None,
+    rank: RankContext,
+    first_iteration: int,
+) -> int:
+    """Rank 0's decision before `iteration`: go on, done (the run has its iterations) or stop for a signal
+    (checkpointing first where `reporter` is given; an overlapped learner checkpoints after its update instead)."""
+    if iteration >= config.run.iterations:
+        return STOP_DONE
+    if rank.stop.signal is None:  # only global rank 0 records signals: the others' decision is its broadcast
+        return STOP_NONE
+    return reporter.stop_for_signal(state, rank.stop.signal, first_iteration) if reporter is not None else STOP_SIGNAL
+
+
+def fold_moments(config: TrainConfig, state: TrainingState, moments: np.ndarray) -> None:
+    """Fold the iteration's observation moments into the normaliser, keeping the statistics the rollouts were
+    normalised with for the algorithm (`state.collected_with`)."""
     if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
         state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
-    collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
+    state.collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
     state.normaliser.update_from_moments(moments)
+
+
+def learn(state: TrainingState, algorithm: Algorithm, rollouts: list[Rollout]) -> tuple[dict[str, float], float]:
+    """Let the algorithm learn from the rollouts; returns its losses and the seconds it took."""
     t_learn = time.perf_counter()
-    losses = algorithm.learn(state, rollouts, collected_with)
+    losses = algorithm.learn(state, rollouts, state.collected_with)
     return losses, time.perf_counter() - t_learn
 
 

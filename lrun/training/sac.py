@@ -42,6 +42,7 @@ class SAC(Algorithm):
         "losses/alpha": "alpha",
         "losses/q_mean": "q_mean",
         "losses/replay_transitions": "replay_transitions",
+        "charts/policy_lag": "policy_lag",
     }
     sends_features = True  # the buffer keeps features before normalisation and normalises what it samples
     learns_value_head = False  # the actor's value head is unused: the twin critics are SAC's values
@@ -224,6 +225,10 @@ class SAC(Algorithm):
                 f"({write_failure(exc)}); the checkpoint is intact: free space (or move the file away) and "
                 f"--resume, or set sac.save_buffer = false (a resumed run then refills its buffer)"
             ) from exc
+
+    def overlaps_collection(self) -> bool:
+        """`sac.overlap`."""
+        return self.config.sac.overlap
 
     def mirrors(self) -> bool:
         """Mirrored transitions (`sac.mirror`)."""

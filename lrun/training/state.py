@@ -58,6 +58,12 @@ class TrainingState:
         self.metadata: dict[str, Any] = {}  # versions, git commit, hosts, Slurm job (lrun.metadata)
         self.session_start = 0  # the iteration this process started (or resumed) at
         self.transfer_note = ""  # what a transfer from a parent carried over, for rank 0's log
+        # an overlapped run (`Algorithm.overlaps_collection`): the parameters its simulators act with in the next
+        # iteration, one update behind the policy's; checkpointed so that a resume hands them out again
+        self.acting: np.ndarray | None = None
+        self.next_acting: np.ndarray | None = None
+        # the normaliser's (mean, std) the iteration's rollouts were normalised with, kept for the algorithm
+        self.collected_with: tuple[np.ndarray, np.ndarray] | None = None
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -82,6 +88,7 @@ class TrainingState:
             "config": self.config.to_dict(),
             "lineage": self.lineage,
             "metadata": self.metadata,
+            **({"acting_policy": torch.from_numpy(self.next_acting)} if self.next_acting is not None else {}),
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -96,6 +103,8 @@ class TrainingState:
         self.env_steps = int(payload["env_steps"])
         self.decisions = int(payload.get("decisions", self.env_steps))
         self.lineage = list(payload.get("lineage", []))
+        if "acting_policy" in payload and self.config.run.algorithm == payload["config"]["run"].get("algorithm"):
+            self.acting = payload["acting_policy"].numpy()
 
     def start_from(self, parent: dict[str, Any], how: str) -> tuple[np.ndarray, list[str]]:
         """Begin a new run from a trained policy's normaliser (its weights are in the policy already, or are
