@@ -72,3 +72,20 @@ def test_compare_command_and_its_errors(tmp_path):
     assert bad.returncode == 2 and "no run directories" in bad.stderr and "Traceback" not in bad.stderr
     with pytest.raises(CompareError, match="no such run directory"):
         group_runs([tmp_path / "missing"])
+
+
+def test_two_short_runs_compare_without_warnings_and_with_readable_step_labels(tmp_path):
+    """Seeds whose metric is missing at a grid point (here no episode ended yet) leave NaN, said by no warning;
+    the axis labels env steps at a scale they can be read at."""
+    from lrun.analysis.compare import steps_label
+
+    for seed in (0, 1):
+        fake_run(tmp_path / f"s{seed}", seed, 3e-4, 1.0, steps=3)
+        rows = (tmp_path / f"s{seed}" / "progress.csv").read_text().splitlines()
+        # the first iteration logged no distance or fall rate (no episode had ended)
+        rows[1] = ",".join(cell if k < 2 else "" for k, cell in enumerate(rows[1].split(",")))
+        (tmp_path / f"s{seed}" / "progress.csv").write_text("\n".join(rows) + "\n")
+    result = run([LRUN, "compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and result.stderr.strip() == ""
+    assert [steps_label(x) for x in (1600, 1650, 25_000, 2_500_000)] == ["1600", "1650", "25 k", "2.5 M"]

@@ -183,7 +183,7 @@ def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # points where no run has the metric stay NaN
             iqm[metric] = interquartile_mean(values)
-        low[metric], high[metric] = bootstrap_ci(values) if len(values) > 1 else (iqm[metric], iqm[metric])
+            low[metric], high[metric] = bootstrap_ci(values) if len(values) > 1 else (iqm[metric], iqm[metric])
     return Aggregate(group.label, len(group.curves), grid, iqm, low, high)
 
 
@@ -209,6 +209,15 @@ def write_csv(aggregates: list[Aggregate], path: Path) -> None:
                     writer.writerow([a.label, a.runs, m, f"{x:.0f}", f"{y:.6g}", f"{lo:.6g}", f"{hi:.6g}"])
 
 
+def steps_label(x: float, _position: object = None) -> str:
+    """An env-step count for an axis: 2.5 M, 300 k or 1600."""
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.3g} M"
+    if abs(x) >= 1e4:
+        return f"{x / 1e3:.3g} k"
+    return f"{x:.0f}"
+
+
 def plot(aggregates: list[Aggregate], path: Path) -> Path:
     """One panel per metric: IQM lines with their 95 % CI bands, against simulated env steps."""
     import matplotlib
@@ -225,7 +234,8 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
             ax.fill_between(a.grid, a.low[metric], a.high[metric], color=line.get_color(), alpha=0.2)
         ax.set_title(titles[metric])
         ax.set_xlabel("simulated env steps (0.01 s each)")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:g} M"))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # labels that never run into each other
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(steps_label))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("IQM over seeds, 95 % bootstrap CI (training episodes)")
