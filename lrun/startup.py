@@ -70,6 +70,20 @@ class AlgorithmChecks(Protocol):
         """A checkpoint to resume holds what the algorithm restores, in the config's sizes."""
 
 
+def check_rank_files(run_dir: str | Path) -> None:
+    """Every trajectory file a resume would cut back and append to opens as an lrun store: checked on every rank
+    before anything is written (config.json, the cut-back), so a damaged file leaves the run as it was."""
+    from lrun.store.reader import check_file, rank_files
+
+    for path in rank_files(run_dir):
+        try:
+            check_file(path)
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc}; nothing was changed: restore the file, or move it away to resume without its stored steps"
+            ) from None
+
+
 def startup_checks(
     config: TrainConfig, resume: str | None, world_size: int, algorithm: AlgorithmChecks | None = None
 ) -> Start:
@@ -105,6 +119,8 @@ def startup_checks(
         check_compatible(payload, resume_path, problem.obs_size, problem.act_size, spec)
         if algorithm is not None:
             algorithm.check_resume(payload, resume_path)
+        if config.run.store_trajectories:
+            check_rank_files(run_dir)
         return Start(problem, spec, payload=payload, how="resume", resume_path=resume_path)
     origins = [
         (key, how, where)

@@ -141,3 +141,22 @@ def test_eval_renders_its_first_episodes_and_render_writes_mp4(tmp_path):
         [LRUN, "eval", str(ROOT / "models" / "walk"), "--episodes", "1", "--render", "-1", "--out", str(tmp_path / "x")]
     )
     assert bad.returncode == 2 and "--render -1" in bad.stderr
+
+
+def test_a_resume_over_a_truncated_rank_file_changes_nothing_and_says_so(trained, tmp_path):
+    """Every rank file is checked before anything is written: config.json, the checkpoints and the other rank
+    files stay as they were (they were rewritten and cut back before the refusal, once)."""
+    import shutil
+
+    damaged = tmp_path / "run"
+    shutil.copytree(trained, damaged)
+    (rank_file,) = (damaged / "trajectories").glob("rank-*.h5")
+    with open(rank_file, "r+b") as handle:
+        handle.truncate(rank_file.stat().st_size // 3)
+    before = checksums(damaged)
+    tiny = sets("env.physics=fast", "layout.envs_per_rank=2", "ppo.steps_per_env=80", "policy.hidden_sizes=[8]")
+    result = run([LRUN, "train", "--resume", str(damaged), *tiny, *sets(f"run.run_dir={damaged}", "run.iterations=4")])
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{rank_file}: truncated HDF5 file" in line and "nothing was changed" in line
+    assert checksums(damaged) == before
