@@ -82,12 +82,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+#: How torch's checkpoint writer words a write the disk cut short.
+TORCH_SHORT_WRITE = ("unexpected pos", "inline_container", "PytorchStreamWriter failed writing")
+
+
 def write_failure(exc: BaseException) -> str:
     """Why a write failed, in a few words: the OS's reason (e.g. 'No space left on device'), else the first line
     of the message (torch and h5py wrap the OS error in a RuntimeError)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip()
+    if any(sign in text for sign in TORCH_SHORT_WRITE):
+        # torch's zip writer reports a write the disk cut short by its own internals ("[enforce fail at
+        # inline_container.cc:...] . unexpected pos ..."), never by the OS's reason: a full disk or quota
+        return "No space left on device: the disk (or your quota) is full"
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -99,3 +99,13 @@ def test_a_read_only_file_system_is_refused_before_any_work():
         result = run([LRUN, "train", str(EXPERIMENTS / "tiny.toml"), *TINY, *sets(f"run.run_dir={mount / 'run'}")])
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
     assert f"run.run_dir {mount / 'run'}: not writable ({mount} is not writable)" in result.stderr
+
+
+def test_torch_s_words_for_a_short_write_become_a_full_disk():
+    """torch's zip writer reports a disk that filled mid-checkpoint by its internals; lrun says what it means."""
+    from lrun.checkpoint import write_failure
+
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5952 vs 5846")
+    assert write_failure(torch_says) == "No space left on device: the disk (or your quota) is full"
+    assert write_failure(OSError(28, "No space left on device")) == "No space left on device"
+    assert write_failure(RuntimeError("something else\nmore")) == "something else"
