@@ -25,7 +25,16 @@ from lrun.config import TrainConfig, load_config
 from lrun.env.stand_in import SLEEP_ENV_ID
 from lrun.launcher import launch_environment, mpiexec_lrun
 from lrun.progress import load_progress
-from lrun.scaling import Machine, Workload, as_dict, learners_for, predict, simulators_per_learner, tree_stages
+from lrun.scaling import (
+    Machine,
+    Workload,
+    as_dict,
+    learners_for,
+    predict,
+    sac_updates,
+    simulators_per_learner,
+    tree_stages,
+)
 
 PREDICTED_RANKS = (64, 256, 1024)
 #: An InfiniBand HDR-100-class link: ~2 microseconds, ~12 GB/s (the README's stated assumption).
@@ -50,6 +59,18 @@ def workload(config: TrainConfig) -> Workload:
         feature_size(p.features, obs), act, p.hidden_sizes, p.activation, p.distribution, p.init_log_std
     )
     steps, envs = config.layout.steps_per_env, config.layout.envs_per_rank
+    sac: dict[str, Any] = {}
+    if config.run.algorithm == "sac":
+        from lrun.learn.sac import TwinQ
+
+        critics = TwinQ(feature_size(p.features, obs), act, config.sac.hidden_sizes)
+        sac = {
+            "algorithm": "sac",
+            "frame_skip": config.env.frame_skip,
+            "updates_per_step": config.sac.updates_per_step,
+            "critic_parameters": sum(q.numel() for q in critics.parameters()),
+            "overlap": config.sac.overlap,
+        }
     return Workload(
         envs_per_rank=envs,
         steps_per_env=steps,
@@ -59,6 +80,7 @@ def workload(config: TrainConfig) -> Workload:
         rollout_bytes=4 * Rollout.size(steps, envs, obs, act, n_episodes=0),
         message_bytes=8 * message_size(policy, obs),
         moments_bytes=8 * (2 * obs + 1),
+        **sac,
     )
 
 
@@ -107,9 +129,12 @@ def calibrate(points: list[dict[str, Any]], work: Workload) -> Machine:
     per collective stage (the broadcasts)."""
     step_s = float(np.median([p["time/simulate_s"] / work.samples_per_simulator for p in points]))
     one = [p for p in points if p["learners"] == 1]
-    c = float(
-        np.median([p["time/learn_s"] / (work.epochs * (p["ranks"] - 1) * work.samples_per_simulator) for p in one])
-    )
+    c = update_s = 0.0
+    if work.algorithm == "sac":  # seconds per gradient step: the learner's time over the steps it took
+        update_s = float(np.median([p["time/learn_s"] / sac_updates(p["ranks"] - 1, 1, work) for p in one]))
+    else:
+        samples = [work.epochs * (p["ranks"] - 1) * work.samples_per_simulator for p in one]
+        c = float(np.median([p["time/learn_s"] / n for p, n in zip(one, samples, strict=True)]))
     per_message = [p["time/mpi_recv_transfer_s"] / ((p["ranks"] - p["learners"]) / p["learners"]) for p in points]
     bandwidth = work.rollout_bytes / max(float(np.median(per_message)) - LOCAL_LATENCY_S, 1e-9)
     # the model's broadcast term, T_bcast = stages (a + b_message / B + p), solved for p
@@ -121,7 +146,7 @@ def calibrate(points: list[dict[str, Any]], work: Workload) -> Machine:
             ]
         )
     )
-    return Machine(step_s, c, LOCAL_LATENCY_S, bandwidth, max(poll, 0.0))
+    return Machine(step_s, c, LOCAL_LATENCY_S, bandwidth, max(poll, 0.0), update_s)
 
 
 def runenv_step_seconds(physics: str = "fast", steps: int = 200) -> float:
@@ -151,9 +176,10 @@ def bench_scaling(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (ranks, learners) world, calibrate and check the model, predict the cluster."""
+    if load_config(config_path, overrides).run.algorithm == "sac":
+        # every counted iteration updates (no warm-up), and the replay file's writes stay off the shared cores
+        overrides = [*overrides, "sac.learning_starts=0", "sac.save_buffer=false"]
     config = load_config(config_path, overrides)
-    if config.run.algorithm != "ppo":
-        raise ScalingError("the scaling model is PPO's (synchronous update); give a PPO config")
     if not any(learners == 1 for _, learners in worlds):
         raise ScalingError("--worlds needs a world with one learner (it calibrates the learner's speed)")
     work = workload(config)
@@ -169,9 +195,17 @@ def bench_scaling(
     for p in points:
         p["model"] = predict(p["ranks"], p["learners"], work, local)
     physics_step = runenv_step_seconds()
-    policy_overhead = max(local.step_s - sleep_step_s, 0.0)  # forward pass and bookkeeping per env step
+    skip = work.frame_skip  # a decision (the model's step) sleeps `skip` env steps
+    policy_overhead = max(local.step_s - skip * sleep_step_s, 0.0)  # forward pass and bookkeeping per decision
     # the cluster keeps this machine's learner speed and lrun's polite-wait cost, with its own links
-    cluster = Machine(physics_step + policy_overhead, local.learn_s_per_sample, latency_s, bandwidth_Bps, local.poll_s)
+    cluster = Machine(
+        skip * physics_step + policy_overhead,
+        local.learn_s_per_sample,
+        latency_s,
+        bandwidth_Bps,
+        local.poll_s,
+        local.update_s,
+    )
     predictions = []
     for ranks in PREDICTED_RANKS:
         for learners in sorted({1, learners_for(ranks, work, cluster)}):
@@ -194,23 +228,38 @@ def bench_scaling(
 def format_table(result: dict[str, Any]) -> str:
     """The measurements beside the model, then the cluster predictions."""
     w, local, cluster = result["workload"], result["local_machine"], result["cluster_machine"]
+    sac = w.get("algorithm") == "sac"
+    update = (
+        f"SAC: {w['updates_per_step']} gradient steps per decision, frame skip {w['frame_skip']}, "
+        f"{'overlapped' if w['overlap'] else 'synchronous'}, actor {w['parameters']} + critics "
+        f"{w['critic_parameters']} parameters"
+        if sac
+        else f"{w['epochs']} epochs x {w['minibatches']} minibatches, {w['parameters']} parameters"
+    )
     lines = [
         f"lrun bench scaling: {result['config']}, {w['envs_per_rank']} envs x {w['steps_per_env']} steps per "
-        f"simulator, {w['epochs']} epochs x {w['minibatches']} minibatches, {w['parameters']} parameters",
+        f"simulator, {update}",
         f"  messages: rollout {w['rollout_bytes'] / 1e3:.0f} kB per simulator, policy broadcast "
         f"{w['message_bytes'] / 1e3:.0f} kB",
         f"  this machine (calibrated): step {local['step_s'] * 1e3:.2f} ms "
         f"(Sleep-v0 {result['sleep_step_s'] * 1e3:.1f} ms + policy), "
-        f"learner {local['learn_s_per_sample'] * 1e6:.1f} us/sample/epoch, bandwidth "
-        f"{local['bandwidth_Bps'] / 1e9:.2f} GB/s, polite wait {local['poll_s'] * 1e3:.1f} ms per collective stage",
+        + (
+            f"learner {local.get('update_s', 0.0) * 1e3:.2f} ms per gradient step, bandwidth "
+            if sac
+            else f"learner {local['learn_s_per_sample'] * 1e6:.1f} us/sample/epoch, bandwidth "
+        )
+        + f"{local['bandwidth_Bps'] / 1e9:.2f} GB/s, polite wait {local['poll_s'] * 1e3:.1f} ms per collective stage",
         "",
         "measured here (lrun/Sleep-v0) vs the model",
         f"{'ranks':>5} {'learners':>8} {'steps/s':>9} {'model':>9} {'error':>7} {'sim idle':>9} {'model':>7} "
         f"{'learn s':>8} {'xfer ms':>8} {'bcast ms':>9} {'moments ms':>11} {'grad ms/mb':>11}",
     ]
-    minibatches = w["epochs"] * w["minibatches"]  # gradient Allreduces per iteration
+    work = Workload(**w)
     for p in result["measured"]:
         m = p["model"]
+        sims, learners = p["ranks"] - p["learners"], p["learners"]
+        # gradient steps per iteration (each an Allreduce per network among learners)
+        minibatches = sac_updates(sims, learners, work) if sac else w["epochs"] * w["minibatches"]
         error = 100 * (m["steps_per_s"] - p["steps_per_s"]) / p["steps_per_s"]
         lines.append(
             f"{p['ranks']:>5} {p['learners']:>8} {p['steps_per_s']:>9.0f} {m['steps_per_s']:>9.0f} {error:>6.0f}% "
