@@ -89,6 +89,19 @@ def test_sac_learners_work_grows_with_the_data_and_overlap_hides_it():
     assert two["gradient_allreduce_s"] > 0 and two["steps_per_s"] > 4 * predict(17, 1, one, SAC_CLUSTER)["steps_per_s"]
 
 
+def test_a_sac_recipe_s_workload_names_its_critics_updates_and_frame_skip():
+    from helpers import EXPERIMENTS
+
+    from lrun.bench_scaling import workload
+    from lrun.config import load_config
+
+    work = workload(load_config(str(EXPERIMENTS / "recipes" / "walk-sac.toml"), ["sac.overlap=true"]))
+    assert (work.algorithm, work.frame_skip, work.updates_per_step, work.overlap) == ("sac", 4, 0.5, True)
+    # twin critics 2 x (56 -> 128 -> 128 -> 1) on 38 features + 18 actions
+    assert work.critic_parameters == 2 * ((56 * 128 + 128) + (128 * 128 + 128) + (128 + 1))
+    assert work.parameters > 0 and work.rollout_bytes > 0
+
+
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 def test_bench_scaling_measures_worlds_checks_the_model_and_predicts_a_cluster(tmp_path):
     out = tmp_path / "scaling"
