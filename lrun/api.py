@@ -28,7 +28,7 @@ import numpy as np
 from lrun.checkpoint import LATEST, CheckpointError, load_checkpoint, resolve_checkpoint
 from lrun.config import TrainConfig, config_from_dict
 from lrun.env import ENV_ID
-from lrun.env.features import ACT_SIZE, IDENTITY, TASK_SIZE, features
+from lrun.env.features import ACT_SIZE, TASK_SIZE, features
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -107,21 +107,27 @@ class Agent:
             shipped = shipped_models()
             hint = f" (shipped models: {', '.join(shipped)})" if shipped and not Path(path).exists() else ""
             raise CheckpointError(f"{exc}{hint}") from None
+        return cls.from_loaded(policy, normaliser, payload, resolve_checkpoint(target))
+
+    @classmethod
+    def from_loaded(
+        cls, policy: Policy, normaliser: RunningNormaliser, payload: dict[str, Any], checkpoint: Path
+    ) -> Agent:
+        """The agent of what `load_policy` returned (the normaliser is used where the run normalised)."""
         config = config_from_dict(payload["config"])
         return cls(
             policy,
             normaliser if config.policy.normalise_observations else None,
             config,
-            checkpoint=resolve_checkpoint(target),
+            checkpoint=checkpoint,
             iteration=payload.get("iteration", 0),
             env_steps=payload.get("env_steps", 0),
         )
 
     # -- acting ---------------------------------------------------------------------------------------------
 
-    def _batch(self, obs: Any) -> tuple[np.ndarray, bool]:
+    def _batch(self, obs: Any) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float64)
-        single = x.ndim == 1
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_size:
             raise ValueError(
                 f"lrun Agent: expected one observation of {self.obs_size} values from {self.config.env.id} "
@@ -129,13 +135,12 @@ class Agent:
             )
         if not np.isfinite(x).all():
             raise ValueError("lrun Agent: the observation holds NaN or infinite values")
-        return (x[None] if single else x), single
+        return x[None] if x.ndim == 1 else x
 
     def act_with_details(self, obs: Any, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(env actions, log-probabilities of the raw actions, values) for a batch of env observations; what
         `lrun eval` stores beside each step."""
-        x, _ = self._batch(obs)
-        seen = features(self.feature_map, x) if self.feature_map != IDENTITY else x
+        seen = features(self.feature_map, self._batch(obs))  # the identity map passes gymnasium envs' values
         normalised = self.normaliser.normalise(seen, clip=False) if self.normaliser is not None else seen
         raw, logprob, value = self.policy.act(np.asarray(normalised, np.float32), deterministic=deterministic)
         actions = self.policy.env_action(raw, self.action_low, self.action_high).astype(np.float32)

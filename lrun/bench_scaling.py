@@ -186,8 +186,13 @@ def bench_scaling(
     out.mkdir(parents=True, exist_ok=True)
     # Sleep-v0 has RunEnv's shapes but no body: what needs RunEnv's meaning (shaping, the pelvis-relative features,
     # the left/right mirror) is switched off; the message sizes stay within a few per cent
-    run_env_only = ["reward.weights={}", "policy.features=task", "ppo.mirror=false", "ppo.symmetry_loss=0"]
-    run_env_only += ["sac.mirror=false"]
+    run_env_only = [
+        "reward.weights={}",
+        "policy.features=task",
+        "ppo.mirror=false",
+        "ppo.symmetry_loss=0",
+        "sac.mirror=false",
+    ]
     sleep_set = [*overrides, *run_env_only, f"env.kwargs={{step_seconds = {sleep_step_s}}}"]
     points = []
     for ranks, learners in worlds:

@@ -124,7 +124,8 @@ def model_card(model_dir: str | Path) -> str:
             hint = " (lrun eval MODEL --out MODEL_DIR writes it)" if required == "eval.json" else ""
             raise CardError(f"{model_dir}: no {required}{hint}")
     evaluation = json.loads((model_dir / "eval.json").read_text())
-    summary_text, fields = parse_provenance((model_dir / PROVENANCE_NAME).read_text())
+    provenance = (model_dir / PROVENANCE_NAME).read_text()
+    summary_text, fields = parse_provenance(provenance)
     if not fields:
         raise CardError(f"{model_dir}/{PROVENANCE_NAME}: no 'name:  text' fields (command, commit, env steps, ...)")
     payload = load_checkpoint(model_dir / LATEST)
@@ -160,8 +161,7 @@ def model_card(model_dir: str | Path) -> str:
     ]
     if "command" in fields:
         parts += ["## Reproduce it", f"```sh\n{fields['command']}\n```"]
-    provenance = (model_dir / PROVENANCE_NAME).read_text()
-    details = provenance[len(provenance) - len(provenance.lstrip()) :].replace(summary_text, "", 1).strip("\n")
+    details = provenance.strip().replace(summary_text, "", 1).strip("\n")  # the fields, as written
     if details:
         parts += ["## Provenance", f"```\n{details}\n```"]
     parts.append("Written by `lrun card` from this directory's eval.json and PROVENANCE: edit those, not this file.")

@@ -25,7 +25,7 @@ from lrun import mpi as lmpi
 from lrun.analysis.report import wilson_interval
 from lrun.api import Agent, load_policy, resolve_model
 from lrun.checkpoint import resolve_checkpoint
-from lrun.config import ConfigError, EnvConfig, config_from_dict
+from lrun.config import ConfigError, EnvConfig
 from lrun.env import ENV_ID
 from lrun.env.factory import env_factory
 from lrun.env.physics import STEP_SECONDS
@@ -240,11 +240,9 @@ def evaluate(
         raise ConfigError(f"--weakening must be one of {', '.join(WEAKENING)}")
     path = resolve_checkpoint(resolve_model(checkpoint))
     policy, normaliser, payload = load_policy(path)
-    train_config = config_from_dict(payload["config"])
-    agent = Agent(
-        policy, normaliser if train_config.policy.normalise_observations else None, train_config, checkpoint=path
-    )
     env_config = eval_env_config(payload["config"]["env"], settings)
+    agent = Agent.from_loaded(policy, normaliser, payload, path)
+    train_config = agent.config
     out = Path(settings.out) if settings.out else default_out(path, settings)
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file: name a directory for the evaluation")

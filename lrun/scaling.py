@@ -120,10 +120,8 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
         gradient_total = updates * gradient
         if work.overlap:
             iteration = max(simulate, transfer + learn) + moments + bcast
-            simulate_share = simulate / iteration
         else:
             iteration = simulate + transfer + moments + learn + bcast
-            simulate_share = simulate / iteration
         learner_idle = 1.0 - (transfer + learn) / iteration
     else:
         gradient = allreduce_s(learners, work.parameters, machine)  # the gradient Allreduce among learners
@@ -131,7 +129,6 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
         gradient_total = work.epochs * work.minibatches * gradient
         learn += gradient_total
         iteration = simulate + transfer + moments + learn + bcast
-        simulate_share = simulate / iteration
         learner_idle = simulate / iteration
     return {
         "ranks": ranks,
@@ -145,7 +142,7 @@ def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict
         "bcast_s": bcast,
         "iteration_s": iteration,
         "steps_per_s": sims * work.samples_per_simulator * work.frame_skip / iteration,
-        "simulator_idle": 1.0 - simulate_share,
+        "simulator_idle": 1.0 - simulate / iteration,
         "learner_idle": learner_idle,
     }
 

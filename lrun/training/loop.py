@@ -143,13 +143,13 @@ def run_learner(
                     algorithm.save(state)
                 break
             rollouts, moments = rollout_source.collect(state.iteration)
-            fold_moments(config, state, moments)
+            collected_with = fold_moments(config, state, moments)
             if overlap:
                 # the signal's checkpoint waits for this iteration's update (decide(..., checkpoint=False))
                 upcoming = decide(config, state, state.iteration + 1, None, rank, first_iteration)
                 state.next_acting = flat_parameters(state.policy)
                 shared = rollout_source.share_decision(state, upcoming, state.iteration + 1)
-            losses, learn_s = learn(state, algorithm, rollouts)
+            losses, learn_s = learn(state, algorithm, rollouts, collected_with)
             losses["policy_lag"] = float(overlap)  # updates the acting policy was behind (logged where named)
             state.iteration += 1
             new_steps, new_decisions, rollouts = tally(config, state, layout, algorithm, rollouts)
@@ -222,19 +222,25 @@ def decide(
     return reporter.stop_for_signal(state, rank.stop.signal, first_iteration) if reporter is not None else STOP_SIGNAL
 
 
-def fold_moments(config: TrainConfig, state: TrainingState, moments: np.ndarray) -> None:
-    """Fold the iteration's observation moments into the normaliser, keeping the statistics the rollouts were
-    normalised with for the algorithm (`state.collected_with`)."""
+def fold_moments(config: TrainConfig, state: TrainingState, moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the iteration's observation moments into the normaliser; returns the (mean, std) the rollouts were
+    normalised with, for the algorithm."""
     if config.policy.normalise_observations:  # the statistics the rollouts were normalised with
         state.policy.set_input_statistics(state.normaliser.mean, state.normaliser.var)
-    state.collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
+    collected_with = (state.normaliser.mean.copy(), np.sqrt(state.normaliser.var + state.normaliser.epsilon))
     state.normaliser.update_from_moments(moments)
+    return collected_with
 
 
-def learn(state: TrainingState, algorithm: Algorithm, rollouts: list[Rollout]) -> tuple[dict[str, float], float]:
+def learn(
+    state: TrainingState,
+    algorithm: Algorithm,
+    rollouts: list[Rollout],
+    collected_with: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict[str, float], float]:
     """Let the algorithm learn from the rollouts; returns its losses and the seconds it took."""
     t_learn = time.perf_counter()
-    losses = algorithm.learn(state, rollouts, state.collected_with)
+    losses = algorithm.learn(state, rollouts, collected_with)
     return losses, time.perf_counter() - t_learn
 
 

@@ -62,8 +62,6 @@ class TrainingState:
         # iteration, one update behind the policy's; checkpointed so that a resume hands them out again
         self.acting: np.ndarray | None = None
         self.next_acting: np.ndarray | None = None
-        # the normaliser's (mean, std) the iteration's rollouts were normalised with, kept for the algorithm
-        self.collected_with: tuple[np.ndarray, np.ndarray] | None = None
 
     def payload(self) -> dict[str, Any]:
         """Checkpoint contents (tensors and plain data only: loadable with weights_only=True)."""
@@ -103,7 +101,7 @@ class TrainingState:
         self.env_steps = int(payload["env_steps"])
         self.decisions = int(payload.get("decisions", self.env_steps))
         self.lineage = list(payload.get("lineage", []))
-        if "acting_policy" in payload and self.config.run.algorithm == payload["config"]["run"].get("algorithm"):
+        if "acting_policy" in payload:  # the loop hands it out only where it fits an overlapped run
             self.acting = payload["acting_policy"].numpy()
 
     def start_from(self, parent: dict[str, Any], how: str) -> tuple[np.ndarray, list[str]]:
