@@ -131,7 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
         args.out or "",
         args.overwrite,
         task.get("weakening", defaults.weakening),
+        args.resume,
     )
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the evaluation in --out and --overwrite replaces it: drop one of them")
 
     if args.render < 0:
         raise ConfigError(f"--render {args.render}: must be >= 0 (episodes to render)")
@@ -522,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic mean")
     ev.add_argument("--out", help="output directory (default RUN_DIR/eval/d<D>-o<O>-s<S>-n<N>)")
     ev.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    ev.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished (or extend, with more --episodes) evaluation in --out: its finished episodes "
+        "are kept, the rest run; the result is the same as in one go",
+    )
     ev.add_argument("--render", type=int, default=0, metavar="K", help="render the first K episodes (MP4, else GIF)")
     ev.set_defaults(func=_eval)
 

@@ -5,11 +5,18 @@ deterministic policy (the distribution's mean) on the reference physics, so each
 (checkpoint, settings, k): any rank count gives the same per-episode table. Each rank stores its episodes in
 OUT/trajectories/rank-NNNN.h5 (the training store's schema, episode id = k), so `lrun report`, `replay` and
 `render` work on an evaluation too. Rank 0 writes OUT/episodes.csv and OUT/eval.json and prints the summary.
+
+An evaluation stopped part way (a time limit, preemption, a killed rank) loses at most the episodes that were
+running: each finished episode is flushed to its rank's file as it ends, and `--resume` (any rank count) keeps
+those, runs the rest, and writes the same table an uninterrupted evaluation would have. OUT/eval-plan.json names
+the checkpoint (with its SHA-256) and the settings, so a resume cannot mix two policies or two tasks; a resume
+may raise --episodes, which extends the evaluation with the next episode seeds.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -31,14 +38,18 @@ from lrun.env.factory import env_factory
 from lrun.env.physics import STEP_SECONDS
 from lrun.env.settings import ROUND2_2017, setting_name
 from lrun.metadata import flat_attributes, run_metadata
-from lrun.store.reader import write_master
+from lrun.store.reader import StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
-from lrun.store.writer import TrajectoryWriter
+from lrun.store.writer import TrajectoryWriter, keep_finished_episodes
 
 #: Simulated seconds per env step (RunEnv).
 #: Per-episode result columns, in the order of episodes.csv.
 COLUMNS = ("episode", "seed", "distance", "task_return", "length", "sim_time_s", "fell", "integrator_failure")
 FLOAT_COLUMNS = ("distance", "task_return", "sim_time_s")
+#: What OUT holds from the moment an evaluation starts: the checkpoint and settings a --resume must match.
+PLAN_NAME = "eval-plan.json"
+#: EvalSettings fields a resume may change (where the results go, how many episodes, whether to resume).
+RESUMABLE_CHANGES = ("episodes", "out", "overwrite", "resume")
 
 
 @dataclass
@@ -54,6 +65,7 @@ class EvalSettings:
     out: str = ""
     overwrite: bool = False
     weakening: str = "graders-2017"
+    resume: bool = False
 
     @property
     def setting(self) -> str:
@@ -217,6 +229,78 @@ def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
     return "\n".join(lines)
 
 
+def eval_plan(path: Path, version: int, settings: EvalSettings) -> dict[str, Any]:
+    """What an evaluation's episodes depend on: the checkpoint (by content) and the settings a resume keeps."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kept = {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_CHANGES}
+    return {"checkpoint": str(path), "sha256": digest, "iteration": version, "settings": kept}
+
+
+def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
+    """Refuse an --out that would lose or mix results; on --resume, one that is not this evaluation's."""
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
+    plan_file = out / PLAN_NAME
+    if settings.resume:
+        if not plan_file.exists():
+            raise EvalError(f"--resume: {out} holds no evaluation to continue (no {PLAN_NAME})")
+        try:
+            earlier = json.loads(plan_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise EvalError(f"--resume: {plan_file} is unreadable ({exc}); start again with --overwrite") from None
+        if earlier.get("sha256") != plan["sha256"]:
+            raise EvalError(
+                f"--resume: {out} evaluates {earlier.get('checkpoint')} (iteration {earlier.get('iteration')}), "
+                f"not {plan['checkpoint']} (iteration {plan['iteration']}): another policy"
+            )
+        changed = sorted(k for k, v in plan["settings"].items() if earlier.get("settings", {}).get(k) != v)
+        if changed:
+            was = ", ".join(f"{k} {earlier['settings'].get(k)!r} (now {plan['settings'][k]!r})" for k in changed)
+            raise EvalError(f"--resume: {out} was evaluated with {was}: a resume keeps the settings")
+        if settings.episodes < int(earlier.get("episodes", 0)):
+            raise EvalError(
+                f"--resume: {out} runs {earlier['episodes']} episodes; --episodes {settings.episodes} would drop "
+                "some (a resume may raise it, not lower it)"
+            )
+        return
+    if (out / "eval.json").exists() and not settings.overwrite:
+        raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
+    if plan_file.exists() and not settings.overwrite:
+        raise EvalError(
+            f"{out} holds an unfinished evaluation: continue it with --resume, or pass --overwrite to start again"
+        )
+
+
+def stored_rows(out: Path, episodes: int) -> np.ndarray:
+    """The COLUMNS rows of the episodes finished in OUT's rank files (zero rows for the others).
+
+    Each rank file is first cut back to its last finished episode, so the files hold every episode once and
+    whole.
+    """
+    from lrun.store.reader import open_h5
+
+    table = np.zeros((episodes, len(COLUMNS)))
+    for path in rank_files(out):
+        keep_finished_episodes(path)
+        with open_h5(path) as f:
+            e = {name: f[f"episodes/{name}"][:] for name in ("id", "seed", "distance", "task_return", "length")}
+            e.update({name: f[f"episodes/{name}"][:] for name in ("sim_steps", "fell", "integrator_failure")})
+        for i, k in enumerate(e["id"]):
+            if k >= episodes:
+                raise EvalError(f"{path} holds episode {k}, beyond --episodes {episodes}")
+            table[k] = [
+                k,
+                e["seed"][i],
+                e["distance"][i],
+                e["task_return"][i],
+                e["length"][i],
+                e["sim_steps"][i] * STEP_SECONDS,
+                e["fell"][i],
+                e["integrator_failure"][i],
+            ]
+    return table
+
+
 def evaluate(
     checkpoint: str | Path, settings: EvalSettings, comm: Any = None, stream: TextIO | None = None
 ) -> dict[str, Any]:
@@ -244,17 +328,31 @@ def evaluate(
     agent = Agent.from_loaded(policy, normaliser, payload, path)
     train_config = agent.config
     out = Path(settings.out) if settings.out else default_out(path, settings)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
-    if (out / "eval.json").exists() and not settings.overwrite:
-        raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
+    version = int(payload["iteration"])
+    plan = eval_plan(path, version, settings)
+    check_out(out, plan, settings)
     waiter = lmpi.Waiter(train_config.run.wait_sleep)
-    lmpi.allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 clears OUT
+    lmpi.allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 touches OUT
+    done = np.zeros((settings.episodes, len(COLUMNS)))  # rows of the episodes an earlier sitting finished
+    problem = ""
     if rank == 0:
-        if (out / "trajectories").exists():
-            shutil.rmtree(out / "trajectories")
-        out.mkdir(parents=True, exist_ok=True)
-    lmpi.allreduce_sum(comm, np.zeros(1), waiter)
+        try:
+            if settings.resume:
+                done = stored_rows(out, settings.episodes)
+            elif (out / "trajectories").exists():
+                shutil.rmtree(out / "trajectories")
+        except (EvalError, StoreError) as exc:
+            problem = f"--resume: {exc}"
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "eval.json").unlink(missing_ok=True)  # unfinished until eval.json is back
+            (out / PLAN_NAME).write_text(json.dumps({**plan, "episodes": settings.episodes}, indent=1) + "\n")
+    # what is done (a finished episode took >= 1 step) and whether rank 0 could read it, known to every rank
+    finished = np.append(done[:, COLUMNS.index("length")] > 0, bool(problem)).astype(np.float64)
+    lmpi.allreduce_sum(comm, finished, waiter)
+    if finished[-1]:
+        raise EvalError(problem or "rank 0 could not read the earlier episodes")
+    remaining = [k for k in range(settings.episodes) if not finished[k]]
     env = env_factory(env_config)()
     facts = env_facts(env)
     config_json = json.dumps({**train_config.to_dict(), "env": asdict(env_config), "eval": asdict(settings)})
@@ -276,9 +374,8 @@ def evaluate(
         attrs,
         facts["labels"],
     )
-    version = int(payload["iteration"])
-    mine = range(rank, settings.episodes, size)
-    table = np.zeros((settings.episodes, len(COLUMNS)))
+    mine = remaining[rank::size]
+    table = done.copy()  # non-zero on rank 0 only
     started = time.perf_counter()
     if rank == 0:
         print(
@@ -287,20 +384,26 @@ def evaluate(
             file=stream,
             flush=True,
         )
+        if len(remaining) < settings.episodes:
+            print(
+                f"  resumed: {settings.episodes - len(remaining)} episodes finished earlier, {len(remaining)} to run",
+                file=stream,
+                flush=True,
+            )
         trained = train_config.env
         unseen_obstacles = settings.difficulty and trained.max_obstacles != settings.obstacles
         if trained.difficulty != settings.difficulty or unseen_obstacles:
             # a policy meets a task it never saw (e.g. the walker on round 2's defaults): say so before minutes pass
             print(f"  note: this policy was trained on {agent.trained_on()}", file=stream, flush=True)
     try:
-        for done, k in enumerate(mine, 1):
+        for count, k in enumerate(mine, 1):
             table[k] = run_episode(
                 env, agent, episode_seed(settings.seed, k), k, settings.deterministic, writer, facts, version
             )
             if rank == 0:
                 elapsed = time.perf_counter() - started
                 print(
-                    f"  rank 0: {done}/{len(mine)} episodes ({elapsed:.0f} s; episode {k}: "
+                    f"  rank 0: {count}/{len(mine)} episodes ({elapsed:.0f} s; episode {k}: "
                     f"{table[k, 2]:.2f} m{', fell' if table[k, 6] else ''})",
                     file=stream,
                     flush=True,

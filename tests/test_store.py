@@ -25,7 +25,7 @@ from lrun.env.features import TASK_NAMES
 from lrun.store.dimensions import datasets_in
 from lrun.store.reader import RunStore, StoreError, check_file, write_master
 from lrun.store.schema import EPISODE_FIELDS, SCHEMA_VERSION, STEP_FIELDS, empty_rows
-from lrun.store.writer import TrajectoryWriter, cut_back
+from lrun.store.writer import TrajectoryWriter, cut_back, keep_finished_episodes
 
 LRUN = str(Path(sys.executable).parent / "lrun")
 OBS, ACT, MAX_OBST = 41, 18, 3
@@ -274,6 +274,44 @@ def test_kill_9_leaves_a_readable_file_with_every_flushed_step(tmp_path):
     with h5py.File(path, "r") as f:
         assert axis_names(f["steps/obs"]) == ["step", "observation"] and f["steps/obs"].shape[0] == 200
         assert axis_names(f["episodes/psoas"]) == ["episode", "leg"]
+
+
+EPISODE_WRITER_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_store import fake_episodes, fake_steps, make_writer
+    from pathlib import Path
+    writer = make_writer(Path({path!r}))
+    rng = np.random.default_rng(0)
+    zeros = {{"delta_x": np.zeros(10, "f4"), "ligament_penalty": np.zeros(10, "f4")}}
+    for episode in range(3):  # as lrun eval writes them: an episode's steps, its row, a flush
+        writer.append_steps(fake_steps(rng, 10, 0), zeros)
+        writer.append_episodes(fake_episodes(rng, 1, [10 * episode + 9]))
+        writer.flush()
+    writer.append_steps(fake_steps(rng, 10, 0), zeros)  # a fourth episode's steps, its row never written
+    writer.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_an_episode_cut_short_by_kill_9_is_removed_and_the_file_takes_more(tmp_path):
+    path = tmp_path / "trajectories" / "rank-0000.h5"
+    script = EPISODE_WRITER_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -signal.SIGKILL
+    with RunStore(tmp_path) as store:
+        assert len(store.steps(["reward"])["reward"]) == 40  # the cut episode's steps were flushed
+    assert keep_finished_episodes(path) == (30, 3)
+    assert keep_finished_episodes(path) == (30, 3)  # nothing more to cut
+    writer = make_writer(path)  # writable again (kill -9 left it marked open for writing)
+    rng = np.random.default_rng(1)
+    writer.append_steps(fake_steps(rng, 5, 0), {"delta_x": np.zeros(5, "f4"), "ligament_penalty": np.zeros(5, "f4")})
+    writer.append_episodes(fake_episodes(rng, 1, [34]))
+    writer.close()
+    with RunStore(tmp_path) as store:
+        assert all(len(v) == 35 for v in store.steps().values())
+        assert list(store.episodes(["end_step"])["end_step"]) == [9, 19, 29, 34]
 
 
 #: A serial run on lrun/Run-v0 at difficulty 2 with 10 obstacles: 2 envs x 100 steps per iteration.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import LRUN, MPIEXEC, run, sets
+from helpers import LRUN, MPIEXEC, read_until, run, sets, start
 
 from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
@@ -215,6 +216,59 @@ def test_eval_gives_the_same_episodes_on_one_and_three_ranks(source, tmp_path):
     assert result.returncode == 0, result.stderr
     result = run([LRUN, "render", str(outs[3]), "--episode", "2", "-o", str(tmp_path / "e.png")])
     assert result.returncode == 0 and (tmp_path / "e.png").stat().st_size > 0
+
+
+@needs_mpi
+def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(source, tmp_path):
+    """kill -9 mid-evaluation loses only the running episode; --resume (2 ranks) keeps what was done, runs the
+    rest, and writes exactly the table of an uninterrupted evaluation; a resume may raise --episodes."""
+    task = ["--difficulty", "2", "--obstacles", "10", "--physics", "fast", "--seed", "5"]
+    reference = tmp_path / "reference"
+    result = run([LRUN, "eval", str(source), *task, "--episodes", "10", "--out", str(reference)])
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "resumed"
+    first = start([LRUN, "eval", str(source), *task, "--episodes", "8", "--out", str(out)])
+    try:
+        read_until(first, "  rank 0: 3/8 episodes")
+        first.kill()
+    finally:
+        first.kill()
+        first.wait()
+    assert not (out / "eval.json").exists() and (out / "eval-plan.json").exists()
+    # nothing is lost by a careless re-run, and a resume cannot mix settings or policies
+    seed_6 = [*task[:-1], "6"]
+    for options, message in (
+        ([*task, "--episodes", "8"], "holds an unfinished evaluation: continue it with --resume"),
+        ([*seed_6, "--episodes", "8", "--resume"], "seed 5 (now 6): a resume keeps the settings"),
+        ([*task, "--episodes", "4", "--resume"], "may raise it, not lower it"),
+        ([*task, "--episodes", "8", "--resume", "--overwrite"], "drop one of them"),
+    ):
+        result = run([LRUN, "eval", str(source), *options, "--out", str(out)])
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    result = run([LRUN, "eval", str(source), *task, "--episodes", "8", "--resume", "--out", str(tmp_path / "none")])
+    assert result.returncode == 2 and "holds no evaluation to continue" in result.stderr
+    result = run(
+        [MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--episodes", "8", "--resume", "--out", str(out)]
+    )
+    assert result.returncode == 0, result.stderr
+    kept = int(re.search(r"resumed: (\d+) episodes finished earlier", result.stdout).group(1))
+    assert 3 <= kept < 8
+    reference_rows = (reference / "episodes.csv").read_text().splitlines()
+    assert (out / "episodes.csv").read_text().splitlines() == reference_rows[:9]
+    # extended to 10 episodes: the next two seeds run, the table is again the uninterrupted one
+    result = run([LRUN, "eval", str(source), *task, "--episodes", "10", "--resume", "--out", str(out)])
+    assert result.returncode == 0 and "8 episodes finished earlier, 2 to run" in result.stdout, result.stderr
+    assert (out / "episodes.csv").read_text().splitlines() == reference_rows
+    # the store holds each episode once and whole (the killed episode's steps, if any were written, are gone)
+    ids, steps = [], 0
+    for path in sorted((out / "trajectories").glob("rank-*.h5")):
+        with h5py.File(path, "r") as f:
+            ids += list(f["episodes/id"][:])
+            steps += f["steps/reward"].shape[0]
+            assert f["episodes/end_step"][-1] + 1 == f["steps/reward"].shape[0]
+    assert sorted(ids) == list(range(10))
+    assert steps == sum(int(row["length"]) for row in read_table(out))
 
 
 def test_transfer_inputs_that_cannot_work_fail_with_one_line(source, tmp_path):

@@ -172,6 +172,33 @@ def cut_back(path: str | Path, iteration: int) -> tuple[int, int]:
         keep_episodes = int(np.count_nonzero(end_steps < keep_steps))
         if not np.all(end_steps[:keep_episodes] < keep_steps):  # rows are in end order; be safe
             raise StoreError(f"{path}: episode rows are not in step order")
+    _truncate(Path(path), keep_steps, keep_episodes)
+    return keep_steps, keep_episodes
+
+
+def keep_finished_episodes(path: str | Path) -> tuple[int, int]:
+    """Remove the steps after the last finished episode (an episode cut short when its writer was killed).
+
+    Used when `lrun eval --resume` continues an evaluation: every episode left in the file is whole and has its
+    row in episodes/, so the resumed evaluation runs the cut one again from its start. Returns the (steps,
+    episodes) kept.
+    """
+    check_file(path)
+    with open_h5(path) as f:
+        # a crash mid-append can leave one column longer than another: count the rows every column holds
+        n_steps = min(ds.shape[0] for ds in datasets_in(f["steps"]).values())
+        n_episodes = min(ds.shape[0] for ds in datasets_in(f["episodes"]).values())
+        end_steps = f["episodes/end_step"][:n_episodes]
+        keep_episodes = int(np.count_nonzero(end_steps < n_steps))
+        if not np.all(end_steps[:keep_episodes] < n_steps):
+            raise StoreError(f"{path}: episode rows are not in step order")
+        keep_steps = int(end_steps[keep_episodes - 1]) + 1 if keep_episodes else 0
+    _truncate(Path(path), keep_steps, keep_episodes)  # also when nothing is cut: it leaves the file writable
+    return keep_steps, keep_episodes
+
+
+def _truncate(path: Path, keep_steps: int, keep_episodes: int) -> None:
+    """Cut every steps/ dataset to `keep_steps` rows and every episodes/ dataset to `keep_episodes`."""
     try:
         with h5py.File(path, "a", libver="latest") as f:
             for group, keep in (("steps", keep_steps), ("episodes", keep_episodes)):
@@ -180,8 +207,7 @@ def cut_back(path: str | Path, iteration: int) -> tuple[int, int]:
     except OSError:
         # A writer killed while in SWMR mode leaves the file marked "open for writing"; HDF5 then refuses to
         # open it for writing again. Its data up to the last flush is intact: copy what we keep to a new file.
-        _rewrite(Path(path), {"steps": keep_steps, "episodes": keep_episodes})
-    return keep_steps, keep_episodes
+        _rewrite(path, {"steps": keep_steps, "episodes": keep_episodes})
 
 
 def _rewrite(path: Path, keep: dict[str, int]) -> None:
