@@ -29,8 +29,10 @@ from lrun.scaling import (
     Machine,
     Workload,
     as_dict,
+    fit_update_cost,
     learners_for,
     predict,
+    sac_layouts,
     sac_updates,
     simulators_per_learner,
     tree_stages,
@@ -119,6 +121,53 @@ def measure_world(
     return figures
 
 
+#: Minibatch sizes whose SAC gradient step `update_costs` times (the recipe's own is added).
+UPDATE_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
+
+
+def update_costs(config: TrainConfig, batch_sizes: tuple[int, ...], seconds_each: float = 0.5) -> dict[int, float]:
+    """Seconds of one SAC gradient step (critics, actor, temperature) at each minibatch size, with the recipe's
+    networks, on one thread of this machine (a learner's core), from a buffer of random transitions."""
+    import torch
+
+    from lrun.env.features import feature_size
+    from lrun.learn.policy import ActorCritic
+    from lrun.learn.sac import SACSettings, SACUpdater
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a learner rank runs (lrun.training.loop)
+    p, sac = config.policy, config.sac
+    obs, act = feature_size(p.features, 41), 18
+    rng = np.random.default_rng(0)
+    costs = {}
+    try:
+        for size in sorted(set(batch_sizes) | {sac.batch_size}):
+            torch.manual_seed(0)
+            actor = ActorCritic(obs, act, p.hidden_sizes, p.activation, "squashed", p.init_log_std)
+            settings = SACSettings(batch_size=size, hidden_sizes=sac.hidden_sizes)
+            updater = SACUpdater(actor, settings, buffer_size=max(4 * size, 10_000))
+            buffer = updater.buffer
+            n = buffer.capacity
+            buffer.add(
+                rng.normal(size=(n, obs)).astype(np.float32),
+                rng.uniform(-1, 1, (n, act)).astype(np.float32),
+                rng.normal(size=n).astype(np.float32),
+                rng.normal(size=(n, obs)).astype(np.float32),
+                np.zeros(n, np.float32),
+            )
+            updater.update(2, lambda x: x)  # warm-up: allocations, the optimisers' state
+            steps, elapsed = 0, 0.0
+            start = time.perf_counter()
+            while elapsed < seconds_each or steps < 3:
+                updater.update(1, lambda x: x)
+                steps += 1
+                elapsed = time.perf_counter() - start
+            costs[size] = elapsed / steps
+    finally:
+        torch.set_num_threads(threads)
+    return costs
+
+
 #: Shared-memory MPI latency on one machine: too small to measure through lrun's polite waits; a stated guess.
 LOCAL_LATENCY_S = 1e-6
 
@@ -204,6 +253,16 @@ def bench_scaling(
     for p in points:
         p["model"] = predict(p["ranks"], p["learners"], work, local)
     physics_step = runenv_step_seconds()
+    sac: dict[str, Any] = {}
+    update_s = local.update_s
+    if work.algorithm == "sac":
+        if progress:
+            progress("timing SAC gradient steps at minibatch sizes " + ", ".join(map(str, UPDATE_BATCH_SIZES)) + " ...")
+        costs = update_costs(config, UPDATE_BATCH_SIZES)
+        # the cluster's learner has a core of its own: its step costs what it does alone on one core here
+        update_s = costs[config.sac.batch_size]
+        sac = {"batch_size": config.sac.batch_size, "update_costs": {str(b): t for b, t in costs.items()}}
+        sac["update_fit_s"] = list(fit_update_cost(list(costs), list(costs.values())))
     skip = work.frame_skip  # a decision (the model's step) sleeps `skip` env steps
     policy_overhead = max(local.step_s - skip * sleep_step_s, 0.0)  # forward pass and bookkeeping per decision
     # the cluster keeps this machine's learner speed and lrun's polite-wait cost, with its own links
@@ -213,8 +272,10 @@ def bench_scaling(
         latency_s,
         bandwidth_Bps,
         local.poll_s,
-        local.update_s,
+        update_s,
     )
+    if sac:
+        sac["layouts"] = sac_layouts(work, cluster, config.sac.batch_size, costs, PREDICTED_RANKS)
     predictions = []
     for ranks in PREDICTED_RANKS:
         for learners in sorted({1, learners_for(ranks, work, cluster)}):
@@ -231,6 +292,7 @@ def bench_scaling(
         "runenv_fast_step_s": physics_step,
         "simulators_per_learner": simulators_per_learner(work, cluster),
         "predicted": predictions,
+        **sac,
     }
 
 
@@ -290,7 +352,31 @@ def format_table(result: dict[str, Any]) -> str:
             f"{p['ranks']:>5} {p['learners']:>8} {p['steps_per_s']:>10.0f} {p['iteration_s']:>12.2f} "
             f"{100 * p['simulator_idle']:>8.0f}% {100 * p['learner_idle']:>12.0f}%"
         )
+    if result.get("layouts"):
+        lines += ["", *format_layouts(result)]
     return "\n".join(lines)
+
+
+def format_layouts(result: dict[str, Any]) -> list[str]:
+    """SAC's fewer-larger-steps alternatives: the same samples of gradient per decision at other minibatches."""
+    w = result["workload"]
+    t0, t1 = result["update_fit_s"]
+    samples = w["updates_per_step"] * result["batch_size"]
+    lines = [
+        f"SAC gradient step alone on one core: t_update(b) = {t0 * 1e3:.2f} ms + {t1 * 1e6:.1f} us x b; layouts "
+        f"with the recipe's {samples:g} samples per decision (u b), cluster as above, enough learners",
+        f"{'batch':>6} {'u':>8} {'t_update ms':>12} {'us/sample':>10} {'sims/learner':>13}"
+        + "".join(f" {f'learners@{r}':>13} {f'steps/s@{r}':>13}" for r in PREDICTED_RANKS),
+    ]
+    for row in result["layouts"]:
+        mark = " (recipe)" if row["batch_size"] == result["batch_size"] else ""
+        lines.append(
+            f"{row['batch_size']:>6} {row['updates_per_step']:>8.4g} {row['update_s'] * 1e3:>12.2f} "
+            f"{row['update_s_per_sample'] * 1e6:>10.1f} {row['simulators_per_learner']:>13.1f}"
+            + "".join(f" {row[f'learners_{r}']:>13} {row[f'steps_per_s_{r}']:>13.0f}" for r in PREDICTED_RANKS)
+            + mark
+        )
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

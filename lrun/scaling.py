@@ -37,12 +37,19 @@ steps (S N E frame_skip / T_iter). A SAC learner keeps up with t_step / (u t_upd
 is negligible beside it); several learners each serve their share, but they average their gradients, so the
 run takes 1/L as many sequential gradient steps per decision, each on L minibatches: throughput bought with
 fewer, larger steps (the learning curve per env step must be checked, not assumed).
+
+A SAC learner's gradient step costs a fixed part (kernel launches, autograd and optimiser bookkeeping for a
+few small layers) plus a part per sample, t_update(b) = t_0 + t_1 b, so at small minibatches most of its time is
+the fixed part. `sac_layouts` compares ways to spend the same learning per decision (u b samples of gradient
+per decision, the replay ratio) with fewer, larger steps: u' = u b / b' at minibatch b'. On the learner's side
+this is the same trade as L learners averaging L minibatches of b (L b samples per sequential step), but one
+learner takes it on one core.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -171,3 +178,41 @@ def learners_for(ranks: int, work: Workload, machine: Machine) -> int:
 def as_dict(thing: Machine | Workload) -> dict:
     """The model's inputs as a plain dict (JSON)."""
     return asdict(thing)
+
+
+def fit_update_cost(batch_sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares (t_0, t_1) of t_update(b) = t_0 + t_1 b through measured gradient-step times."""
+    n = len(batch_sizes)
+    if n < 2 or len(seconds) != n:
+        raise ValueError("need at least two (batch size, seconds) measurements")
+    mean_b = sum(batch_sizes) / n
+    mean_t = sum(seconds) / n
+    spread = sum((b - mean_b) ** 2 for b in batch_sizes)
+    slope = sum((b - mean_b) * (t - mean_t) for b, t in zip(batch_sizes, seconds, strict=True)) / spread
+    return mean_t - slope * mean_b, slope
+
+
+def sac_layouts(
+    work: Workload, machine: Machine, batch_size: int, costs: dict[int, float], ranks: tuple[int, ...]
+) -> list[dict[str, float]]:
+    """For each measured minibatch size b' (`costs`: b' -> seconds of one gradient step), the SAC learner that
+    keeps the recipe's samples per decision (u b) with u' = u b / b' steps per decision: its step cost, how many
+    simulators one learner serves, and the cluster at each of `ranks` with enough learners."""
+    samples_per_decision = work.updates_per_step * batch_size
+    rows = []
+    for size, seconds in sorted(costs.items()):
+        w = replace(work, updates_per_step=samples_per_decision / size)
+        m = replace(machine, update_s=seconds)
+        row: dict[str, float] = {
+            "batch_size": size,
+            "updates_per_step": w.updates_per_step,
+            "update_s": seconds,
+            "update_s_per_sample": seconds / size,
+            "simulators_per_learner": simulators_per_learner(w, m),
+        }
+        for r in ranks:
+            learners = learners_for(r, w, m)
+            row[f"learners_{r}"] = learners
+            row[f"steps_per_s_{r}"] = predict(r, learners, w, m)["steps_per_s"]
+        rows.append(row)
+    return rows

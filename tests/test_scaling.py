@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import pytest
+import torch
 from helpers import LRUN, MPIEXEC, clean_env
 
 from lrun.scaling import Machine, Workload, learners_for, predict, simulators_per_learner
@@ -100,6 +102,37 @@ def test_a_sac_recipe_s_workload_names_its_critics_updates_and_frame_skip():
     # twin critics 2 x (56 -> 128 -> 128 -> 1) on 38 features + 18 actions
     assert work.critic_parameters == 2 * ((56 * 128 + 128) + (128 * 128 + 128) + (128 + 1))
     assert work.parameters > 0 and work.rollout_bytes > 0
+
+
+def test_fewer_larger_sac_steps_save_only_the_step_s_fixed_part():
+    from lrun.scaling import fit_update_cost, sac_layouts
+
+    sizes = [64, 256, 1024]
+    assert fit_update_cost(sizes, [0.005 + 20e-6 * b for b in sizes]) == pytest.approx((0.005, 20e-6))
+    costs = {b: 0.005 + 20e-6 * b for b in sizes}
+    rows = sac_layouts(SAC_WORK, SAC_CLUSTER, 256, costs, (64, 1024))
+    assert [r["batch_size"] for r in rows] == sizes
+    assert all(r["updates_per_step"] * r["batch_size"] == pytest.approx(0.5 * 256) for r in rows)  # same samples
+    served = [r["simulators_per_learner"] for r in rows]
+    assert served[0] < served[1] < served[2]
+    assert served[1] == pytest.approx(simulators_per_learner(SAC_WORK, replace(SAC_CLUSTER, update_s=costs[256])))
+    assert rows[2]["learners_1024"] < rows[1]["learners_1024"] and rows[2]["steps_per_s_1024"] > 0
+    # a step with no fixed part costs the same per sample at any size: no layout serves more simulators
+    flat = sac_layouts(SAC_WORK, SAC_CLUSTER, 256, {b: 20e-6 * b for b in sizes}, (64,))
+    assert [r["simulators_per_learner"] for r in flat] == pytest.approx([flat[0]["simulators_per_learner"]] * 3)
+
+
+def test_a_sac_gradient_step_is_timed_at_each_minibatch_size():
+    from helpers import EXPERIMENTS
+
+    from lrun.bench_scaling import update_costs
+    from lrun.config import load_config
+
+    config = load_config(str(EXPERIMENTS / "recipes" / "walk-sac.toml"), ["sac.batch_size=48"])
+    threads = torch.get_num_threads()
+    costs = update_costs(config, (16, 128), seconds_each=0.05)
+    assert sorted(costs) == [16, 48, 128] and all(0 < t < 5 for t in costs.values())
+    assert torch.get_num_threads() == threads  # timed on one thread (a learner's), then given back
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
