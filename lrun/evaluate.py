@@ -345,7 +345,8 @@ def evaluate(
             problem = f"--resume: {exc}"
         else:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "eval.json").unlink(missing_ok=True)  # unfinished until eval.json is back
+            for name in ("eval.json", "episodes.csv"):  # unfinished until they are written again, complete
+                (out / name).unlink(missing_ok=True)
             (out / PLAN_NAME).write_text(json.dumps({**plan, "episodes": settings.episodes}, indent=1) + "\n")
     # what is done (a finished episode took >= 1 step) and whether rank 0 could read it, known to every rank
     finished = np.append(done[:, COLUMNS.index("length")] > 0, bool(problem)).astype(np.float64)
