@@ -127,10 +127,15 @@ UPDATE_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 
 def update_costs(config: TrainConfig, batch_sizes: tuple[int, ...], seconds_each: float = 0.5) -> dict[int, float]:
     """Seconds of one SAC gradient step (critics, actor, temperature) at each minibatch size, with the recipe's
-    networks, on one thread of this machine (a learner's core), from a buffer of random transitions."""
+    networks, on one thread of this machine (a learner's core), from a buffer of random transitions normalised
+    as training does. With `blend.source` set, the actor is that policy frozen and blended (mid-ramp, c = 0.5)
+    into the config's network, so the step includes the frozen network and the distillation term."""
     import torch
 
+    from lrun.api import load_policy
+    from lrun.checkpoint import resolve_checkpoint
     from lrun.env.features import feature_size
+    from lrun.learn.blend import new_blend
     from lrun.learn.policy import ActorCritic
     from lrun.learn.sac import SACSettings, SACUpdater
 
@@ -139,27 +144,36 @@ def update_costs(config: TrainConfig, batch_sizes: tuple[int, ...], seconds_each
     p, sac = config.policy, config.sac
     obs, act = feature_size(p.features, 41), 18
     rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=obs).astype(np.float32), rng.uniform(0.5, 2, obs).astype(np.float32)
+
+    def normalise(x: np.ndarray) -> np.ndarray:  # the shape of TrainingState.normalised's work
+        return np.clip((x - mean) / std, -10, 10).astype(np.float32)
+
+    source = load_policy(resolve_checkpoint(config.blend.source)) if config.blend.source else None
     costs = {}
     try:
         for size in sorted(set(batch_sizes) | {sac.batch_size}):
             torch.manual_seed(0)
             actor = ActorCritic(obs, act, p.hidden_sizes, p.activation, "squashed", p.init_log_std)
+            if source is not None:
+                frozen, _, payload = source
+                actor = new_blend(frozen, payload["normaliser"].numpy(), actor)
+                actor.set_coefficient(0.5, config.blend.distill_coef)
             settings = SACSettings(batch_size=size, hidden_sizes=sac.hidden_sizes)
             updater = SACUpdater(actor, settings, buffer_size=max(4 * size, 10_000))
-            buffer = updater.buffer
-            n = buffer.capacity
-            buffer.add(
+            n = updater.buffer.capacity
+            updater.buffer.add(
                 rng.normal(size=(n, obs)).astype(np.float32),
                 rng.uniform(-1, 1, (n, act)).astype(np.float32),
                 rng.normal(size=n).astype(np.float32),
                 rng.normal(size=(n, obs)).astype(np.float32),
                 np.zeros(n, np.float32),
             )
-            updater.update(2, lambda x: x)  # warm-up: allocations, the optimisers' state
+            updater.update(2, normalise)  # warm-up: allocations, the optimisers' state
             steps, elapsed = 0, 0.0
             start = time.perf_counter()
             while elapsed < seconds_each or steps < 3:
-                updater.update(1, lambda x: x)
+                updater.update(1, normalise)
                 steps += 1
                 elapsed = time.perf_counter() - start
             costs[size] = elapsed / steps

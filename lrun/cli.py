@@ -105,7 +105,7 @@ def _eval(args: argparse.Namespace) -> int:
     from lrun.config import ConfigError
     from lrun.env.physics import ALIASES
     from lrun.env.settings import SETTINGS
-    from lrun.evaluate import EvalError, EvalSettings, evaluate
+    from lrun.evaluate import EvalError, EvalSettings, evaluate, planned_episodes
     from lrun.startup import StartupError
 
     # a named setting fixes the task; a flag may repeat its value (or name it another way) but not contradict it
@@ -121,8 +121,11 @@ def _eval(args: argparse.Namespace) -> int:
         if given is not None:
             task[key] = given
     defaults = EvalSettings()
+    episodes = args.episodes
+    if episodes is None:  # a resume continues the evaluation's own count; else the default
+        episodes = (planned_episodes(Path(args.out)) if args.resume and args.out else None) or defaults.episodes
     settings = EvalSettings(
-        args.episodes,
+        episodes,
         task.get("difficulty", defaults.difficulty),
         task.get("obstacles", defaults.obstacles),
         args.seed,
@@ -145,7 +148,7 @@ def _eval(args: argparse.Namespace) -> int:
         except (EvalError, CheckpointError) as exc:  # raised by the checks every rank makes alike
             raise StartupError(str(exc)) from exc
         if result and args.render:  # rank 0, once every rank file is closed
-            render_evaluated(Path(result["out"]), min(args.render, args.episodes))
+            render_evaluated(Path(result["out"]), min(args.render, settings.episodes))
         return 0
 
     return _collective("eval", body)
@@ -500,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="score a checkpoint on fixed seeds (MPI ranks share the episodes)")
     ev.add_argument("checkpoint", help="checkpoint file or run directory")
-    ev.add_argument("--episodes", type=int, default=100, help="episodes (default 100)")
+    ev.add_argument(
+        "--episodes", type=int, help="episodes (default 100; with --resume, the count the evaluation in --out runs)"
+    )
     ev.add_argument(
         "--setting",
         choices=sorted(SETTINGS),

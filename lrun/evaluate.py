@@ -156,7 +156,9 @@ def run_episode(
         if terminated or truncated:
             break
     n = len(records["reward"])
-    info = dict(info, episode={"return": total, "task_return": total, "length": n})
+    # env steps of 0.01 s: a fall can end an episode part way through a frame skip (not length x skip)
+    sim_steps = int(getattr(env.unwrapped, "step_count", n))
+    info = dict(info, episode={"return": total, "task_return": total, "length": n, "sim_steps": sim_steps})
     book.finish(0, info, bool(terminated), obs, int(rows[0]), policy_version)
     episode = book.take_finished()
     if writer is not None:
@@ -169,7 +171,7 @@ def run_episode(
         writer.append_steps(columns, {name: np.asarray(v, np.float32) for name, v in terms.items()})
         writer.append_episodes(episode)
         writer.flush()
-    sim_time = getattr(env.unwrapped, "step_count", n) * STEP_SECONDS
+    sim_time = sim_steps * STEP_SECONDS
     return np.array(
         [
             k,
@@ -230,10 +232,24 @@ def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
 
 
 def eval_plan(path: Path, version: int, settings: EvalSettings) -> dict[str, Any]:
-    """What an evaluation's episodes depend on: the checkpoint (by content) and the settings a resume keeps."""
+    """What an evaluation's episodes depend on: the checkpoint (by content) and the settings a resume keeps
+    (physics by its canonical name, so an alias resumes); the lrun version is recorded, not compared."""
+    from lrun.env.physics import ALIASES
+    from lrun.metadata import git_state, software_versions
+
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     kept = {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_CHANGES}
-    return {"checkpoint": str(path), "sha256": digest, "iteration": version, "settings": kept}
+    kept["physics"] = ALIASES.get(settings.physics, settings.physics)
+    code = {"lrun": software_versions()["lrun"], **git_state()}
+    return {"checkpoint": str(path), "sha256": digest, "iteration": version, "settings": kept, "sittings": [code]}
+
+
+def planned_episodes(out: Path) -> int | None:
+    """The episode count of the evaluation in `out` (its eval-plan.json), or None."""
+    try:
+        return int(json.loads((out / PLAN_NAME).read_text())["episodes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
@@ -243,6 +259,11 @@ def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
     plan_file = out / PLAN_NAME
     if settings.resume:
         if not plan_file.exists():
+            if (out / "eval.json").exists():
+                raise EvalError(
+                    f"--resume: {out} holds an evaluation from before --resume existed (no {PLAN_NAME}): run it again "
+                    "with --overwrite"
+                )
             raise EvalError(f"--resume: {out} holds no evaluation to continue (no {PLAN_NAME})")
         try:
             earlier = json.loads(plan_file.read_text())
@@ -271,11 +292,22 @@ def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
         )
 
 
-def stored_rows(out: Path, episodes: int) -> np.ndarray:
+def keep_summary(out: Path, before: int, now: int) -> None:
+    """Before a resume: a complete evaluation being extended keeps its summary as eval-n<before>.json and
+    episodes-n<before>.csv; eval.json and episodes.csv are gone until the resumed evaluation writes them."""
+    for name, kept in (("eval.json", f"eval-n{before}.json"), ("episodes.csv", f"episodes-n{before}.csv")):
+        if (out / name).exists():
+            if now > before:
+                (out / name).replace(out / kept)
+            else:
+                (out / name).unlink()
+
+
+def stored_rows(out: Path, episodes: int, base_seed: int) -> np.ndarray:
     """The COLUMNS rows of the episodes finished in OUT's rank files (zero rows for the others).
 
     Each rank file is first cut back to its last finished episode, so the files hold every episode once and
-    whole.
+    whole; an episode stored twice or with another seed than its own is refused (EvalError).
     """
     from lrun.store.reader import open_h5
 
@@ -286,8 +318,10 @@ def stored_rows(out: Path, episodes: int) -> np.ndarray:
             e = {name: f[f"episodes/{name}"][:] for name in ("id", "seed", "distance", "task_return", "length")}
             e.update({name: f[f"episodes/{name}"][:] for name in ("sim_steps", "fell", "integrator_failure")})
         for i, k in enumerate(e["id"]):
-            if k >= episodes:
+            if not 0 <= k < episodes:
                 raise EvalError(f"{path} holds episode {k}, beyond --episodes {episodes}")
+            if table[k, COLUMNS.index("length")] > 0 or e["seed"][i] != episode_seed(base_seed, int(k)):
+                raise EvalError(f"{path}: episode {k} is stored twice or with another seed than its own")
             table[k] = [
                 k,
                 e["seed"][i],
@@ -338,15 +372,16 @@ def evaluate(
     if rank == 0:
         try:
             if settings.resume:
-                done = stored_rows(out, settings.episodes)
+                done = stored_rows(out, settings.episodes, settings.seed)
+                earlier = json.loads((out / PLAN_NAME).read_text())
+                plan["sittings"] = earlier.get("sittings", []) + plan["sittings"]  # the code of every sitting
+                keep_summary(out, int(earlier["episodes"]), settings.episodes)
             elif (out / "trajectories").exists():
                 shutil.rmtree(out / "trajectories")
-        except (EvalError, StoreError) as exc:
+        except (EvalError, StoreError, OSError, ValueError, KeyError) as exc:
             problem = f"--resume: {exc}"
         else:
             out.mkdir(parents=True, exist_ok=True)
-            for name in ("eval.json", "episodes.csv"):  # unfinished until they are written again, complete
-                (out / name).unlink(missing_ok=True)
             (out / PLAN_NAME).write_text(json.dumps({**plan, "episodes": settings.episodes}, indent=1) + "\n")
     # what is done (a finished episode took >= 1 step) and whether rank 0 could read it, known to every rank
     finished = np.append(done[:, COLUMNS.index("length")] > 0, bool(problem)).astype(np.float64)

@@ -22,7 +22,7 @@ each iteration, the learners T_sim / T_iter. A learner keeps up while its own wo
 takes no longer than the simulation: at most T_sim / (K N E c + a + b_rollout / B) simulators each.
 
 SAC's iteration (`Workload.algorithm = "sac"`) differs in the learner's work, which grows with the data rather
-than with epochs: each learner takes U = round(u N E max(S div L, 1)) gradient steps (u = `sac.updates_per_step`
+than with epochs: each learner takes U = round(u N E S / L) gradient steps (u = `sac.updates_per_step`
 per decision), each costing t_update (critic, actor and temperature at one minibatch) plus, with several
 learners, two gradient Allreduces (the critics' and the actor's):
 
@@ -103,7 +103,7 @@ def allreduce_s(learners: int, parameters: int, machine: Machine) -> float:
 
 def sac_updates(sims: int, learners: int, work: Workload) -> int:
     """Gradient steps each SAC learner takes per iteration (as `lrun.training.sac` counts them)."""
-    return round(work.updates_per_step * work.samples_per_simulator * max(sims // learners, 1))
+    return max(round(work.updates_per_step * work.samples_per_simulator * sims / learners), 1)
 
 
 def predict(ranks: int, learners: int, work: Workload, machine: Machine) -> dict[str, float]:

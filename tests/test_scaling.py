@@ -123,16 +123,26 @@ def test_fewer_larger_sac_steps_save_only_the_step_s_fixed_part():
 
 
 def test_a_sac_gradient_step_is_timed_at_each_minibatch_size():
-    from helpers import EXPERIMENTS
+    from helpers import EXPERIMENTS, ROOT
 
     from lrun.bench_scaling import update_costs
     from lrun.config import load_config
 
     config = load_config(str(EXPERIMENTS / "recipes" / "walk-sac.toml"), ["sac.batch_size=48"])
     threads = torch.get_num_threads()
-    costs = update_costs(config, (16, 128), seconds_each=0.05)
+    torch.set_num_threads(2)
+    try:
+        costs = update_costs(config, (16, 128), seconds_each=0.05)
+        assert torch.get_num_threads() == 2  # timed on one thread (a learner's), then given back
+    finally:
+        torch.set_num_threads(threads)
     assert sorted(costs) == [16, 48, 128] and all(0 < t < 5 for t in costs.values())
-    assert torch.get_num_threads() == threads  # timed on one thread (a learner's), then given back
+    # a blend stage's step includes the frozen network and the distillation term
+    stage = load_config(
+        str(EXPERIMENTS / "stages" / "obstacles-sac.toml"), [f"blend.source={ROOT / 'models' / 'walk'}"]
+    )
+    blended = update_costs(stage, (), seconds_each=0.05)
+    assert list(blended) == [stage.sac.batch_size] and blended[stage.sac.batch_size] > 0
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")

@@ -287,7 +287,9 @@ EPISODE_WRITER_SCRIPT = textwrap.dedent(
     zeros = {{"delta_x": np.zeros(10, "f4"), "ligament_penalty": np.zeros(10, "f4")}}
     for episode in range(3):  # as lrun eval writes them: an episode's steps, its row, a flush
         writer.append_steps(fake_steps(rng, 10, 0), zeros)
-        writer.append_episodes(fake_episodes(rng, 1, [10 * episode + 9]))
+        row = fake_episodes(rng, 1, [10 * episode + 9])
+        row["length"][:] = 10
+        writer.append_episodes(row)
         writer.flush()
     writer.append_steps(fake_steps(rng, 10, 0), zeros)  # a fourth episode's steps, its row never written
     writer.flush()
@@ -307,8 +309,15 @@ def test_an_episode_cut_short_by_kill_9_is_removed_and_the_file_takes_more(tmp_p
     writer = make_writer(path)  # writable again (kill -9 left it marked open for writing)
     rng = np.random.default_rng(1)
     writer.append_steps(fake_steps(rng, 5, 0), {"delta_x": np.zeros(5, "f4"), "ligament_penalty": np.zeros(5, "f4")})
-    writer.append_episodes(fake_episodes(rng, 1, [34]))
+    row = fake_episodes(rng, 1, [34])
+    row["length"][:] = 5
+    writer.append_episodes(row)
     writer.close()
+    # a row a kill left unwritten (zeros) is not a finished episode, nor is anything after it
+    with h5py.File(path, "a") as f:
+        for ds in datasets_in(f["episodes"]).values():
+            ds.resize(ds.shape[0] + 1, axis=0)
+    assert keep_finished_episodes(path) == (35, 4)
     with RunStore(tmp_path) as store:
         assert all(len(v) == 35 for v in store.steps().values())
         assert list(store.episodes(["end_step"])["end_step"]) == [9, 19, 29, 34]

@@ -249,7 +249,7 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
     result = run([LRUN, "eval", str(source), *task, "--episodes", "8", "--resume", "--out", str(tmp_path / "none")])
     assert result.returncode == 2 and "holds no evaluation to continue" in result.stderr
     result = run(
-        [MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--episodes", "8", "--resume", "--out", str(out)]
+        [MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--resume", "--out", str(out)]  # its own 8 episodes
     )
     assert result.returncode == 0, result.stderr
     kept = int(re.search(r"resumed: (\d+) episodes finished earlier", result.stdout).group(1))
@@ -260,15 +260,34 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
     result = run([LRUN, "eval", str(source), *task, "--episodes", "10", "--resume", "--out", str(out)])
     assert result.returncode == 0 and "8 episodes finished earlier, 2 to run" in result.stdout, result.stderr
     assert (out / "episodes.csv").read_text().splitlines() == reference_rows
+    assert (out / "episodes-n8.csv").read_text().splitlines() == reference_rows[:9]  # the 8-episode result kept
+    assert json.loads((out / "eval-n8.json").read_text())["summary"]["episodes"] == 8
     # the store holds each episode once and whole (the killed episode's steps, if any were written, are gone)
     ids, steps = [], 0
     for path in sorted((out / "trajectories").glob("rank-*.h5")):
         with h5py.File(path, "r") as f:
             ids += list(f["episodes/id"][:])
             steps += f["steps/reward"].shape[0]
-            assert f["episodes/end_step"][-1] + 1 == f["steps/reward"].shape[0]
+            assert f["episodes/end_step"][-1:] + 1 == f["steps/reward"].shape[0]
     assert sorted(ids) == list(range(10))
     assert steps == sum(int(row["length"]) for row in read_table(out))
+
+
+def test_a_resumed_evaluation_reads_back_each_row_exactly_at_frame_skip_4(tmp_path):
+    """The walker (frame skip 4) falls at round 2, often part way through a skip: the simulated time stored for
+    each episode is the env's own step count, so rows read back from the store equal the rows as run."""
+    from lrun.evaluate import stored_rows
+
+    out = tmp_path / "walk"
+    command = [LRUN, "eval", "walk", "--episodes", "3", "--physics", "fast", "--seed", "4", "--out", str(out)]
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    table = read_table(out)
+    steps = [round(float(r["sim_time_s"]) * 100) for r in table]
+    assert any(s % 4 for s in steps), f"no episode ended part way through a skip: {steps}"  # the case at stake
+    rows = stored_rows(out, 3, 4)
+    for row, stored in zip(table, rows, strict=True):
+        assert [float(row[name]) for name in row] == list(stored)
 
 
 def test_transfer_inputs_that_cannot_work_fail_with_one_line(source, tmp_path):

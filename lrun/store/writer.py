@@ -189,9 +189,11 @@ def keep_finished_episodes(path: str | Path) -> tuple[int, int]:
         n_steps = min(ds.shape[0] for ds in datasets_in(f["steps"]).values())
         n_episodes = min(ds.shape[0] for ds in datasets_in(f["episodes"]).values())
         end_steps = f["episodes/end_step"][:n_episodes]
-        keep_episodes = int(np.count_nonzero(end_steps < n_steps))
-        if not np.all(end_steps[:keep_episodes] < n_steps):
-            raise StoreError(f"{path}: episode rows are not in step order")
+        lengths = f["episodes/length"][:n_episodes]
+        # a finished row ends within the steps, after the row before it, and has steps (a row whose data a kill
+        # left unwritten reads as zeros); the rows from the first one that fails are not finished
+        whole = (end_steps < n_steps) & (lengths >= 1) & (np.diff(end_steps, prepend=-1) > 0)
+        keep_episodes = int(np.argmin(whole)) if not whole.all() else n_episodes
         keep_steps = int(end_steps[keep_episodes - 1]) + 1 if keep_episodes else 0
     _truncate(Path(path), keep_steps, keep_episodes)  # also when nothing is cut: it leaves the file writable
     return keep_steps, keep_episodes

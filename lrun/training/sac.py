@@ -201,7 +201,9 @@ class SAC(Algorithm):
         if collected < config.sac.learning_starts:
             losses = {"updates": 0.0, "replay_transitions": float(updater.buffer.size)}
         else:
-            n_updates = round(config.sac.updates_per_step * per_iteration * max(self.simulators // self.learners, 1))
+            # u gradient steps per decision in all, shared by the learners (each the same count, so their
+            # Allreduces pair up): L learners averaging minibatches of b keep the recipe's u b samples per decision
+            n_updates = max(round(config.sac.updates_per_step * per_iteration * self.simulators / self.learners), 1)
             losses = updater.update(n_updates, state.normalised)
             losses["replay_transitions"] = float(updater.buffer.size)
         losses["learning_rate"] = config.sac.learning_rate
