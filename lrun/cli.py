@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def _bench_env(args: argparse.Namespace) -> int:
 
 #: Exit code of a run stopped early by a signal, after its checkpoint: resume it (a Slurm job script requeues).
 EXIT_STOPPED = 3
+
+
+#: Seconds between a rank's last words and MPI_Abort: under load the abort was seen to kill mpiexec's proxy
+#: before it forwarded the line, leaving a bare exit code 2 (tests/test_disk_full.py, 2 ranks, crowded cores).
+ABORT_GRACE_S = 0.5
 
 
 def _collective(command: str, body) -> int:
@@ -48,12 +54,15 @@ def _collective(command: str, body) -> int:
         if comm.Get_size() > 1:
             if isinstance(exc, user_errors()):  # a full disk, a vanished file: one line, then end the job
                 print(f"lrun {command}: error on rank {rank}: {one_line(exc)}", file=sys.stderr, flush=True)
+                time.sleep(ABORT_GRACE_S)  # let mpiexec's proxy forward the line before MPI_Abort kills it
                 comm.Abort(2)
                 os._exit(2)  # MPI_Abort has been seen to return (a live writer thread): never go on from here
             print(f"lrun {command}: rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             import traceback
 
             traceback.print_exc()
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
             comm.Abort(1)
             os._exit(1)
         raise
