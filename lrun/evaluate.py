@@ -341,6 +341,7 @@ def evaluate(
     """Run the evaluation on this rank (collective over `comm`); rank 0 returns the summary and the table."""
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()
+    torch.set_num_threads(1)  # one core per rank, as in training: the ranks share the node's cores
     rank, size = comm.Get_rank(), comm.Get_size()
     # checks every rank makes alike, before any MPI traffic
     if settings.episodes < 1:

@@ -6,6 +6,11 @@ import os
 
 import numpy as np
 import pytest
+import torch
+
+# One intra-op thread in the test process, as every lrun rank runs: with 2 threads on a 2-core machine whose other
+# core is busy (a subprocess under test, a parallel job), a small SAC update took 70 ms instead of 7 (measured).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
