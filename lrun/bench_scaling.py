@@ -113,6 +113,10 @@ def measure_world(
         raise ScalingError(f"{run_dir}: fewer than two iterations; give --iterations >= 2")
     # the first (warm-up) iteration not counted
     figures = {key: float(np.mean(values[1:])) for key, values in progress.columns.items() if key.startswith("time/")}
+    # a simulator reports its wait with its next rollout, so row k holds cycle k-1's: the warm-up cycle (in which
+    # an overlapped learner has no update to wait for) shows in row 1; where there are rows enough, skip it too
+    waits = progress.columns["time/simulator_wait_fraction"]
+    figures["time/simulator_wait_fraction"] = float(np.mean(waits[2:] if len(waits) > 2 else waits[1:]))
     # env_steps is cumulative: the counted iterations' steps are the difference from the warm-up's
     env_steps = progress["env_steps"]
     per_iteration = int(env_steps[-1] - env_steps[0]) / (len(progress) - 1)
