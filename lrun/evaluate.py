@@ -231,16 +231,16 @@ def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
     return "\n".join(lines)
 
 
-def eval_plan(path: Path, version: int, settings: EvalSettings) -> dict[str, Any]:
+def eval_plan(path: Path, version: int, settings: EvalSettings, meta: dict[str, Any]) -> dict[str, Any]:
     """What an evaluation's episodes depend on: the checkpoint (by content) and the settings a resume keeps
-    (physics by its canonical name, so an alias resumes); the lrun version is recorded, not compared."""
+    (physics by its canonical name, so an alias resumes); the code (lrun version and git state from `meta`,
+    `run_metadata()`) is recorded, not compared."""
     from lrun.env.physics import ALIASES
-    from lrun.metadata import git_state, software_versions
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     kept = {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_CHANGES}
     kept["physics"] = ALIASES.get(settings.physics, settings.physics)
-    code = {"lrun": software_versions()["lrun"], **git_state()}
+    code = {"lrun": meta["versions"]["lrun"], **meta["git"]}
     return {"checkpoint": str(path), "sha256": digest, "iteration": version, "settings": kept, "sittings": [code]}
 
 
@@ -252,8 +252,9 @@ def planned_episodes(out: Path) -> int | None:
         return None
 
 
-def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
-    """Refuse an --out that would lose or mix results; on --resume, one that is not this evaluation's."""
+def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> dict[str, Any] | None:
+    """Refuse an --out that would lose or mix results; on --resume, one that is not this evaluation's, and
+    return the plan it holds (None without --resume)."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
     plan_file = out / PLAN_NAME
@@ -283,13 +284,14 @@ def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> None:
                 f"--resume: {out} runs {earlier['episodes']} episodes; --episodes {settings.episodes} would drop "
                 "some (a resume may raise it, not lower it)"
             )
-        return
+        return earlier
     if (out / "eval.json").exists() and not settings.overwrite:
         raise EvalError(f"{out} already holds an evaluation: choose another --out or pass --overwrite")
     if plan_file.exists() and not settings.overwrite:
         raise EvalError(
             f"{out} holds an unfinished evaluation: continue it with --resume, or pass --overwrite to start again"
         )
+    return None
 
 
 def keep_summary(out: Path, before: int, now: int) -> None:
@@ -314,9 +316,9 @@ def stored_rows(out: Path, episodes: int, base_seed: int) -> np.ndarray:
     table = np.zeros((episodes, len(COLUMNS)))
     for path in rank_files(out):
         keep_finished_episodes(path)
+        names = ("id", "seed", "distance", "task_return", "length", "sim_steps", "fell", "integrator_failure")
         with open_h5(path) as f:
-            e = {name: f[f"episodes/{name}"][:] for name in ("id", "seed", "distance", "task_return", "length")}
-            e.update({name: f[f"episodes/{name}"][:] for name in ("sim_steps", "fell", "integrator_failure")})
+            e = {name: f[f"episodes/{name}"][:] for name in names}
         for i, k in enumerate(e["id"]):
             if not 0 <= k < episodes:
                 raise EvalError(f"{path} holds episode {k}, beyond --episodes {episodes}")
@@ -364,8 +366,9 @@ def evaluate(
     train_config = agent.config
     out = Path(settings.out) if settings.out else default_out(path, settings)
     version = int(payload["iteration"])
-    plan = eval_plan(path, version, settings)
-    check_out(out, plan, settings)
+    meta = run_metadata()
+    plan = eval_plan(path, version, settings, meta)
+    earlier = check_out(out, plan, settings)
     waiter = lmpi.Waiter(train_config.run.wait_sleep)
     lmpi.allreduce_sum(comm, np.zeros(1), waiter)  # every rank has passed its checks before rank 0 touches OUT
     done = np.zeros((settings.episodes, len(COLUMNS)))  # rows of the episodes an earlier sitting finished
@@ -374,7 +377,6 @@ def evaluate(
         try:
             if settings.resume:
                 done = stored_rows(out, settings.episodes, settings.seed)
-                earlier = json.loads((out / PLAN_NAME).read_text())
                 plan["sittings"] = earlier.get("sittings", []) + plan["sittings"]  # the code of every sitting
                 keep_summary(out, int(earlier["episodes"]), settings.episodes)
             elif (out / "trajectories").exists():
@@ -400,7 +402,7 @@ def evaluate(
         0,
         checkpoint=str(path),
         weakening=facts["weakening"],
-        **flat_attributes(run_metadata()),
+        **flat_attributes(meta),
     )
     writer = TrajectoryWriter(
         out / "trajectories" / f"rank-{rank:04d}.h5",

@@ -51,6 +51,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -182,14 +184,10 @@ def as_dict(thing: Machine | Workload) -> dict:
 
 def fit_update_cost(batch_sizes: list[int], seconds: list[float]) -> tuple[float, float]:
     """Least-squares (t_0, t_1) of t_update(b) = t_0 + t_1 b through measured gradient-step times."""
-    n = len(batch_sizes)
-    if n < 2 or len(seconds) != n:
+    if len(batch_sizes) < 2 or len(seconds) != len(batch_sizes):
         raise ValueError("need at least two (batch size, seconds) measurements")
-    mean_b = sum(batch_sizes) / n
-    mean_t = sum(seconds) / n
-    spread = sum((b - mean_b) ** 2 for b in batch_sizes)
-    slope = sum((b - mean_b) * (t - mean_t) for b, t in zip(batch_sizes, seconds, strict=True)) / spread
-    return mean_t - slope * mean_b, slope
+    slope, intercept = np.polyfit(batch_sizes, seconds, 1)
+    return float(intercept), float(slope)
 
 
 def sac_layouts(
