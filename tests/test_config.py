@@ -272,3 +272,19 @@ def test_asking_for_a_bar_without_a_terminal_says_so_and_prints_lines(tmp_path):
     ProgressLogger(tmp_path, 2, out, progress="bar").log({"iteration": 1, "env_steps": 1})
     note, line = out.getvalue().splitlines()
     assert "no terminal reachable" in note and line.startswith("iter 1/2")
+
+
+def test_every_shipped_config_and_curriculum_loads():
+    """A recipe or stage under experiments/ that no longer parses (a renamed key) fails here, not in a user's run."""
+    from helpers import EXPERIMENTS
+
+    from lrun.curriculum import load_curriculum
+
+    files = sorted(EXPERIMENTS.rglob("*.toml"))
+    assert len(files) > 10
+    for path in files:
+        if "[[stage]]" in path.read_text():
+            curriculum = load_curriculum(path)
+            assert curriculum.stages, path
+        else:
+            assert load_config(path, []).run.iterations > 0, path

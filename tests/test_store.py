@@ -20,7 +20,7 @@ from PIL import Image
 
 from lrun.analysis.render import render_gif, render_strip
 from lrun.analysis.replay import replay_episode
-from lrun.analysis.report import build_report, wilson_interval
+from lrun.analysis.report import build_report, wilson_interval, windowed_mean
 from lrun.env.features import TASK_NAMES
 from lrun.store.dimensions import datasets_in
 from lrun.store.reader import RunStore, StoreError, check_file, write_master
@@ -477,6 +477,16 @@ def test_wilson_interval():
     lo, hi = wilson_interval(8, 100)
     assert 0.03 < lo < 0.08 < hi < 0.16
     assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(50, 50)[1] == 1.0
+
+
+def test_windowed_mean_is_the_mean_over_the_window_s_episodes():
+    values = np.array([1.0, np.nan, 4.0, 10.0])  # iteration 2 had no episodes
+    episodes = np.array([1, 0, 3, 1])
+    trend = windowed_mean(values, episodes, window=2)
+    assert trend[0] == 1.0 and trend[1] == 1.0  # a window of one episode; the empty iteration adds nothing
+    assert trend[2] == 4.0  # iterations 2-3: 3 episodes of mean 4
+    assert trend[3] == (3 * 4.0 + 10.0) / 4  # iterations 3-4, by episodes, not the mean of the two means
+    assert np.isnan(windowed_mean(np.array([np.nan]), np.array([0]), window=3)[0])
 
 
 def test_render_gif_and_strip(trained_run, tmp_path):

@@ -105,6 +105,19 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def windowed_mean(values: np.ndarray, weights: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean of per-iteration `values` over the last `window` iterations, each weighted by its episodes
+    (`weights`), so a window is the mean over its episodes; NaN values (iterations without episodes) weigh 0."""
+    values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
+    weights = np.where(np.isfinite(values), weights, 0.0)
+    total = np.cumsum(np.insert(np.nan_to_num(values) * weights, 0, 0.0))
+    count = np.cumsum(np.insert(weights, 0, 0.0))
+    start = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    summed, counted = total[1:] - total[start], count[1:] - count[start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counted > 0, summed / np.where(counted > 0, counted, 1.0), np.nan)
+
+
 def plot_report(report: dict, path: str | Path) -> Path:
     """PNG learning curves: return, distance and fall rate against env steps (or iteration)."""
     import matplotlib
@@ -123,12 +136,21 @@ def plot_report(report: dict, path: str | Path) -> Path:
         ("mean_distance", "mean distance (m)"),
         ("fall_rate", "fall rate"),
     ]
+    # Long runs have a handful of episodes per iteration: a trailing mean over ~1/25 of the run (by episodes)
+    # shows the trend that the per-iteration points hide.
+    window = len(rows) // 25
+    episodes = np.array([r["episodes"] for r in rows], dtype=float)
     for ax, (key, title) in zip(axes, series):
-        ax.plot(x, [r[key] for r in rows], marker="o", ms=3, lw=1.2, label="mean")
+        faint = {"alpha": 0.35} if window > 1 else {}
+        ax.plot(x, [r[key] for r in rows], marker="o", ms=3, lw=1.2, label="mean", **faint)
+        if key == "mean_return" and window <= 1:
+            ax.plot(x, [r["median_return"] for r in rows], lw=0.8, ls="--", label="median")
+        if window > 1:
+            trend = windowed_mean(np.array([r[key] for r in rows], dtype=float), episodes, window)
+            ax.plot(x, trend, lw=2.0, color="black", label=f"last {window} iterations' episodes")
         if key == "fall_rate":
             ax.set_ylim(-0.05, 1.05)
         if key == "mean_return":
-            ax.plot(x, [r["median_return"] for r in rows], lw=0.8, ls="--", label="median")
             ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(label)
