@@ -114,8 +114,7 @@ def windowed_mean(values: np.ndarray, weights: np.ndarray, window: int) -> np.nd
     count = np.cumsum(np.insert(weights, 0, 0.0))
     start = np.maximum(np.arange(1, len(values) + 1) - window, 0)
     summed, counted = total[1:] - total[start], count[1:] - count[start]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counted > 0, summed / np.where(counted > 0, counted, 1.0), np.nan)
+    return np.where(counted > 0, summed / np.where(counted > 0, counted, 1.0), np.nan)
 
 
 def plot_report(report: dict, path: str | Path) -> Path:
@@ -141,12 +140,13 @@ def plot_report(report: dict, path: str | Path) -> Path:
     window = len(rows) // 25
     episodes = np.array([r["episodes"] for r in rows], dtype=float)
     for ax, (key, title) in zip(axes, series):
+        values = np.array([r[key] for r in rows], dtype=float)
         faint = {"alpha": 0.35} if window > 1 else {}
-        ax.plot(x, [r[key] for r in rows], marker="o", ms=3, lw=1.2, label="mean", **faint)
+        ax.plot(x, values, marker="o", ms=3, lw=1.2, label="mean", **faint)
         if key == "mean_return" and window <= 1:
             ax.plot(x, [r["median_return"] for r in rows], lw=0.8, ls="--", label="median")
         if window > 1:
-            trend = windowed_mean(np.array([r[key] for r in rows], dtype=float), episodes, window)
+            trend = windowed_mean(values, episodes, window)
             ax.plot(x, trend, lw=2.0, color="black", label=f"last {window} iterations' episodes")
         if key == "fall_rate":
             ax.set_ylim(-0.05, 1.05)
