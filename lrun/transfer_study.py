@@ -13,7 +13,8 @@ SAC runs carry the source's critics and temperature in every method but scratch 
 bigger critics). With `seeds` > 1 every method runs once per seed (run.seed = 0 .. seeds - 1) in
 OUT/<method>/seed-K, and the comparison gives the mean over seeds with the range.
 
-Methods already complete are skipped and interrupted ones resumed, like curriculum stages. Rank 0 then writes
+Runs go seed by seed (every method of seed 0 first). Runs already complete are skipped and interrupted ones
+resumed, like curriculum stages, and so are the evaluations. Rank 0 then writes
 OUT/comparison.txt (table), OUT/comparison.json and OUT/comparison.png (task return against env steps). With
 `eval_episodes`, each method's final checkpoint is also scored by `lrun eval` on the same fixed seeds.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -211,10 +213,12 @@ def run_transfer_study(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be >= 1")
     seed_list: list[int | None] = [None] if seeds == 1 else list(range(seeds))
+    # seed by seed, every method within a seed: a study stopped part way (the end of a sitting) has whole
+    # comparisons of its first seeds rather than every seed of its first methods
     configs = {
         (m, k): load_config(config_path, [*(overrides or []), *method_overrides(m, source, out, k)])
-        for m in methods
         for k in seed_list
+        for m in methods
     }
     for (method, seed), config in configs.items():
         status, done = stage_status(config)
@@ -228,7 +232,7 @@ def run_transfer_study(
             return {"stopped_early": True}
     per_seed = {m: [summarise_method(d) for d in run_dirs(out, m, seeds)] for m in methods} if speak else {}
     if eval_episodes:
-        from lrun.evaluate import EvalSettings, evaluate
+        from lrun.evaluate import PLAN_NAME, EvalError, EvalSettings, evaluate
 
         for (method, seed), config in configs.items():
             env = config.env
@@ -238,9 +242,17 @@ def run_transfer_study(
                 difficulty=env.difficulty,
                 obstacles=env.max_obstacles,
                 out=str(run_dir / "eval"),
-                overwrite=True,
+                resume=(run_dir / "eval" / PLAN_NAME).exists(),
             )
-            result = evaluate(run_dir, settings, comm=comm, stream=stream)
+            try:  # an evaluation a re-run finds (whole or part way) continues, as the training does
+                result = evaluate(run_dir, settings, comm=comm, stream=stream)
+            except EvalError as exc:  # it scored another checkpoint or count: score this one afresh
+                if not settings.resume:
+                    raise
+                if speak:
+                    print(f"== {config.run.run_dir}: evaluating afresh ({exc})", file=stream)
+                settings = replace(settings, resume=False, overwrite=True)
+                result = evaluate(run_dir, settings, comm=comm, stream=stream)
             if speak:
                 per_seed[method][0 if seed is None else seed]["eval"] = result["summary"]
     if not speak:

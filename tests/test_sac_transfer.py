@@ -169,6 +169,18 @@ def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
     init = load_checkpoint(out / "init" / "seed-0")
     assert init["meta"]["policy_spec"]["hidden_sizes"] == [16] and init["lineage"][-1]["how"] == "init"
     assert "(2 seeds)" in (out / "comparison.txt").read_text()
+    # seed by seed: a study stopped part way has whole comparisons of its first seeds
+    order = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert order == ["== init seed 0", "== blend seed 0", "== init seed 1", "== blend seed 1"], order
+    # run again (the next sitting): nothing trains, and each evaluation continues instead of starting over
+    scored = (out / "blend" / "seed-1" / "eval" / "eval.json").read_text()
+    again = run([*study, "--methods", "init,blend", "--seeds", "2", "--eval-episodes", "1"], timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count(": done") == 4 and again.stdout.count("1 episodes finished earlier, 0 to run") == 4
+    assert (
+        json.loads((out / "blend" / "seed-1" / "eval" / "eval.json").read_text())["summary"]
+        == json.loads(scored)["summary"]
+    )
 
 
 def test_ppo_continues_a_sac_policy_cloned_across_distribution_families(source, tmp_path):
