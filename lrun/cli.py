@@ -9,6 +9,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the module imports torch: the CLI imports it only when a command needs it
+    from lrun.evaluate import EvalSettings
 
 
 def _bench_env(args: argparse.Namespace) -> int:
@@ -109,15 +113,14 @@ def _transfer(args: argparse.Namespace) -> int:
     return _train(args)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from lrun.checkpoint import CheckpointError
+def eval_settings(args: argparse.Namespace) -> EvalSettings:
+    """The `lrun eval` command line as EvalSettings: a named --setting fixes the task, and a flag may repeat its
+    value (or name it another way) but not contradict it (ConfigError)."""
     from lrun.config import ConfigError
     from lrun.env.physics import ALIASES
     from lrun.env.settings import SETTINGS
-    from lrun.evaluate import EvalError, EvalSettings, evaluate, planned_episodes
-    from lrun.startup import StartupError
+    from lrun.evaluate import EvalSettings, planned_episodes
 
-    # a named setting fixes the task; a flag may repeat its value (or name it another way) but not contradict it
     task = SETTINGS[args.setting].to_dict() if args.setting else {}
     for key in ("difficulty", "obstacles", "physics", "weakening"):
         given = getattr(args, key)
@@ -133,7 +136,9 @@ def _eval(args: argparse.Namespace) -> int:
     episodes = args.episodes
     if episodes is None:  # a resume continues the evaluation's own count; else the default
         episodes = (planned_episodes(Path(args.out)) if args.resume and args.out else None) or defaults.episodes
-    settings = EvalSettings(
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the evaluation in --out and --overwrite replaces it: drop one of them")
+    return EvalSettings(
         episodes,
         task.get("difficulty", defaults.difficulty),
         task.get("obstacles", defaults.obstacles),
@@ -145,9 +150,15 @@ def _eval(args: argparse.Namespace) -> int:
         task.get("weakening", defaults.weakening),
         args.resume,
     )
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume continues the evaluation in --out and --overwrite replaces it: drop one of them")
 
+
+def _eval(args: argparse.Namespace) -> int:
+    from lrun.checkpoint import CheckpointError
+    from lrun.config import ConfigError
+    from lrun.evaluate import EvalError, evaluate
+    from lrun.startup import StartupError
+
+    settings = eval_settings(args)
     if args.render < 0:
         raise ConfigError(f"--render {args.render}: must be >= 0 (episodes to render)")
 

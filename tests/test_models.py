@@ -90,3 +90,5 @@ def test_make_demo_evaluates_and_draws_the_shipped_policy(tmp_path):
     summary = json.loads((out / "eval" / "eval.json").read_text())["summary"]
     assert summary["episodes"] == 2 and (out / "episode.gif").stat().st_size > 10_000
     assert f"an episode: {out}/episode.gif" in result.stdout
+    # difficulty 0 on the graders' physics is the flat setting: named, and no 2017 round-2 figures beside it
+    assert "setting flat" in result.stdout and "2017 round 2" not in result.stdout

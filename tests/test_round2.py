@@ -104,12 +104,25 @@ def test_eval_setting_round2_names_it_and_quotes_2017_only_beside_it(tmp_path):
     assert "note: this policy was trained on lrun/Run-v0: difficulty 0, no obstacles" in result.stdout
     replayed = replay_episode(out, 0)  # the store says which muscles were weakened: the replay is exact
     assert replayed["max_obs_deviation"] == 0.0 and replayed["replayed_steps"] == replayed["stored_steps"]
-    flat = tmp_path / "flat"
-    # the earlier name of the graders' physics, and a weakening that does not matter on flat ground, are fine
-    command = [LRUN, "eval", str(model), "--setting", "flat", "--physics", "medium", "--weakening", "psoas"]
-    result = run([*command, "--episodes", "1", "--out", str(flat)])
-    assert result.returncode == 0, result.stderr
-    assert "setting flat" in result.stdout and "2017 round 2" not in result.stdout and "note:" not in result.stdout
     result = run([LRUN, "eval", str(model), "--setting", "round2", "--physics", "fast", "--out", str(tmp_path / "x")])
     assert result.returncode == 2 and "--setting round2 runs --physics graders-2017, not fast" in result.stderr
     assert not (tmp_path / "x").exists()
+    # a flat-ground evaluation prints no 2017 figures: tests/test_models.py's `make demo` (difficulty 0)
+
+
+def test_a_setting_s_flags_may_repeat_it_or_name_it_another_way_but_not_contradict_it():
+    from lrun.cli import build_parser, eval_settings
+    from lrun.config import ConfigError
+
+    def settings(*flags: str):
+        return eval_settings(build_parser().parse_args(["eval", "model.pt", *flags]))
+
+    # the earlier name of the graders' physics, and a weakening that does not matter on flat ground, are fine
+    flat = settings("--setting", "flat", "--physics", "medium", "--weakening", "psoas")
+    assert flat.setting == "flat" and (flat.difficulty, flat.physics) == (0, "medium")
+    assert settings("--setting", "round2", "--difficulty", "2").setting == "round2"
+    assert settings("--difficulty", "2", "--obstacles", "10").setting == "round2"  # what the flags default to
+    assert settings("--setting", "round2", "--physics", "medium").setting == "round2"
+    for flags in (("--physics", "fast"), ("--weakening", "psoas"), ("--obstacles", "3"), ("--difficulty", "1")):
+        with pytest.raises(ConfigError, match="drop one of them"):
+            settings("--setting", "round2", *flags)
