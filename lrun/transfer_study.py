@@ -13,8 +13,8 @@ SAC runs carry the source's critics and temperature in every method but scratch 
 bigger critics). With `seeds` > 1 every method runs once per seed (run.seed = 0 .. seeds - 1) in
 OUT/<method>/seed-K, and the comparison gives the mean over seeds with the range.
 
-Runs go seed by seed (every method of seed 0 first). Runs already complete are skipped and interrupted ones
-resumed, like curriculum stages, and so are the evaluations. Rank 0 then writes
+Runs go seed by seed (every method of seed 0 first), each scored as soon as it is trained. Runs already complete
+are skipped and interrupted ones resumed, like curriculum stages, and so are the evaluations. Rank 0 then writes
 OUT/comparison.txt (table), OUT/comparison.json and OUT/comparison.png (task return against env steps). With
 `eval_episodes`, each method's final checkpoint is also scored by `lrun eval` on the same fixed seeds.
 """
@@ -187,6 +187,31 @@ def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int 
     return save_figure(fig, out / "comparison.png", dpi=110)
 
 
+def score_run(config: Any, episodes: int, comm: Any, stream: TextIO) -> dict[str, Any]:
+    """`lrun eval` of a run's final checkpoint on its own task with the graders' physics and muscle weakening (for
+    a round-2 target, the round-2 setting), in RUN_DIR/eval; collective. An evaluation found there continues
+    (--resume); one of another checkpoint or count is scored afresh. Rank 0 returns the summary."""
+    from lrun.evaluate import PLAN_NAME, EvalError, EvalSettings, evaluate
+
+    run_dir = Path(config.run.run_dir)
+    settings = EvalSettings(
+        episodes=episodes,
+        difficulty=config.env.difficulty,
+        obstacles=config.env.max_obstacles,
+        out=str(run_dir / "eval"),
+        resume=(run_dir / "eval" / PLAN_NAME).exists(),
+    )
+    try:
+        result = evaluate(run_dir, settings, comm=comm, stream=stream)
+    except EvalError as exc:
+        if not settings.resume:
+            raise
+        if comm.Get_rank() == 0:
+            print(f"== {run_dir}: evaluating afresh ({exc})", file=stream)
+        result = evaluate(run_dir, replace(settings, resume=False, overwrite=True), comm=comm, stream=stream)
+    return result.get("summary", {})
+
+
 def run_transfer_study(
     source: str,
     config_path: str | None,
@@ -220,41 +245,22 @@ def run_transfer_study(
         for k in seed_list
         for m in methods
     }
+    scores: dict[tuple[str, int | None], dict[str, Any]] = {}
     for (method, seed), config in configs.items():
         status, done = stage_status(config)
         if speak:
             name = method if seed is None else f"{method} seed {seed}"
             print(f"== {name}: {status}{f' at iteration {done}' if status == 'resume' else ''}", file=stream)
-        if status == "done":
-            continue
-        last = train(config, resume=config.run.run_dir if status == "resume" else None, comm=comm, stream=stream)
-        if last.get("stopped_early"):
-            return {"stopped_early": True}
+        if status != "done":
+            last = train(config, resume=config.run.run_dir if status == "resume" else None, comm=comm, stream=stream)
+            if last.get("stopped_early"):
+                return {"stopped_early": True}
+        if eval_episodes:  # each run scored as soon as it is trained: a study part way has its first scores
+            scores[method, seed] = score_run(config, eval_episodes, comm, stream)
     per_seed = {m: [summarise_method(d) for d in run_dirs(out, m, seeds)] for m in methods} if speak else {}
-    if eval_episodes:
-        from lrun.evaluate import PLAN_NAME, EvalError, EvalSettings, evaluate
-
-        for (method, seed), config in configs.items():
-            env = config.env
-            run_dir = Path(config.run.run_dir)
-            settings = EvalSettings(
-                episodes=eval_episodes,
-                difficulty=env.difficulty,
-                obstacles=env.max_obstacles,
-                out=str(run_dir / "eval"),
-                resume=(run_dir / "eval" / PLAN_NAME).exists(),
-            )
-            try:  # an evaluation a re-run finds (whole or part way) continues, as the training does
-                result = evaluate(run_dir, settings, comm=comm, stream=stream)
-            except EvalError as exc:  # it scored another checkpoint or count: score this one afresh
-                if not settings.resume:
-                    raise
-                if speak:
-                    print(f"== {config.run.run_dir}: evaluating afresh ({exc})", file=stream)
-                settings = replace(settings, resume=False, overwrite=True)
-                result = evaluate(run_dir, settings, comm=comm, stream=stream)
-            if speak:
-                per_seed[method][0 if seed is None else seed]["eval"] = result["summary"]
+    if speak:
+        for (method, seed), summary in scores.items():
+            per_seed[method][0 if seed is None else seed]["eval"] = summary
     if not speak:
         return {}
     rows = {m: merge_seeds(per_seed[m]) for m in methods}

@@ -172,6 +172,9 @@ def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
     # seed by seed: a study stopped part way has whole comparisons of its first seeds
     order = [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("== ")]
     assert order == ["== init seed 0", "== blend seed 0", "== init seed 1", "== blend seed 1"], order
+    # each run is scored as soon as it is trained
+    scored_at = result.stdout.index(f"wrote {out / 'init' / 'seed-0' / 'eval' / 'eval.json'}")
+    assert result.stdout.index("== init seed 0") < scored_at < result.stdout.index("== blend seed 0")
     # run again (the next sitting): nothing trains, and each evaluation continues instead of starting over
     scored = (out / "blend" / "seed-1" / "eval" / "eval.json").read_text()
     again = run([*study, "--methods", "init,blend", "--seeds", "2", "--eval-episodes", "1"], timeout=600)
