@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -69,9 +70,11 @@ def merge_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     the per-seed rows kept under "seeds"."""
     if len(rows) == 1:
         return rows[0]
-    merged: dict[str, Any] = {
-        key: float(np.nanmean([r[key] for r in rows])) for key in rows[0] if key not in ("eval", "iterations")
-    }
+    with warnings.catch_warnings():  # a figure no seed has (no distance outside lrun/Run-v0) stays NaN
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        merged: dict[str, Any] = {
+            key: float(np.nanmean([r[key] for r in rows])) for key in rows[0] if key not in ("eval", "iterations")
+        }
     merged["iterations"] = rows[0]["iterations"]
     merged["env_steps"] = round(merged["env_steps"])
     if all("eval" in r for r in rows):
@@ -154,8 +157,8 @@ def format_table(rows: dict[str, dict[str, Any]], reference: float) -> str:
     return "\n".join(lines)
 
 
-def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int = 1) -> Path:
-    """Task return (smoothed) against env steps for every method (one line per seed), the source's level
+def plot_comparison(out: Path, runs: dict[str, list[Path]], reference: float, seeds: int = 1) -> Path:
+    """Task return (smoothed) against env steps for every method's runs (one line per seed), the source's level
     dashed."""
     import matplotlib
 
@@ -164,7 +167,7 @@ def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int 
 
     from lrun.analysis.report import save_figure
 
-    progress = {method: [load_progress(d) for d in run_dirs(out, method, seeds)] for method in methods}
+    progress = {method: [load_progress(d) for d in dirs] for method, dirs in runs.items()}
     with_distance = any(np.isfinite(p["charts/distance"]).any() for ps in progress.values() for p in ps)
     fig, axes = plt.subplots(1, 2 if with_distance else 1, figsize=(11 if with_distance else 6, 4), squeeze=False)
     axes = axes[0]
@@ -182,9 +185,45 @@ def plot_comparison(out: Path, methods: list[str], reference: float, seeds: int 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"transfer: {' vs '.join(methods)}{f' ({seeds} seeds each)' if seeds > 1 else ''}")
+    fig.suptitle(f"transfer: {' vs '.join(progress)}{f' ({seeds} seeds each)' if seeds > 1 else ''}")
     fig.tight_layout()
     return save_figure(fig, out / "comparison.png", dpi=110)
+
+
+def write_comparison(
+    out: Path,
+    source: str,
+    finished: dict[tuple[str, int | None], dict[str, Any] | None],
+    methods: list[str],
+    seeds: int,
+) -> tuple[str, dict[str, Any]]:
+    """OUT/comparison.txt, .json and .png over the runs finished so far ({(method, seed): eval summary or None});
+    a method with fewer finished seeds than the study's is marked. Returns the table and its rows."""
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    dirs: dict[str, list[Path]] = {}
+    for method in methods:
+        for k, run_dir in zip([None] if seeds <= 1 else range(seeds), run_dirs(out, method, seeds)):
+            if (method, k) not in finished:
+                continue
+            row = summarise_method(run_dir)
+            if finished[method, k] is not None:
+                row["eval"] = finished[method, k]
+            per_method.setdefault(method, []).append(row)
+            dirs.setdefault(method, []).append(run_dir)
+    rows = {m: merge_seeds(r) for m, r in per_method.items()}
+    reference = source_return(source)
+    text = format_table(rows, reference)
+    missing = [
+        f"{m} ({len(per_method.get(m, []))} of {seeds} seeds)" for m in methods if len(per_method.get(m, [])) < seeds
+    ]
+    if missing:
+        text += "\npart way: " + ", ".join(missing) + " finished so far"
+    (out / "comparison.txt").write_text(text + "\n")
+    document = {"source": source, "methods": rows, "unfinished": missing}
+    (out / "comparison.json").write_text(json.dumps(document, indent=1) + "\n")
+    if dirs:
+        plot_comparison(out, dirs, reference, seeds)
+    return text, {"methods": rows, "reference": reference}
 
 
 def score_run(config: Any, episodes: int, comm: Any, stream: TextIO) -> dict[str, Any]:
@@ -245,7 +284,7 @@ def run_transfer_study(
         for k in seed_list
         for m in methods
     }
-    scores: dict[tuple[str, int | None], dict[str, Any]] = {}
+    finished: dict[tuple[str, int | None], dict[str, Any] | None] = {}
     for (method, seed), config in configs.items():
         status, done = stage_status(config)
         if speak:
@@ -255,20 +294,13 @@ def run_transfer_study(
             last = train(config, resume=config.run.run_dir if status == "resume" else None, comm=comm, stream=stream)
             if last.get("stopped_early"):
                 return {"stopped_early": True}
-        if eval_episodes:  # each run scored as soon as it is trained: a study part way has its first scores
-            scores[method, seed] = score_run(config, eval_episodes, comm, stream)
-    per_seed = {m: [summarise_method(d) for d in run_dirs(out, m, seeds)] for m in methods} if speak else {}
-    if speak:
-        for (method, seed), summary in scores.items():
-            per_seed[method][0 if seed is None else seed]["eval"] = summary
+        # each run scored as soon as it is trained, and the comparison rewritten: a study part way (the end of
+        # a sitting) shows what its finished runs measured
+        finished[method, seed] = score_run(config, eval_episodes, comm, stream) if eval_episodes else None
+        if speak:
+            text, result = write_comparison(out, source, finished, methods, seeds)
     if not speak:
         return {}
-    rows = {m: merge_seeds(per_seed[m]) for m in methods}
-    reference = source_return(source)
-    text = format_table(rows, reference)
-    (out / "comparison.txt").write_text(text + "\n")
-    (out / "comparison.json").write_text(json.dumps({"source": source, "methods": rows}, indent=1) + "\n")
-    png = plot_comparison(out, methods, reference, seeds)
     print(text, file=stream)
-    print(f"wrote {out / 'comparison.txt'} and {png}", file=stream, flush=True)
-    return {"methods": rows, "reference": reference}
+    print(f"wrote {out / 'comparison.txt'} and {out / 'comparison.png'}", file=stream, flush=True)
+    return result

@@ -175,6 +175,14 @@ def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
     # each run is scored as soon as it is trained
     scored_at = result.stdout.index(f"wrote {out / 'init' / 'seed-0' / 'eval' / 'eval.json'}")
     assert result.stdout.index("== init seed 0") < scored_at < result.stdout.index("== blend seed 0")
+    # part way (a sitting ended after init's second seed): the comparison holds what finished, marked as such
+    from lrun.transfer_study import write_comparison
+
+    partial = {("init", 0): None, ("blend", 0): None, ("init", 1): None}
+    text, rows = write_comparison(out, str(source), partial, ["init", "blend"], 2)
+    assert set(rows["methods"]) == {"init", "blend"} and len(rows["methods"]["init"]["seeds"]) == 2
+    assert "part way: blend (1 of 2 seeds) finished so far" in text
+    assert json.loads((out / "comparison.json").read_text())["unfinished"] == ["blend (1 of 2 seeds)"]
     # run again (the next sitting): nothing trains, and each evaluation continues instead of starting over
     scored = (out / "blend" / "seed-1" / "eval" / "eval.json").read_text()
     again = run([*study, "--methods", "init,blend", "--seeds", "2", "--eval-episodes", "1"], timeout=600)
@@ -184,6 +192,7 @@ def test_a_sac_transfer_study_over_seeds_with_plain_init(source, tmp_path):
         json.loads((out / "blend" / "seed-1" / "eval" / "eval.json").read_text())["summary"]
         == json.loads(scored)["summary"]
     )
+    assert "part way" not in (out / "comparison.txt").read_text()  # the whole study again
 
 
 def test_ppo_continues_a_sac_policy_cloned_across_distribution_families(source, tmp_path):
