@@ -36,17 +36,21 @@ from lrun.progress import load_progress, smooth
 METHODS = {"blend": "blend.source", "clone": "clone.teacher", "scratch": None, "init": "run.init_from"}
 
 
-def run_dirs(out: Path, method: str, seeds: int) -> list[Path]:
-    """Where a method's runs live: OUT/<method>, or OUT/<method>/seed-K for several seeds."""
-    return [out / method] if seeds <= 1 else [out / method / f"seed-{k}" for k in range(seeds)]
+def study_seeds(seeds: int) -> list[int | None]:
+    """The seeds of each method's runs: None for a single run (the config's own seed), else 0 .. seeds - 1."""
+    return [None] if seeds <= 1 else list(range(seeds))
+
+
+def run_dir_of(out: Path, method: str, seed: int | None) -> Path:
+    """Where a method's run lives: OUT/<method>, or OUT/<method>/seed-K for one of several seeds."""
+    return out / method if seed is None else out / method / f"seed-{seed}"
 
 
 def method_overrides(method: str, source: str, out: Path, seed: int | None = None) -> list[str]:
     """The config overrides that make a target config into this method's run (of this seed, where given)."""
     if method not in METHODS:
         raise ConfigError(f"unknown transfer method {method!r}; choose from {', '.join(METHODS)}")
-    run_dir = out / method if seed is None else out / method / f"seed-{seed}"
-    extra = [f"run.run_dir={run_dir}"]
+    extra = [f"run.run_dir={run_dir_of(out, method, seed)}"]
     if seed is not None:
         extra.append(f"run.seed={seed}")
     if METHODS[method]:
@@ -202,9 +206,10 @@ def write_comparison(
     per_method: dict[str, list[dict[str, Any]]] = {}
     dirs: dict[str, list[Path]] = {}
     for method in methods:
-        for k, run_dir in zip([None] if seeds <= 1 else range(seeds), run_dirs(out, method, seeds)):
+        for k in study_seeds(seeds):
             if (method, k) not in finished:
                 continue
+            run_dir = run_dir_of(out, method, k)
             row = summarise_method(run_dir)
             if finished[method, k] is not None:
                 row["eval"] = finished[method, k]
@@ -276,12 +281,11 @@ def run_transfer_study(
     speak = comm.Get_rank() == 0
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: must be >= 1")
-    seed_list: list[int | None] = [None] if seeds == 1 else list(range(seeds))
     # seed by seed, every method within a seed: a study stopped part way (the end of a sitting) has whole
     # comparisons of its first seeds rather than every seed of its first methods
     configs = {
         (m, k): load_config(config_path, [*(overrides or []), *method_overrides(m, source, out, k)])
-        for k in seed_list
+        for k in study_seeds(seeds)
         for m in methods
     }
     finished: dict[tuple[str, int | None], dict[str, Any] | None] = {}
