@@ -147,11 +147,11 @@ def test_sac_trains_a_blend_new_network_only_and_distils_the_frozen_one():
     )
     frozen_before = {k: v.clone() for k, v in blend.frozen.state_dict().items()}
     student_before = [p.detach().clone() for p in updater.actor_params]
-    kl_before = float(blend.distillation_kl(torch.as_tensor(obs)))
+    kl_before = blend.distillation_kl(torch.as_tensor(obs)).item()
     losses = {}
     for _ in range(30):
         losses = updater.update(5, lambda f: normaliser.normalise(f, clip=False))
     assert all(torch.equal(v, blend.frozen.state_dict()[k]) for k, v in frozen_before.items())
     assert all(not torch.equal(a, b) for a, b in zip(student_before, updater.actor_params, strict=True))
-    assert losses["auxiliary_loss"] > 0 and float(blend.distillation_kl(torch.as_tensor(obs))) < kl_before
+    assert losses["auxiliary_loss"] > 0 and blend.distillation_kl(torch.as_tensor(obs)).item() < kl_before
     assert isinstance(blend, BlendedPolicy)
