@@ -213,7 +213,15 @@ def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lrun.analysis.report import build_report, format_report, plot_report
+    from lrun.progress import progress_path
 
+    if (Path(args.run_dir) / "eval.json").is_file() and not progress_path(args.run_dir).is_file():
+        from lrun.evaluate import eval_report
+
+        text, png = eval_report(args.run_dir)  # an evaluation: its summary and where it fell
+        print(text)
+        print(f"\nwrote {png}" if png else "")
+        return 0
     report = build_report(args.run_dir)
     text = format_report(report)
     print(text)
@@ -559,7 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--render", type=int, default=0, metavar="K", help="render the first K episodes (MP4, else GIF)")
     ev.set_defaults(func=_eval)
 
-    report = commands.add_parser("report", help="training progress table + PNG learning curves (live runs too)")
+    report = commands.add_parser(
+        "report",
+        help="training progress table + PNG learning curves (live runs too); of an lrun eval directory: its "
+        "summary and where its episodes fell (PNG)",
+    )
     report.add_argument("run_dir", help=RUN_DIR_HELP)
     report.set_defaults(func=_report)
     cmp = commands.add_parser(

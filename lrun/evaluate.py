@@ -4,7 +4,9 @@ Episode k (0-based) is reset with seed `episode_seed(seed, k)` and run on rank k
 deterministic policy (the distribution's mean) on the reference physics, so each episode's result depends only on
 (checkpoint, settings, k): any rank count gives the same per-episode table. Each rank stores its episodes in
 OUT/trajectories/rank-NNNN.h5 (the training store's schema, episode id = k), so `lrun report`, `replay` and
-`render` work on an evaluation too. Rank 0 writes OUT/episodes.csv and OUT/eval.json and prints the summary.
+`render` work on an evaluation too. Rank 0 writes OUT/episodes.csv and OUT/eval.json and prints the summary; with
+obstacles or weakened muscles, also where the episodes fell (lrun.analysis.falls: in eval.json's "falls" and
+OUT/falls.png).
 
 An evaluation stopped part way (a time limit, preemption, a killed rank) loses at most the episodes that were
 running: each finished episode is flushed to its rank's file as it ends, and `--resume` (any rank count) keeps
@@ -38,7 +40,7 @@ from lrun.env.factory import env_factory
 from lrun.env.physics import STEP_SECONDS
 from lrun.env.settings import ROUND2_2017, setting_name
 from lrun.metadata import flat_attributes, run_metadata
-from lrun.store.reader import StoreError, rank_files, write_master
+from lrun.store.reader import RunStore, StoreError, rank_files, write_master
 from lrun.store.recorder import EpisodeBook, env_facts, trajectory_attributes
 from lrun.store.writer import TrajectoryWriter, keep_finished_episodes
 
@@ -337,6 +339,47 @@ def stored_rows(out: Path, episodes: int, base_seed: int) -> np.ndarray:
     return table
 
 
+def falls_of(out: Path, table: np.ndarray) -> dict[str, Any]:
+    """Where the evaluation's episodes fell or stopped (lrun.analysis.falls), from its table and the obstacles and
+    strengths its store holds for each episode."""
+    from lrun.analysis.falls import falls_breakdown
+
+    with RunStore(out) as store:
+        e = store.episodes(["id", "obstacles", "psoas"])
+    n = len(table)
+    obstacles = np.full((n, *e["obstacles"].shape[1:]), np.nan)
+    strengths = np.ones((n, 2))
+    obstacles[e["id"]] = e["obstacles"]
+    strengths[e["id"]] = e["psoas"]
+    col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
+    return falls_breakdown(col["distance"], col["fell"], obstacles, strengths)
+
+
+def eval_report(out: str | Path) -> tuple[str, Path | None]:
+    """`lrun report` of an evaluation directory: its summary with where its episodes fell (and OUT/report/falls.png
+    where it had obstacles or weakened muscles)."""
+    from lrun.analysis.falls import format_breakdown, plot_breakdown
+
+    out = Path(out)
+    result = json.loads((out / "eval.json").read_text())
+    known = {f for f in EvalSettings.__dataclass_fields__}
+    settings = EvalSettings(**{k: v for k, v in result["settings"].items() if k in known})
+    rows = np.loadtxt(out / "episodes.csv", delimiter=",", skiprows=1, ndmin=2)
+    lines = [f"{result['checkpoint']} (iteration {result['iteration']})", format_summary(result["summary"], settings)]
+    png = None
+    if settings.difficulty:
+        falls = falls_of(out, rows)
+        lines += format_breakdown(falls)
+        png = plot_breakdown(falls, out / "report" / "falls.png", title=falls_title(falls, settings))
+    return "\n".join(lines), png
+
+
+def falls_title(falls: dict[str, Any], settings: EvalSettings) -> str:
+    """The falls figure's title: how many, of how many episodes, at which setting."""
+    setting = settings.setting or f"difficulty {settings.difficulty}, {settings.obstacles} obstacles"
+    return f"{falls['falls']} falls in {falls['episodes']} episodes ({setting}, {settings.physics} physics)"
+
+
 def evaluate(
     checkpoint: str | Path, settings: EvalSettings, comm: Any = None, stream: TextIO | None = None
 ) -> dict[str, Any]:
@@ -466,7 +509,16 @@ def evaluate(
         "settings": {**asdict(settings), "setting": settings.setting},
         "summary": summary,
     }
+    lines = [format_summary(summary, settings)]
+    figure = ""
+    if settings.difficulty:  # obstacles or weakened muscles: where the episodes fell, and at what
+        from lrun.analysis.falls import format_breakdown, plot_breakdown
+
+        result["falls"] = falls_of(out, table)
+        lines += format_breakdown(result["falls"])
+        plot_breakdown(result["falls"], out / "falls.png", title=falls_title(result["falls"], settings))
+        figure = f", {out / 'falls.png'}"
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(format_summary(summary, settings), file=stream, flush=True)
-    print(f"wrote {out / 'eval.json'}, {out / 'episodes.csv'} and the episodes' trajectories", file=stream)
+    print("\n".join(lines), file=stream, flush=True)
+    print(f"wrote {out / 'eval.json'}, {out / 'episodes.csv'}{figure} and the episodes' trajectories", file=stream)
     return {**result, "table": table, "out": str(out)}

@@ -102,6 +102,14 @@ def test_eval_setting_round2_names_it_and_quotes_2017_only_beside_it(tmp_path):
     assert "setting round2" in result.stdout and "2017 round 2" in result.stdout
     # the walker meets obstacles it never saw: said before the episodes run
     assert "note: this policy was trained on lrun/Run-v0: difficulty 0, no obstacles" in result.stdout
+    # where it fell, from the obstacles and strengths the store holds for each episode
+    falls = json.loads((out / "eval.json").read_text())["falls"]
+    assert falls["episodes"] == 1 and falls["obstacles"] == 10 and "by_strength" in falls
+    assert (out / "falls.png").stat().st_size > 5000 and "falls by the weaker muscle strength" in result.stdout
+    report = run([LRUN, "report", str(out)])  # an evaluation's report: its summary and where it fell
+    assert report.returncode == 0, report.stderr
+    assert "setting round2" in report.stdout and "falls by the weaker muscle strength" in report.stdout
+    assert (out / "report" / "falls.png").is_file()
     replayed = replay_episode(out, 0)  # the store says which muscles were weakened: the replay is exact
     assert replayed["max_obs_deviation"] == 0.0 and replayed["replayed_steps"] == replayed["stored_steps"]
     result = run([LRUN, "eval", str(model), "--setting", "round2", "--physics", "fast", "--out", str(tmp_path / "x")])

@@ -17,7 +17,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # at 0 or n successes one end is the rate itself: exactly, not off by a rounding error
+    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def build_report(run_dir: str | Path) -> dict:

@@ -1,0 +1,61 @@
+"""Where episodes fell (lrun.analysis.falls): the breakdown's maths on a table worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lrun.analysis.falls import falls_breakdown, format_breakdown, plot_breakdown
+
+NAN = [np.nan] * 3
+
+
+def table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Five episodes: a fall at a big obstacle, a clean run over two small ones, a fall on open ground before
+    any obstacle, a stop 0.7 m in front of one, and a clean run without obstacles (parked and padded slots)."""
+    distance = np.array([2.1, 10.0, 0.5, 1.5, 9.0])
+    fell = np.array([1, 0, 1, 0, 0])
+    obstacles = np.array(
+        [
+            [[2.0, 0.0, 0.25], [4.0, 0.0, 0.05], NAN],
+            [[2.0, 0.0, 0.05], [5.0, 0.0, 0.12], NAN],
+            [[3.0, 0.0, 0.30], NAN, NAN],
+            [[2.2, 0.0, 0.22], NAN, NAN],
+            [[0.0, -0.1, 1e-4], NAN, NAN],  # an unused slot, parked below the ground
+        ]
+    )
+    strengths = np.array([[1.0, 1.0], [0.7, 1.0], [0.95, 0.85], [1.0, 1.0], [1.1, 0.9]])
+    return distance, fell, obstacles, strengths
+
+
+def test_falls_are_put_down_to_the_obstacle_they_happen_at_and_counted_per_obstacle_met():
+    b = falls_breakdown(*table())
+    assert (b["episodes"], b["falls"], b["falls_at_obstacle"], b["falls_on_open_ground"]) == (5, 2, 1, 1)
+    assert b["obstacles"] == 6 and b["obstacles_met"] == 3  # 2.0 in episode 0; 2.0 and 5.0 in episode 1
+    assert b["fall_obstacle_radius_median_m"] == 0.25 and b["met_obstacle_radius_median_m"] == 0.12
+    assert [(r["n"], r["falls"]) for r in b["by_radius"]] == [(1, 0), (1, 0), (0, 0), (1, 1)]
+    assert b["by_radius"][-1]["radius_m"] == [0.2, None] and b["by_radius"][-1]["fall_rate"] == 1.0
+    # stopped short: under half the median (9 m) of the runs that did not fall, 0.7 m in front of r 0.22
+    assert b["short"] == {"episodes": 1, "before_obstacle": 1, "obstacle_radius_median_m": 0.22}
+    # the weaker strength: 1.0, 0.7, 0.85, 1.0, 0.9
+    assert [(r["n"], r["falls"]) for r in b["by_strength"]] == [(1, 0), (1, 1), (1, 0), (2, 1)]
+    lines = "\n".join(format_breakdown(b))
+    assert "falls at obstacles 1 of 2 (50 %)" in lines and ">= 0.2 m 100.0 % of 1" in lines
+    assert "stopped short 1" in lines and "0.8-0.9 100.0 % of 1" in lines
+
+
+def test_without_weakened_muscles_or_obstacles_met_the_breakdown_says_so():
+    distance, fell, obstacles, _ = table()
+    b = falls_breakdown(distance, fell, obstacles, np.ones((5, 2)))
+    assert "by_strength" not in b and "weaker muscle" not in "\n".join(format_breakdown(b))
+    early = falls_breakdown(np.array([-0.8, 0.9]), np.array([1, 1]), obstacles[:2], None)
+    assert early["obstacles_met"] == 0 and early["falls_on_open_ground"] == 2
+    assert format_breakdown(early) == ["  obstacles met 0: every episode ended before its first obstacle"]
+
+
+@pytest.mark.parametrize("weakened", [True, False])
+def test_the_falls_figure_is_drawn_with_or_without_strengths(tmp_path, weakened):
+    distance, fell, obstacles, strengths = table()
+    b = falls_breakdown(distance, fell, obstacles, strengths if weakened else None)
+    path = plot_breakdown(b, tmp_path / "falls.png")
+    assert path.stat().st_size > 5000
