@@ -36,9 +36,9 @@ from lrun.learn.policy import Policy
 #: Where the shipped models live (the repository's models/ directory, beside the package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-#: Env keyword arguments that served training only: the starting push (lrun eval starts at rest) and fault
-#: injection. `Agent.make_env` leaves them out.
-TRAINING_ONLY_KWARGS = ("init_speed", "fault_every")
+#: Env keyword arguments that served training only: the starting push (lrun eval starts at rest), bigger
+#: obstacles than the task's, and fault injection. `Agent.make_env` leaves them out.
+TRAINING_ONLY_KWARGS = ("init_speed", "obstacle_radius_scale", "fault_every")
 
 
 def load_policy(checkpoint: str | Path) -> tuple[Policy, RunningNormaliser, dict[str, Any]]:

@@ -51,8 +51,9 @@ class EnvConfig:
     kwargs: dict = doc(
         "extra keyword arguments of the env: gymnasium.make's for gymnasium:<id>; for lrun/Run-v0 init_speed "
         "(m/s, or a [low, high] range drawn per episode: every training episode starts with a push forwards; "
-        "lrun eval always starts at rest) and fault_every (fault injection); for lrun/Sleep-v0 step_seconds "
-        "(default 0.0025) and episode_steps (default 1000)",
+        "lrun eval always starts at rest), obstacle_radius_scale (m: radii 0.05 + Exp(scale), 0.05 as in 2017 "
+        "and in lrun eval; more trains on bigger obstacles) and fault_every (fault injection); for lrun/Sleep-v0 "
+        "step_seconds (default 0.0025) and episode_steps (default 1000)",
         default_factory=dict,
     )
 
@@ -545,13 +546,14 @@ def validate(config: TrainConfig) -> None:
         for name in config.env.kwargs:
             if name not in accepted:
                 raise ConfigError(f"env.kwargs.{name}: not an option of {ENV_ID} (options: {', '.join(accepted)})")
-        if "init_speed" in config.env.kwargs:
-            from lrun.env.run_env import check_init_speed
+        from lrun.env.run_env import check_init_speed, check_radius_scale
 
-            try:
-                check_init_speed(config.env.kwargs["init_speed"])
-            except ValueError as exc:
-                raise ConfigError(f"env.kwargs.{exc}") from None
+        for name, check in (("init_speed", check_init_speed), ("obstacle_radius_scale", check_radius_scale)):
+            if name in config.env.kwargs:
+                try:
+                    check(config.env.kwargs[name])
+                except ValueError as exc:
+                    raise ConfigError(f"env.kwargs.{exc}") from None
     if config.reward.weights:
         from lrun.env.shaping import check_weights
 

@@ -51,6 +51,11 @@ def test_defaults_overrides_and_types(tmp_path):
             r"env.kwargs.warp: not an option of lrun/Run-v0 \(options: model_file, fault_every",
         ),
         ({}, ["env.kwargs={init_speed = [2, 1]}"], r"env.kwargs.init_speed \[2, 1\]: need 0 <= low <= high"),
+        (
+            {},
+            ["env.kwargs={obstacle_radius_scale = 0}"],
+            r"env.kwargs.obstacle_radius_scale must be a number of metres in \(0, 0.5\], got 0",
+        ),
         ({}, ["ppo.target_kl=-0.01"], r"ppo.target_kl = -0.01: must be >= 0"),
         ({}, ["ppo.symmetry_loss=-1"], r"ppo.symmetry_loss = -1.0: must be >= 0"),
         ({}, ["env.id=gymnasium:Pendulum-v1", "ppo.symmetry_loss=1"], "ppo.symmetry_loss needs env.id = lrun/Run-v0"),

@@ -306,6 +306,27 @@ def test_init_speed_pushes_training_episodes_and_the_default_starts_at_rest():
     assert eval_env_config(train_env, EvalSettings()).kwargs == {"weakening": "graders-2017"}  # never the push
 
 
+def test_obstacle_radius_scale_trains_on_bigger_obstacles_and_lrun_eval_draws_the_task_s():
+    """`obstacle_radius_scale` grows every obstacle of a seed's layout (in the model too: the observation's next
+    obstacle) and nothing else; lrun eval and `Agent.make_env` leave it out."""
+    from lrun.api import TRAINING_ONLY_KWARGS
+    from lrun.config import EnvConfig
+    from lrun.evaluate import EvalSettings, eval_env_config
+
+    task = RunEnv(difficulty=2, max_obstacles=10, physics="fast")
+    big = RunEnv(difficulty=2, max_obstacles=10, physics="fast", obstacle_radius_scale=0.15)
+    (obs, info), (big_obs, big_info) = task.reset(seed=8), big.reset(seed=8)
+    radii, big_radii = info["layout"].obstacles[:, 2], big_info["layout"].obstacles[:, 2]
+    assert np.allclose(big_radii - 0.05, 3 * (radii - 0.05)) and info["layout"].psoas == big_info["layout"].psoas
+    assert big_obs[40] == big_radii[0] and obs[40] == radii[0] and np.array_equal(obs[:38], big_obs[:38])
+    for bad in (0, -0.1, 0.6, "big", True):
+        with pytest.raises(ValueError, match="obstacle_radius_scale"):
+            RunEnv(physics="fast", obstacle_radius_scale=bad)
+    train_env = vars(EnvConfig(difficulty=2, max_obstacles=10, kwargs={"obstacle_radius_scale": 0.1}))
+    assert eval_env_config(train_env, EvalSettings()).kwargs == {"weakening": "graders-2017"}
+    assert "obstacle_radius_scale" in TRAINING_ONLY_KWARGS
+
+
 def test_rgb_array_render_mode_gives_the_stick_figure_frames_gymnasium_wrappers_collect():
     """RunEnv(render_mode="rgb_array") feeds gymnasium's frame wrappers (RecordVideo records the same frames)."""
     env = gym.wrappers.RenderCollection(RunEnv(physics="fast", render_mode="rgb_array"))

@@ -43,6 +43,15 @@ def test_obstacles_follow_the_specified_distributions():
     assert abs(last.mean() - 26.0) < 0.3
 
 
+def test_a_bigger_radius_scale_grows_every_obstacle_and_changes_nothing_else():
+    for seed in range(20):
+        task = draw(seed, 2, 10)
+        big = draw_layout(np.random.default_rng(seed), 2, 10, radius_scale=0.1)
+        assert np.array_equal(big.obstacles[:, 0], task.obstacles[:, 0]) and big.psoas == task.psoas
+        assert np.allclose(big.obstacles[:, 2] - 0.05, 2 * (task.obstacles[:, 2] - 0.05))
+        assert np.allclose(big.obstacles[:, 1] / big.obstacles[:, 2], task.obstacles[:, 1] / task.obstacles[:, 2])
+
+
 def test_psoas_randomised_only_at_difficulty_2():
     assert all(draw(s, 1, 3).psoas == (1.0, 1.0) for s in range(20))
     strengths = np.array([draw(s, 2, 3).psoas for s in range(500)])

@@ -21,6 +21,9 @@ WEAKENING: dict[str, tuple[int | str, int | str]] = {
 #: The 2017 grader drew at most this many obstacles, whatever max_obstacles (min(20, max_obstacles) in its
 #: generate_env).
 MAX_DRAWN_OBSTACLES = 20
+#: Obstacle radius = 0.05 m + Exp(scale): the 2017 grader's scale (its median radius is 0.085 m, and 5 % of its
+#: obstacles are 0.2 m or more).
+GRADERS_RADIUS_SCALE = 0.05
 #: Observation slots for "no obstacle ahead": x relative to pelvis, y, radius.
 NO_OBSTACLE = (100.0, 0.0, 0.0)
 
@@ -61,13 +64,16 @@ class EpisodeLayout:
         return cls(np.asarray(data["obstacles"]), tuple(np.asarray(data["psoas"]).tolist()))
 
 
-def draw_layout(rng: np.random.Generator, difficulty: int, max_obstacles: int) -> EpisodeLayout:
+def draw_layout(
+    rng: np.random.Generator, difficulty: int, max_obstacles: int, radius_scale: float = GRADERS_RADIUS_SCALE
+) -> EpisodeLayout:
     """Draw one episode's layout as the 2017 task specifies.
 
     difficulty 0: no obstacles; 1: min(3, max_obstacles) obstacles at x ~ U(1, 5), radius 0.05 + Exp(0.05),
     y = U(-0.25, 0.25) * radius, then further ones at 5 + cumsum(U(2, 4)) with y = U(-0.05, 0.25) * radius;
     2: as 1 plus psoas strength max(0.5, 1 - N(0, 0.1)) per side (right drawn first, as in 2017). At most 20
-    obstacles are drawn (the 2017 cap), whatever max_obstacles.
+    obstacles are drawn (the 2017 cap), whatever max_obstacles. `radius_scale` replaces the exponential's 0.05
+    (a training aid: more big obstacles); the draws, and so every other part of the layout, stay the same.
     """
     if difficulty not in (0, 1, 2):
         raise ValueError(f"difficulty must be 0, 1 or 2, got {difficulty!r}")
@@ -78,12 +84,12 @@ def draw_layout(rng: np.random.Generator, difficulty: int, max_obstacles: int) -
         n_first = min(3, max_obstacles)
         xs = rng.uniform(1.0, 5.0, n_first)
         ys = rng.uniform(-0.25, 0.25, n_first)
-        rs = 0.05 + rng.exponential(0.05, n_first)
+        rs = 0.05 + rng.exponential(radius_scale, n_first)
         n_extra = max(min(MAX_DRAWN_OBSTACLES, max_obstacles) - n_first, 0)
         if n_extra > 0:
             xs = np.concatenate([xs, 5.0 + np.cumsum(rng.uniform(2.0, 4.0, n_extra))])
             ys = np.concatenate([ys, rng.uniform(-0.05, 0.25, n_extra)])
-            rs = np.concatenate([rs, 0.05 + rng.exponential(0.05, n_extra)])
+            rs = np.concatenate([rs, 0.05 + rng.exponential(radius_scale, n_extra)])
     obstacles = np.stack([xs, ys * rs, rs], axis=1) if xs.size else np.zeros((0, 3))
     obstacles = obstacles[np.argsort(obstacles[:, 0], kind="stable")]
     psoas = (1.0, 1.0)

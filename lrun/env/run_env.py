@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from lrun.env.features import TASK_NAMES
-from lrun.env.layout import EpisodeLayout, draw_layout
+from lrun.env.layout import GRADERS_RADIUS_SCALE, EpisodeLayout, draw_layout
 from lrun.env.model import GaitModel, IntegratorFailure
 from lrun.env.physics import STEP_SECONDS, Physics, resolve_physics
 from lrun.env.stick_figure import StickFigureCanvas
@@ -20,6 +20,17 @@ MAX_EPISODE_STEPS = 1000
 FALL_HEIGHT = 0.65
 LIGAMENT_WEIGHT = 1e-7
 SNAPSHOT_KEYS = frozenset({"state_variables", "time", "obstacles", "psoas", "step", "difficulty", "max_obstacles"})
+
+
+#: m: the largest `obstacle_radius_scale` (at 0.5 the median obstacle is 0.4 m, as high as the knee)
+MAX_RADIUS_SCALE = 0.5
+
+
+def check_radius_scale(value: Any) -> float:
+    """`obstacle_radius_scale` in metres; ValueError unless 0 < value <= MAX_RADIUS_SCALE."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= MAX_RADIUS_SCALE:
+        raise ValueError(f"obstacle_radius_scale must be a number of metres in (0, {MAX_RADIUS_SCALE}], got {value!r}")
+    return float(value)
 
 
 #: m/s: the fastest push `init_speed` may give (a sprint is ~10 m/s; beyond this the start is a crash)
@@ -63,6 +74,7 @@ class RunEnv(gym.Env):
         init_speed: float | Sequence[float] = 0.0,
         render_mode: str | None = None,
         weakening: str = "graders-2017",
+        obstacle_radius_scale: float = GRADERS_RADIUS_SCALE,
     ) -> None:
         """`fault_every` > 0 is fault injection for tests and drills (`env.kwargs = {fault_every = N}`): every
         N-th step of an episode starts from a state with a NaN velocity, which OpenSim's integration and lrun's
@@ -75,6 +87,9 @@ class RunEnv(gym.Env):
         `weakening` (difficulty 2): which two muscles the drawn strengths scale: `graders-2017` (the default) as
         the 2017 grader did, muscle-set indices 11 and 3 (`glut_max_l` for the "left psoas" slot, `iliopsoas_r`
         for the right); `psoas` scales `iliopsoas_l` and `iliopsoas_r`, as the observation's name says.
+
+        `obstacle_radius_scale` (m) is a training aid too: obstacle radii are 0.05 m + Exp(this scale), 0.05 as the
+        2017 grader drew them (and `lrun eval` always does); 0.1 makes 22 % of obstacles 0.2 m or more, not 5 %.
 
         `render_mode="rgb_array"`: `render()` returns the stick figure `lrun render` draws (obstacles included)
         as an RGB array, for gymnasium's RecordVideo and the like."""
@@ -92,6 +107,7 @@ class RunEnv(gym.Env):
             raise ValueError(f"fault_every must be a non-negative int, got {fault_every!r}")
         self.fault_every = fault_every
         self.init_speed = check_init_speed(init_speed)
+        self.radius_scale = check_radius_scale(obstacle_radius_scale)
         self.physics = resolve_physics(physics)
         self.sim = GaitModel(max_obstacles, self.physics, model_file, weakening)
         self.weakening = weakening
@@ -117,7 +133,7 @@ class RunEnv(gym.Env):
         if options:
             raise ValueError(f"unknown reset option(s) {sorted(options)}; RunEnv.reset knows only 'layout'")
         if layout is None:
-            layout = draw_layout(self.np_random, self.difficulty, self.max_obstacles)
+            layout = draw_layout(self.np_random, self.difficulty, self.max_obstacles, self.radius_scale)
         elif not isinstance(layout, EpisodeLayout):
             layout = EpisodeLayout.from_dict(layout)
         if len(layout.obstacles) > self.max_obstacles:
