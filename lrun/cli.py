@@ -229,7 +229,14 @@ def _report(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.txt").write_text(text + "\n")
     png = plot_report(report, out_dir / "learning_curves.png")
-    print(f"\nwrote {out_dir / 'report.txt'} and {png}")
+    written = f"{out_dir / 'report.txt'} and {png}"
+    if report["falls"]:
+        from lrun.analysis.falls import plot_breakdown
+
+        first, last = report["falls"]["iterations"]
+        title = f"iterations {first}-{last}: {report['falls']['falls']} falls in {report['falls']['episodes']} episodes"
+        written = f"{out_dir / 'report.txt'}, {png} and {plot_breakdown(report['falls'], out_dir / 'falls.png', title)}"
+    print(f"\nwrote {written}")
     return 0
 
 

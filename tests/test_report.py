@@ -59,3 +59,22 @@ def test_the_falls_figure_is_drawn_with_or_without_strengths(tmp_path, weakened)
     b = falls_breakdown(distance, fell, obstacles, strengths if weakened else None)
     path = plot_breakdown(b, tmp_path / "falls.png")
     assert path.stat().st_size > 5000
+
+
+def test_a_training_report_says_where_the_episodes_of_its_last_tenth_fell():
+    from lrun.analysis.report import format_report, late_falls
+
+    distance, fell, obstacles, strengths = table()
+    ep = {  # the five episodes in each of 20 iterations
+        "policy_version": np.repeat(np.arange(20), 5),
+        "difficulty": np.full(100, 2),
+        "distance": np.tile(distance, 20),
+        "fell": np.tile(fell, 20),
+        "obstacles": np.tile(obstacles, (20, 1, 1)),
+        "psoas": np.tile(strengths, (20, 1)),
+    }
+    late = late_falls(ep)
+    assert late["iterations"] == [19, 20] and late["episodes"] == 10 and late["falls_at_obstacle"] == 2
+    report = {"iterations": [], "by_difficulty": [], "stored_steps": 0, "episodes": 100, "falls": late}
+    assert "where the episodes of iterations 19-20 (10) fell:\n  falls at obstacles 2 of 4" in format_report(report)
+    assert late_falls({**ep, "difficulty": np.zeros(100, int)}) is None  # flat ground: nothing to say

@@ -22,12 +22,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def build_report(run_dir: str | Path) -> dict:
-    """Per-iteration and per-difficulty summaries of every finished episode in the run (live runs too)."""
+    """Per-iteration and per-difficulty summaries of every finished episode in the run (live runs too), and where
+    the episodes of its last tenth fell, where they met obstacles or weakened muscles."""
     run_dir = Path(run_dir)
     with RunStore(run_dir) as store:
-        ep = store.episodes(
-            ["policy_version", "return", "length", "distance", "fell", "integrator_failure", "difficulty"]
-        )
+        names = ["policy_version", "return", "length", "distance", "fell", "integrator_failure", "difficulty"]
+        ep = store.episodes([*names, "obstacles", "psoas"])
         n_steps = len(store.steps(["policy_version"])["policy_version"])
     progress = load_progress(run_dir).by_iteration() if progress_path(run_dir).is_file() else {}
     iterations = []
@@ -70,7 +70,23 @@ def build_report(run_dir: str | Path) -> dict:
         "by_difficulty": by_difficulty,
         "stored_steps": n_steps,
         "episodes": len(ep["return"]),
+        "falls": late_falls(ep),
     }
+
+
+def late_falls(ep: dict[str, np.ndarray]) -> dict | None:
+    """lrun.analysis.falls' breakdown of the episodes of the run's last tenth of iterations (at least its last),
+    or None where those met no obstacle and no weakened muscle (difficulty 0)."""
+    from lrun.analysis.falls import falls_breakdown
+
+    hard = ep["difficulty"] > 0
+    if not hard.any():
+        return None
+    versions = np.unique(ep["policy_version"][hard])
+    first = versions[-max(1, len(versions) // 10)]
+    mask = hard & (ep["policy_version"] >= first)
+    falls = falls_breakdown(ep["distance"][mask], ep["fell"][mask], ep["obstacles"][mask], ep["psoas"][mask])
+    return {"iterations": [int(first) + 1, int(versions[-1]) + 1], **falls}
 
 
 def format_report(report: dict) -> str:
@@ -103,6 +119,13 @@ def format_report(report: dict) -> str:
             f"{d['difficulty']:>10} {d['episodes']:>8} {d['mean_return']:>9.3f} "
             f"{f(d['mean_distance'], '.2f'):>8} {falls:>22} {d['integrator_failures']:>20}"
         )
+    late = report.get("falls")
+    if late:
+        from lrun.analysis.falls import format_breakdown
+
+        first, last = late["iterations"]
+        lines += ["", f"where the episodes of iterations {first}-{last} ({late['episodes']}) fell:"]
+        lines += format_breakdown(late)
     return "\n".join(lines)
 
 
