@@ -51,6 +51,9 @@ def test_without_weakened_muscles_or_obstacles_met_the_breakdown_says_so():
     early = falls_breakdown(np.array([-0.8, 0.9]), np.array([1, 1]), obstacles[:2], None)
     assert early["obstacles_met"] == 0 and early["falls_on_open_ground"] == 2
     assert format_breakdown(early) == ["  obstacles met 0: every episode ended before its first obstacle"]
+    clean = falls_breakdown(distance[[1, 4]], fell[[1, 4]], obstacles[[1, 4]], None)  # no fall at all
+    assert clean["falls"] == 0 and clean["fall_obstacle_radius_median_m"] is None
+    assert format_breakdown(clean)[0].startswith("  falls at obstacles 0 (the pelvis")
 
 
 @pytest.mark.parametrize("weakened", [True, False])

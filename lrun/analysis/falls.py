@@ -130,10 +130,12 @@ def format_breakdown(b: dict[str, Any]) -> list[str]:
     """The breakdown as summary lines (indented like lrun eval's)."""
     lines = []
     if b["obstacles_met"]:
-        share = f"{b['falls_at_obstacle']} of {b['falls']} ({100 * b['falls_at_obstacle'] / b['falls']:.0f} %)"
+        share = "0"  # (no fall: no share to give)
+        if b["falls"]:
+            share = f"{b['falls_at_obstacle']} of {b['falls']} ({100 * b['falls_at_obstacle'] / b['falls']:.0f} %)"
         radius = b["fall_obstacle_radius_median_m"]
         lines.append(
-            f"  falls at obstacles {share if b['falls'] else 0} (the pelvis from {b['near_m']['before']:g} m before "
+            f"  falls at obstacles {share} (the pelvis from {b['near_m']['before']:g} m before "
             f"an obstacle's centre to {b['near_m']['after']:g} m past it)"
             + (f", median radius {radius:.2f} m" if radius is not None else "")
             + f"; obstacles met {b['obstacles_met']}, median radius {b['met_obstacle_radius_median_m']:.2f} m"
