@@ -357,7 +357,7 @@ def seed_figures(plan: LearnPlan, seed: int) -> dict[str, Any]:
 def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Seeds' eval summaries combined: numbers averaged; falls and episodes summed, the fall rate and its 95 %
     Wilson interval pooled over every seed's episodes."""
-    from lrun.analysis.report import wilson_interval
+    from lrun.analysis.common import wilson_interval
 
     out: dict[str, Any] = {}
     for key, value in summaries[0].items():
@@ -414,7 +414,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrun.analysis.report import save_figure
+    from lrun.analysis.common import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     label = "value"

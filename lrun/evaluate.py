@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lrun import mpi as lmpi
-from lrun.analysis.report import wilson_interval
+from lrun.analysis.common import wilson_interval
 from lrun.api import Agent, load_policy, resolve_model
 from lrun.checkpoint import resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig

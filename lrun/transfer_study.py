@@ -169,7 +169,7 @@ def plot_comparison(out: Path, runs: dict[str, list[Path]], reference: float, se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lrun.analysis.report import save_figure
+    from lrun.analysis.common import save_figure
 
     progress = {method: [load_progress(d) for d in dirs] for method, dirs in runs.items()}
     with_distance = any(np.isfinite(p["charts/distance"]).any() for ps in progress.values() for p in ps)

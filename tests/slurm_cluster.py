@@ -133,7 +133,9 @@ JobCompLoc={b / "log" / "jobcomp.log"}
         else:
             self.started_munge = False
 
-    def wait_idle(self, count: int, timeout: float = 60) -> None:
+    # (180 s: on a loaded 2-core machine, with another pytest worker and a training run beside it, the two-node
+    # cluster once took over 60 s to come up)
+    def wait_idle(self, count: int, timeout: float = 180) -> None:
         """Wait until `count` nodes are idle."""
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lrun.analysis.common import wilson_interval
 from lrun.analysis.render import render_gif, render_strip
 from lrun.analysis.replay import replay_episode
-from lrun.analysis.report import build_report, wilson_interval, windowed_mean
+from lrun.analysis.report import build_report, windowed_mean
 from lrun.env.features import TASK_NAMES
 from lrun.store.dimensions import datasets_in
 from lrun.store.reader import RunStore, StoreError, check_file, write_master

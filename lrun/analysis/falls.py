@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lrun.analysis.report import save_figure, wilson_interval
+from lrun.analysis.common import save_figure, wilson_interval
 
 NEAR_BEFORE_M = 0.6
 NEAR_AFTER_M = 1.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrun.analysis.report import save_figure
+from lrun.analysis.common import save_figure
 from lrun.env import ENV_ID
 from lrun.env.stick_figure import StickFigureCanvas, draw
 from lrun.store.reader import RunStore, StoreError

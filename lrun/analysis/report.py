@@ -6,19 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lrun.analysis.common import save_figure, wilson_interval
 from lrun.progress import load_progress, progress_path
 from lrun.store.reader import RunStore
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion (sound for small n and for 0 or n successes)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    # at 0 or n successes one end is the rate itself: exactly, not off by a rounding error
-    return (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))
 
 
 def build_report(run_dir: str | Path) -> dict:
@@ -180,15 +170,3 @@ def plot_report(report: dict, path: str | Path) -> Path:
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     return save_figure(fig, path, dpi=100)
-
-
-def save_figure(fig, path: str | Path, dpi: int) -> Path:
-    """Lay out, write (creating the directory) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
