@@ -220,7 +220,8 @@ def _report(args: argparse.Namespace) -> int:
 
         text, png = eval_report(args.run_dir)  # an evaluation: its summary and where it fell
         print(text)
-        print(f"\nwrote {png}" if png else "")
+        if png:
+            print(f"\nwrote {png}")
         return 0
     report = build_report(args.run_dir)
     text = format_report(report)

@@ -355,29 +355,31 @@ def falls_of(out: Path, table: np.ndarray) -> dict[str, Any]:
     return falls_breakdown(col["distance"], col["fell"], obstacles, strengths)
 
 
+def describe_falls(out: Path, table: np.ndarray, settings: EvalSettings, png: Path) -> tuple[dict[str, Any], list[str]]:
+    """Where the evaluation's episodes fell (falls_of), as summary lines and a figure at `png`."""
+    from lrun.analysis.falls import format_breakdown, plot_breakdown
+
+    falls = falls_of(out, table)
+    setting = settings.setting or f"difficulty {settings.difficulty}, {settings.obstacles} obstacles"
+    title = f"{falls['falls']} falls in {falls['episodes']} episodes ({setting}, {settings.physics} physics)"
+    plot_breakdown(falls, png, title=title)
+    return falls, format_breakdown(falls)
+
+
 def eval_report(out: str | Path) -> tuple[str, Path | None]:
     """`lrun report` of an evaluation directory: its summary with where its episodes fell (and OUT/report/falls.png
     where it had obstacles or weakened muscles)."""
-    from lrun.analysis.falls import format_breakdown, plot_breakdown
-
     out = Path(out)
     result = json.loads((out / "eval.json").read_text())
-    known = {f for f in EvalSettings.__dataclass_fields__}
+    known = set(EvalSettings.__dataclass_fields__)
     settings = EvalSettings(**{k: v for k, v in result["settings"].items() if k in known})
     rows = np.loadtxt(out / "episodes.csv", delimiter=",", skiprows=1, ndmin=2)
     lines = [f"{result['checkpoint']} (iteration {result['iteration']})", format_summary(result["summary"], settings)]
-    png = None
-    if settings.difficulty:
-        falls = falls_of(out, rows)
-        lines += format_breakdown(falls)
-        png = plot_breakdown(falls, out / "report" / "falls.png", title=falls_title(falls, settings))
+    if not settings.difficulty:
+        return "\n".join(lines), None
+    png = out / "report" / "falls.png"
+    lines += describe_falls(out, rows, settings, png)[1]
     return "\n".join(lines), png
-
-
-def falls_title(falls: dict[str, Any], settings: EvalSettings) -> str:
-    """The falls figure's title: how many, of how many episodes, at which setting."""
-    setting = settings.setting or f"difficulty {settings.difficulty}, {settings.obstacles} obstacles"
-    return f"{falls['falls']} falls in {falls['episodes']} episodes ({setting}, {settings.physics} physics)"
 
 
 def evaluate(
@@ -512,11 +514,8 @@ def evaluate(
     lines = [format_summary(summary, settings)]
     figure = ""
     if settings.difficulty:  # obstacles or weakened muscles: where the episodes fell, and at what
-        from lrun.analysis.falls import format_breakdown, plot_breakdown
-
-        result["falls"] = falls_of(out, table)
-        lines += format_breakdown(result["falls"])
-        plot_breakdown(result["falls"], out / "falls.png", title=falls_title(result["falls"], settings))
+        result["falls"], breakdown = describe_falls(out, table, settings, out / "falls.png")
+        lines += breakdown
         figure = f", {out / 'falls.png'}"
     (out / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
     print("\n".join(lines), file=stream, flush=True)
