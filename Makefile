@@ -63,13 +63,13 @@ bench-soak: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench soak --steps 100000 --json bench-results/soak.json
 
-# Learning speed: train the shipped recipe (walk-sac, SAC) to 2 M simulated env steps and score it with
-# lrun eval (about 2.3 hours on 2 cores; resumable: run it again after an interruption); not part of `make bench`.
-# Results in bench-results/learn-walk-sac/.
 # The iteration against ranks and learners (lrun/Sleep-v0) and the scaling model's cluster predictions.
 bench-scaling: install
 	$(BIN)/lrun bench scaling --out bench-results/scaling
 
+# Learning speed: train the shipped recipe (walk-sac, SAC) to 2 M simulated env steps and score it with
+# lrun eval (about 2.3 hours on 2 cores; resumable: run it again after an interruption); not part of `make bench`.
+# Results in bench-results/learn-walk-sac/.
 bench-learn: install
 	mkdir -p bench-results
 	$(BIN)/lrun bench learn experiments/recipes/walk-sac.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json

@@ -122,29 +122,46 @@ JobCompLoc={b / "log" / "jobcomp.log"}
         self.wait_idle(1)
 
     def start_munge(self) -> None:
-        """Start munged unless one runs (its socket is a file: every namespace of a test cluster reaches it)."""
+        """Start munged unless a working one answers (its socket is a file: every namespace of a test cluster
+        reaches it); wait until credentials can be made.
+
+        Whether munged answers, not whether a process of that name exists: a munged that is still exiting (its
+        pid file already gone) or a zombie nobody reaped passes `pgrep` and leaves the cluster without
+        authentication, which shows only as a controller that never answers."""
         run_dir = Path("/run/munge")
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.chown(run_dir, "munge", "munge")
-        self.munge_pid = run_dir / "munged.pid"
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
-            subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-            self.started_munge = True
-        else:
-            self.started_munge = False
+        self.started_munge = False
+        deadline = time.time() + 30
+        while not _munge_answers():
+            if time.time() > deadline:
+                raise RuntimeError("munged does not answer (`munge -n` fails) 30 s after it was started")
+            if not _live_processes("munged"):
+                # --force: a socket or lock left by a munged that was killed does not stop the new one
+                subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--force"], check=True)
+                self.started_munge = True
+            time.sleep(0.2)
 
     # (180 s: on a loaded 2-core machine, with another pytest worker and a training run beside it, the two-node
     # cluster once took over 60 s to come up)
     def wait_idle(self, count: int, timeout: float = 180) -> None:
-        """Wait until `count` nodes are idle."""
+        """Wait until `count` nodes are idle; if they never are, the error carries what sinfo and the daemons
+        said (the log directory is gone with the test machine by the time anyone reads a CI failure)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            states = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.split()
+            result = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False)
+            states = result.stdout.split()
             if states.count("idle") >= count:
                 return
             time.sleep(0.5)
-        log = self.base / "log"
-        raise RuntimeError(f"{count} Slurm node(s) not idle after {timeout} s (states {states}); see {log}")
+        tails = "".join(
+            f"\n--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in sorted((self.base / "log").glob("*.log"))
+        )
+        raise RuntimeError(
+            f"{count} Slurm node(s) not idle after {timeout} s (states {states}; sinfo said "
+            f"{result.stderr.strip()[-300:]!r}; munged answers: {_munge_answers()}){tails}"
+        )
 
     def daemon_pid_files(self) -> list[Path]:
         """The pid files of this cluster's slurmctld and slurmd(s)."""
@@ -158,11 +175,16 @@ JobCompLoc={b / "log" / "jobcomp.log"}
         self.stop_munge()
 
     def stop_munge(self) -> None:
-        """Stop munged if this cluster started it."""
-        if getattr(self, "started_munge", False) and self.munge_pid.exists():
-            pid = int(self.munge_pid.read_text().split()[0])
-            subprocess.run(["kill", str(pid)], check=False)
-            _wait_gone(self.munge_pid)
+        """Stop munged if this cluster started it, and wait until it has exited (by its pid: munged removes its
+        pid file before it is gone)."""
+        if not getattr(self, "started_munge", False):
+            return
+        for pid in _live_processes("munged"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)
+        deadline = time.time() + 30
+        while _live_processes("munged") and time.time() < deadline:
+            time.sleep(0.1)
 
     def run(self, command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a Slurm client command against this cluster."""
@@ -441,6 +463,29 @@ SlurmdTimeout=10
         return super().run(self.inside("lab", command), check=check, **kwargs)
 
 
+def _munge_answers() -> bool:
+    """Whether munged makes a credential (the check Slurm's own authentication depends on)."""
+    try:
+        return subprocess.run(["munge", "-n"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (a zombie answers signal 0 but runs nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _live_processes(name: str) -> list[int]:
+    """The pids of running (not zombie) processes called `name`."""
+    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if _alive(int(pid))]
+
+
 def _wait_gone(pid_file: Path, timeout: float = 30) -> None:
     if not pid_file.exists():
         return
@@ -450,9 +495,8 @@ def _wait_gone(pid_file: Path, timeout: float = 30) -> None:
         return
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return
         time.sleep(0.2)
-    os.kill(pid, 9)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
