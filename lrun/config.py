@@ -374,6 +374,24 @@ def upgrade_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return data, notes
 
 
+def _set_table_entry(section_data: dict[str, Any], section: str, name: str, value: Any) -> None:
+    """`--set section.table.entry=value`: set one entry of a table-valued key (`env.kwargs`, `reward.weights`),
+    keeping the table's other entries from the file."""
+    table, entry = name.split(".", 1)
+    cls = SECTIONS.get(section)
+    if cls is None:
+        raise _unknown(section, list(SECTIONS))
+    hints = typing.get_type_hints(cls)
+    if table not in hints:
+        raise _unknown(f"{section}.{table}", [f"{section}.{f.name}" for f in dataclasses.fields(cls)])
+    if not (hints[table] is dict or typing.get_origin(hints[table]) is dict):
+        raise ConfigError(f"{section}.{name}: {section}.{table} is not a table; set it as {section}.{table}=VALUE")
+    current = section_data.get(table, {})
+    if not isinstance(current, dict):
+        raise ConfigError(f"{section}.{table}: expected a table, got {current!r}")
+    section_data[table] = {**current, entry: value}
+
+
 def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
     """Validate a nested dict (from TOML) plus `section.key=value` overrides into a `TrainConfig`; keys under an
     old name (`MOVED_KEYS`) are taken under their new one, with a note in the config's `notes`."""
@@ -389,7 +407,10 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> Tr
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: expected a table")
-        data[section][name] = value
+        if "." in name:  # one entry of a table-valued key (reward.weights.alive=0.25): merged into the table
+            _set_table_entry(data[section], section, name, value)
+        else:
+            data[section][name] = value
     sections = {}
     for section, values in data.items():
         if section not in SECTIONS:

@@ -370,10 +370,25 @@ def eval_report(out: str | Path) -> tuple[str, Path | None]:
     """`lrun report` of an evaluation directory: its summary with where its episodes fell (and OUT/report/falls.png
     where it had obstacles or weakened muscles)."""
     out = Path(out)
-    result = json.loads((out / "eval.json").read_text())
+    not_summary = f"{out / 'eval.json'} is not an lrun evaluation's summary"
+    try:
+        result = json.loads((out / "eval.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{not_summary} ({exc})") from None
+    if not isinstance(result, dict):
+        raise EvalError(f"{not_summary} (not a JSON object)")
+    missing = [key for key in ("checkpoint", "iteration", "summary", "settings") if key not in result]
+    if missing or not isinstance(result["settings"], dict):
+        raise EvalError(f"{not_summary} (no {', '.join(missing) or 'settings table'})")
     known = set(EvalSettings.__dataclass_fields__)
-    settings = EvalSettings(**{k: v for k, v in result["settings"].items() if k in known})
-    rows = np.loadtxt(out / "episodes.csv", delimiter=",", skiprows=1, ndmin=2)
+    try:
+        settings = EvalSettings(**{k: v for k, v in result["settings"].items() if k in known})
+    except TypeError as exc:
+        raise EvalError(f"{not_summary} (settings: {exc})") from None
+    try:
+        rows = np.loadtxt(out / "episodes.csv", delimiter=",", skiprows=1, ndmin=2)
+    except ValueError as exc:
+        raise EvalError(f"{out / 'episodes.csv'} is not an lrun evaluation's episode table ({exc})") from None
     lines = [f"{result['checkpoint']} (iteration {result['iteration']})", format_summary(result["summary"], settings)]
     if not settings.difficulty:
         return "\n".join(lines), None

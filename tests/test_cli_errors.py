@@ -45,7 +45,10 @@ def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
     with open(hostile, "wb") as f:
         pickle.dump({"format": "lrun", "x": Path("/")}, f)  # not tensors: needs weights_only=False to load
     torch.save({"format": "x", "x": Path("/")}, hostile)
+    (tmp / "torn-eval").mkdir(exist_ok=True)
+    (tmp / "torn-eval" / "eval.json").write_text('{"checkpoint": "runs/x", "summ')  # a copy cut off mid-write
     return [
+        (["report", str(tmp / "torn-eval")], "eval.json is not an lrun evaluation's summary"),
         (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "out.jpg")], "write FILE.gif"),
         (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "s.png"), "--frames", "0"], "must be >= 1"),
         (["render", str(run_dir), "--episode", "0", "-o", str(tmp / "shots.gif")], "is a directory"),

@@ -26,6 +26,15 @@ def test_defaults_overrides_and_types(tmp_path):
     assert "[ppo]" in describe_keys() and "learning_rate (float, default 0.0003)" in describe_keys()
 
 
+def test_one_entry_of_a_table_is_set_keeping_the_others():
+    data = {"reward": {"weights": {"progress": 3.0, "alive": 1.0}}, "env": {"kwargs": {"obstacle_radius_scale": 0.1}}}
+    config = build_config(data, ["reward.weights.alive=0.25", "reward.weights.fall=3", "env.kwargs.weakening=psoas"])
+    assert config.reward.weights == {"progress": 3.0, "alive": 0.25, "fall": 3}
+    assert config.env.kwargs == {"obstacle_radius_scale": 0.1, "weakening": "psoas"}
+    assert build_config({}, ["env.kwargs.fault_every=7"]).env.kwargs == {"fault_every": 7}  # a table the file lacks
+    assert data["reward"]["weights"]["alive"] == 1.0  # the caller's dict is not changed
+
+
 @pytest.mark.parametrize(
     "data, overrides, message",
     [
@@ -62,6 +71,11 @@ def test_defaults_overrides_and_types(tmp_path):
         ({}, ["run.run_dir="], r"run.run_dir = '': must be a directory name"),
         ({}, ["reward.weights={alive = inf}"], r"reward.weights.alive = inf: must be a finite number"),
         ({}, ["epochs=3"], "section.key"),
+        ({}, ["env.kwargs.warp=9"], r"env.kwargs.warp: not an option of lrun/Run-v0"),
+        ({}, ["env.kwarg.fault_every=9"], r"unknown config key 'env.kwarg' \(did you mean 'kwargs'"),
+        ({}, ["run.iterations.x=9"], r"run.iterations.x: run.iterations is not a table; set it as run.iterations="),
+        ({}, ["reward.weights.alive=nan"], r"reward.weights.alive = nan: must be a finite number"),
+        ({}, ["rewards.weights.alive=1"], r"unknown config key 'rewards' \(did you mean 'reward'"),
         ({"run": 3}, [], "run: expected a table"),
     ],
 )
