@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(load_config(args.config, overrides), resume=args.resume, comm=comm)
         return EXIT_STOPPED if result.get("stopped_early") else 0
 
-    return _collective("train", body)
+    return _collective(args.command, body)  # train, blend or clone: the error names the command typed
 
 
 def resume_in_place(resume: str, overrides: list[str]) -> list[str]:

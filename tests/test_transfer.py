@@ -345,6 +345,7 @@ def test_transfer_study_compares_blending_cloning_and_scratch_on_one_budget(sour
 def test_clone_needs_a_store_that_fits(source, tmp_path):
     result = run([LRUN, "clone", str(source), *TINY, "--store", str(tmp_path / "nowhere")])
     assert result.returncode == 2 and "no such run directory" in result.stderr
+    assert result.stderr.startswith("lrun clone: error: ")  # the command typed, not the lrun train it runs
     pendulum = tmp_path / "pendulum"
     pendulum_run = sets("env.id=gymnasium:Pendulum-v1", "run.iterations=1", "ppo.steps_per_env=16")
     assert run([LRUN, "train", *pendulum_run, *sets("ppo.minibatches=2", f"run.run_dir={pendulum}")]).returncode == 0
