@@ -161,6 +161,11 @@ class SACConfig:
     hidden_sizes: list[int] = doc("hidden layer sizes of the two Q networks", default_factory=lambda: [256, 256])
     updates_per_step: float = doc("gradient steps per new decision (update-to-data ratio)", 0.5)
     learning_starts: int = doc("decisions collected (over all simulators) before the first update", 10_000)
+    critic_warmup: int = doc(
+        "decisions after sac.learning_starts during which only the critics learn (the actor and the temperature "
+        "stay as they are): a run that starts from a trained policy lets the critics meet the new data first",
+        0,
+    )
     buffer_size: int = doc("transitions the replay buffer keeps (per learner)", 1_000_000)
     save_buffer: bool = doc(
         "keep each learner's replay buffer in checkpoints/replay-LLL.h5 (the slots filled since the last checkpoint "
@@ -482,6 +487,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "sac.reward_scale": (lambda v: v > 0, "> 0"),
     "sac.updates_per_step": (lambda v: v > 0, "> 0"),
     "sac.learning_starts": (lambda v: v >= 0, ">= 0"),
+    "sac.critic_warmup": (lambda v: v >= 0, ">= 0"),
     "sac.buffer_size": (lambda v: v >= 1, ">= 1"),
     "sac.mirror_min_asymmetry": (lambda v: v >= 0, ">= 0"),
     "policy.init_log_std": (lambda v: -20 <= v <= 2, "in [-20, 2]"),

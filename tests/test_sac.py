@@ -111,6 +111,44 @@ def test_sac_learns_the_best_action_of_a_one_step_problem():
     assert all(torch.equal(a, b) for a, b in zip(other.target.parameters(), learner.target.parameters(), strict=True))
 
 
+def test_a_critic_warmup_moves_the_critics_only():
+    """update(actor=False): the critics learn; the actor, its optimiser and the temperature stay as they were, and
+    only the critics' gradients are averaged."""
+    torch.manual_seed(0)
+    actor = ActorCritic(3, 2, [16], distribution="squashed")
+    calls = []
+    learner = SACUpdater(actor, SACSettings(batch_size=32, hidden_sizes=[16]), calls.append, seed=1, buffer_size=256)
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(256, 3)).astype(np.float32)
+    actions = rng.uniform(-1, 1, (256, 2)).astype(np.float32)
+    learner.buffer.add(obs, actions, np.ones(256, np.float32), obs, np.zeros(256, np.float32))
+    before = {k: v.clone() for k, v in actor.state_dict().items()}
+    critic_before = [p.clone() for p in learner.critic.parameters()]
+    alpha_before = learner.log_alpha.detach().clone()
+    metrics = learner.update(20, lambda f: f, actor=False)
+    assert len(calls) == 20  # one Allreduce per step: the critics'
+    assert all(torch.equal(before[k], v) for k, v in actor.state_dict().items())
+    assert torch.equal(learner.log_alpha.detach(), alpha_before) and not learner.actor_optimizer.state
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, learner.critic.parameters(), strict=True))
+    assert np.isnan(metrics["actor_loss"]) and np.isfinite(metrics["q_loss"]) and metrics["updates"] == 20
+    learner.update(5, lambda f: f)  # then the actor and the temperature learn too
+    assert len(calls) == 20 + 3 * 5 and not torch.equal(learner.log_alpha.detach(), alpha_before)
+
+
+def test_a_run_with_a_critic_warmup_starts_the_actor_when_it_ends(tmp_path):
+    """Serial SAC, 32 decisions per iteration, updates from 32 decisions in, the actor from 32 + 64."""
+    run_dir = tmp_path / "warm"
+    recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
+    extra = ("sac.learning_starts=32", "sac.critic_warmup=64", "run.iterations=4", "sac.mirror=false")
+    result = run([LRUN, "train", *recipe, *sac_settings(run_dir, *extra)], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert progress_column(run_dir, "losses/updates")[0] > 0
+    actor_loss = progress_column(run_dir, "losses/actor_loss")
+    assert np.isnan(actor_loss[:2]).all() and np.isfinite(actor_loss[2:]).all()
+    alpha = progress_column(run_dir, "losses/alpha")
+    assert alpha[0] == alpha[1] == pytest.approx(0.2) and alpha[3] != pytest.approx(0.2)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -161,9 +161,12 @@ class SACUpdater:
             average_gradients(params, self.reduce_gradients)
         optimizer.step()
 
-    def update(self, n_updates: int, normalise: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
-        """`n_updates` gradient steps of critics, actor and temperature on minibatches from the replay buffer;
-        `normalise` maps stored features to the networks' inputs. Returns mean losses and diagnostics."""
+    def update(
+        self, n_updates: int, normalise: Callable[[np.ndarray], np.ndarray], actor: bool = True
+    ) -> dict[str, float]:
+        """`n_updates` gradient steps of critics, actor and temperature on minibatches from the replay buffer
+        (of the critics alone where `actor` is False: a critic warm-up); `normalise` maps stored features to the
+        networks' inputs. Returns mean losses and diagnostics."""
         s = self.settings
         buffer = self.buffer
         sums = {"q_loss": 0.0, "actor_loss": 0.0, "alpha": 0.0, "entropy": 0.0, "q_mean": 0.0}
@@ -183,31 +186,38 @@ class SACUpdater:
             q1, q2 = self.critic(obs_t, actions_t)
             q_loss = 0.5 * ((q1 - target) ** 2).mean() + 0.5 * ((q2 - target) ** 2).mean()
             self._step(self.critic_optimizer, list(self.critic.parameters()), q_loss)
-
-            new_actions, logprob = self._sample_actions(obs_t)
-            q1_pi, q2_pi = self.critic(obs_t, new_actions)
-            actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
-            auxiliary = self.actor.auxiliary_loss(obs_t)  # a blend's distillation of its frozen policy
-            loss = actor_loss
-            if auxiliary is not None:
-                sums["auxiliary_loss"] = sums.get("auxiliary_loss", 0.0) + float(auxiliary.detach())
-                loss = actor_loss + auxiliary
-            self._step(self.actor_optimizer, self.actor_params, loss)
-            self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
-
-            alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()
-            self._step(self.alpha_optimizer, [self.log_alpha], alpha_loss)
+            if actor:
+                self._actor_and_temperature_step(obs_t, alpha, sums)
             with torch.no_grad():
                 for p, p_target in zip(self.critic.parameters(), self.target.parameters(), strict=True):
                     p_target.mul_(1.0 - s.tau).add_(s.tau * p)
             sums["q_loss"] += float(q_loss.detach())
-            sums["actor_loss"] += float(actor_loss.detach())
             sums["alpha"] += float(alpha)
-            sums["entropy"] -= float(logprob.detach().mean())
             sums["q_mean"] += float(q1.detach().mean())
         metrics = {key: value / max(n_updates, 1) for key, value in sums.items()}
+        if not actor:  # the actor took no step: no actor loss or entropy estimate to report
+            metrics["actor_loss"] = metrics["entropy"] = float("nan")
         metrics["updates"] = float(n_updates)
         return metrics
+
+    def _actor_and_temperature_step(self, obs_t: torch.Tensor, alpha: torch.Tensor, sums: dict[str, float]) -> None:
+        """One gradient step of the actor (through the critics, which keep no gradient of it) and one of the
+        temperature towards the target entropy; adds their losses to `sums`."""
+        new_actions, logprob = self._sample_actions(obs_t)
+        q1_pi, q2_pi = self.critic(obs_t, new_actions)
+        actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
+        auxiliary = self.actor.auxiliary_loss(obs_t)  # a blend's distillation of its frozen policy
+        loss = actor_loss
+        if auxiliary is not None:
+            sums["auxiliary_loss"] = sums.get("auxiliary_loss", 0.0) + float(auxiliary.detach())
+            loss = actor_loss + auxiliary
+        self._step(self.actor_optimizer, self.actor_params, loss)
+        self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
+
+        alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()
+        self._step(self.alpha_optimizer, [self.log_alpha], alpha_loss)
+        sums["actor_loss"] += float(actor_loss.detach())
+        sums["entropy"] -= float(logprob.detach().mean())
 
     @torch.no_grad()
     def start_from(self, source: dict, new_inputs: np.ndarray) -> str:

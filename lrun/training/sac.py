@@ -169,7 +169,8 @@ class SAC(Algorithm):
         self, state: TrainingState, rollouts: list[Rollout], collected_with: tuple[np.ndarray, np.ndarray]
     ) -> dict[str, float]:
         """Store the rollouts' transitions (and their mirror images, where asked) in the replay buffer, then take
-        `sac.updates_per_step` gradient steps per new decision once `sac.learning_starts` decisions are in.
+        `sac.updates_per_step` gradient steps per new decision once `sac.learning_starts` decisions are in (of
+        the critics alone for the next `sac.critic_warmup` decisions).
 
         Every learner takes the same number of steps (computed from the config and the layout, not from what it
         received), so their gradient Allreduces pair up."""
@@ -204,7 +205,8 @@ class SAC(Algorithm):
             # u gradient steps per decision in all, shared by the learners (each the same count, so their
             # Allreduces pair up): L learners averaging minibatches of b keep the recipe's u b samples per decision
             n_updates = max(round(config.sac.updates_per_step * per_iteration * self.simulators / self.learners), 1)
-            losses = updater.update(n_updates, state.normalised)
+            actor = collected >= config.sac.learning_starts + config.sac.critic_warmup
+            losses = updater.update(n_updates, state.normalised, actor=actor)
             losses["replay_transitions"] = float(updater.buffer.size)
         losses["learning_rate"] = config.sac.learning_rate
         return losses
