@@ -136,17 +136,25 @@ def test_a_critic_warmup_moves_the_critics_only():
 
 
 def test_a_run_with_a_critic_warmup_starts_the_actor_when_it_ends(tmp_path):
-    """Serial SAC, 32 decisions per iteration, updates from 32 decisions in, the actor from 32 + 64."""
+    """Serial SAC, 32 decisions per iteration (16 updates): updates from 48 decisions in (iteration 2), the actor
+    from 48 + 64 (iteration 4); a resume without the buffer refills it, and does not warm up again."""
     run_dir = tmp_path / "warm"
     recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
-    extra = ("sac.learning_starts=32", "sac.critic_warmup=64", "run.iterations=4", "sac.mirror=false")
-    result = run([LRUN, "train", *recipe, *sac_settings(run_dir, *extra)], timeout=300)
+    extra = ("sac.learning_starts=48", "sac.critic_warmup=64", "sac.mirror=false")
+    result = run([LRUN, "train", *recipe, *sac_settings(run_dir, *extra, "run.iterations=4")], timeout=300)
     assert result.returncode == 0, result.stderr
-    assert progress_column(run_dir, "losses/updates")[0] > 0
+    assert progress_column(run_dir, "losses/updates") == [0.0, 16.0, 16.0, 16.0]
     actor_loss = progress_column(run_dir, "losses/actor_loss")
-    assert np.isnan(actor_loss[:2]).all() and np.isfinite(actor_loss[2:]).all()
+    assert np.isnan(actor_loss[:3]).all() and np.isfinite(actor_loss[3])
     alpha = progress_column(run_dir, "losses/alpha")
-    assert alpha[0] == alpha[1] == pytest.approx(0.2) and alpha[3] != pytest.approx(0.2)
+    assert alpha[1] == alpha[2] == pytest.approx(0.2) and alpha[3] != pytest.approx(0.2)
+
+    (run_dir / "checkpoints" / "replay-000.h5").unlink()
+    resume = [*sac_settings(run_dir, *extra, "run.iterations=6"), "--resume", str(run_dir)]
+    again = run([LRUN, "train", *recipe, *resume], timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert progress_column(run_dir, "losses/updates")[4:] == [0.0, 16.0]  # the refill, then updates
+    assert np.isfinite(progress_column(run_dir, "losses/actor_loss")[5])  # of the actor too: no second warm-up
 
 
 @pytest.mark.parametrize(

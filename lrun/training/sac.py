@@ -205,7 +205,10 @@ class SAC(Algorithm):
             # u gradient steps per decision in all, shared by the learners (each the same count, so their
             # Allreduces pair up): L learners averaging minibatches of b keep the recipe's u b samples per decision
             n_updates = max(round(config.sac.updates_per_step * per_iteration * self.simulators / self.learners), 1)
-            actor = collected >= config.sac.learning_starts + config.sac.critic_warmup
+            # the warm-up counts the run's decisions since it began, not this session's: a resumed run (with its
+            # buffer or without) does not warm its critics up again
+            run_decisions = per_iteration * self.simulators * (state.iteration + 1)
+            actor = run_decisions >= config.sac.learning_starts + config.sac.critic_warmup
             losses = updater.update(n_updates, state.normalised, actor=actor)
             losses["replay_transitions"] = float(updater.buffer.size)
         losses["learning_rate"] = config.sac.learning_rate
