@@ -28,7 +28,7 @@ import numpy as np
 from lrun.checkpoint import LATEST, CheckpointError, load_checkpoint, resolve_checkpoint
 from lrun.config import TrainConfig, config_from_dict
 from lrun.env import ENV_ID
-from lrun.env.features import ACT_SIZE, TASK_SIZE, features
+from lrun.env.features import ACT_SIZE, TASK_SIZE, FeatureStream
 from lrun.learn.blend import build_from_spec
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -85,6 +85,7 @@ class Agent:
         self.env_steps: int = int(facts.get("env_steps", 0))
         env = config.env
         self.feature_map = config.policy.features
+        self._stream: FeatureStream | None = None  # what a feature map with memory remembers, per batch row
         if env.id == ENV_ID:
             self.obs_size, self.act_size = TASK_SIZE, ACT_SIZE
             self.action_low, self.action_high = np.zeros(ACT_SIZE), np.ones(ACT_SIZE)
@@ -140,11 +141,25 @@ class Agent:
     def act_with_details(self, obs: Any, deterministic: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(env actions, log-probabilities of the raw actions, values) for a batch of env observations; what
         `lrun eval` stores beside each step."""
-        seen = features(self.feature_map, self._batch(obs))  # the identity map passes gymnasium envs' values
+        batch = self._batch(obs)
+        if self._stream is None or self._stream.rows != len(batch):
+            self._stream = FeatureStream(self.feature_map, len(batch))
+        seen = self._stream(batch)  # the identity map passes gymnasium envs' values
         normalised = self.normaliser.normalise(seen, clip=False) if self.normaliser is not None else seen
         raw, logprob, value = self.policy.act(np.asarray(normalised, np.float32), deterministic=deterministic)
         actions = self.policy.env_action(raw, self.action_low, self.action_high).astype(np.float32)
         return actions, logprob, value
+
+    def reset(self, rows: Any = None) -> None:
+        """Start new episodes: forget what the policy remembers of earlier observations (all rows, or the batch
+        rows named). Only a policy with memory (`policy.features = "relative-v2"`) keeps any; it also notices a
+        new episode by itself where the pelvis jumps back to the start."""
+        if self._stream is None:
+            return
+        if rows is not None:
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(int)
+        self._stream.reset(rows)
 
     def act(self, obs: Any, deterministic: bool = True) -> np.ndarray:
         """The action for one env observation (shape (41,) -> (18,)) or a batch ((n, 41) -> (n, 18)), float32
@@ -155,7 +170,12 @@ class Agent:
     def predict(
         self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
     ) -> tuple[np.ndarray, None]:
-        """Stable-Baselines3's signature: (action, None); the policy has no recurrent state."""
+        """Stable-Baselines3's signature: (action, None); `episode_start` (one bool per row) resets the memory of
+        a policy that keeps one (`reset`)."""
+        if episode_start is not None:
+            starts = np.atleast_1d(np.asarray(episode_start, bool))
+            if self._stream is not None and self._stream.rows == len(starts):
+                self.reset(starts)
         return self.act(observation, deterministic), None
 
     # -- its env --------------------------------------------------------------------------------------------

@@ -101,8 +101,10 @@ class PolicyConfig:
     init_log_std: float = doc("initial log std of the Gaussian, in [-1, 1] action units", -0.5)
     normalise_observations: bool = doc("normalise observations by running statistics merged over ranks", True)
     features: str = doc(
-        "what the networks see of lrun/Run-v0's 41 observations (lrun/env/features.py): task (as they are) or "
-        "relative-v1 (every x relative to the pelvis); the store and the graders' metrics keep the 41 values",
+        "what the networks see of lrun/Run-v0's 41 observations (lrun/env/features.py): task (as they are), "
+        "relative-v1 (every x relative to the pelvis) or relative-v2 (relative-v1 + the last obstacle the pelvis "
+        "passed, remembered; a relative-v1 parent carries into it); the store and the graders' metrics keep the 41 "
+        "values",
         "task",
     )
 

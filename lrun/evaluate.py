@@ -127,6 +127,7 @@ def run_episode(
     """One episode from reset(seed) to its end; appends its steps and table row to `writer`; returns its
     COLUMNS row."""
     raw, info = env.reset(seed=seed)
+    agent.reset()  # a policy with memory starts the episode with none
     if not deterministic:
         torch.manual_seed(seed)  # sampled actions too depend only on the episode, not on the rank that runs it
     book = EpisodeBook(1, 0, len(raw), facts, first_row=writer.n_steps if writer else 0, first_counter=k)

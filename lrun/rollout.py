@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from lrun.env.factory import reward_terms_of
-from lrun.env.features import IDENTITY, feature_size, features
+from lrun.env.features import IDENTITY, FeatureStream, feature_size
 from lrun.env.vector import SerialVectorEnv
 from lrun.learn.normaliser import RunningNormaliser
 from lrun.learn.policy import Policy
@@ -176,6 +176,7 @@ class RolloutCollector:
         self.low = np.asarray(space.low, dtype=np.float64)
         self.high = np.asarray(space.high, dtype=np.float64)
         self.raw_obs, infos = vec.reset()
+        self.stream = FeatureStream(feature_map, len(self.raw_obs))  # what a map with memory remembers, per env
         if book is not None:
             for i, info in enumerate(infos):
                 book.start(i, info)
@@ -183,8 +184,10 @@ class RolloutCollector:
         self.last_record: dict[str, np.ndarray] | None = None
         self.last_terms: dict[str, np.ndarray] | None = None
 
-    def _input(self, raw: np.ndarray) -> np.ndarray:
-        x = features(self.feature_map, raw)
+    def _input(self, raw: np.ndarray, rows: list[int] | None = None) -> np.ndarray:
+        return self._normalised(self.stream(raw, rows))
+
+    def _normalised(self, x: np.ndarray) -> np.ndarray:
         if self.normalise_observations:
             return self.normaliser.normalise(x, clip=False)  # the policy clips (after a blend's mapping)
         return x.astype(np.float32)
@@ -205,6 +208,7 @@ class RolloutCollector:
         terminated, truncated, values = arrays["terminated"], arrays["truncated"], arrays["values"]
         final_values = arrays["final_values"]
         raw_obs = np.zeros((steps, envs, obs_size), np.float32)
+        seen = np.zeros((steps, envs, shapes["obs"][-1]))  # the features, before normalisation
         applied = np.zeros((steps, envs, act_size), np.float32)
         episode_ids = np.zeros((steps, envs), np.int64)
         steps_in_episode = np.zeros((steps, envs), np.int32)
@@ -213,12 +217,13 @@ class RolloutCollector:
         sim_steps = 0
         book = self.book
         for t in range(steps):
-            x = self._input(self.raw_obs)
+            seen[t] = self.stream(self.raw_obs)
+            x = self._normalised(seen[t])
             raw_action, logprob, value = self.policy.act(x)
             # float32 excitations, so the stored float32 copy is exactly what the env applied (replay is exact)
             env_action = self.policy.env_action(raw_action, self.low, self.high).astype(np.float32)
             next_raw, reward, term, trunc, infos = self.vec.step(env_action)
-            obs[t] = features(self.feature_map, self.raw_obs) if self.send_features else x
+            obs[t] = seen[t] if self.send_features else x
             raw_obs[t], actions[t], applied[t] = self.raw_obs, raw_action, env_action
             logprobs[t], values[t] = logprob, value
             rewards[t], terminated[t], truncated[t] = reward, term, trunc
@@ -231,7 +236,8 @@ class RolloutCollector:
             for i in np.flatnonzero(term | trunc):
                 info = infos[i]
                 if trunc[i] and not term[i]:
-                    final_values[t, i] = self.policy.values(self._input(info["final_observation"][None]))[0]
+                    final_values[t, i] = self.policy.values(self._input(info["final_observation"][None], [int(i)]))[0]
+                self.stream.reset([int(i)])  # the env has reset: its next observation begins a new episode
                 final = info["final_observation"]
                 distance = float("nan") if self.distance_index is None else float(final[self.distance_index])
                 episode = info["episode"]
@@ -252,7 +258,7 @@ class RolloutCollector:
                     book.start(int(i), info["reset_info"])
             self.raw_obs = next_raw
         next_value = self.policy.values(self._input(self.raw_obs))
-        moments = RunningNormaliser.moments(features(self.feature_map, raw_obs))
+        moments = RunningNormaliser.moments(seen)
         if book is not None:
             n = steps * envs
             self.last_record = {

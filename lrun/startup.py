@@ -24,9 +24,10 @@ from lrun.checkpoint import (
 from lrun.config import ConfigError, TrainConfig
 from lrun.env import ENV_ID
 from lrun.env.factory import env_factory, reward_terms_of
-from lrun.env.features import IDENTITY, feature_size
+from lrun.env.features import IDENTITY, extension_of, feature_size
 from lrun.learn.blend import build_from_spec, new_blend
 from lrun.learn.policy import ActorCritic, Policy
+from lrun.learn.transfer import insert_input_columns
 from lrun.progress import PROGRESS_FILE
 from lrun.store.reader import RunStore, StoreError
 
@@ -138,11 +139,14 @@ def startup_checks(
     source = load_checkpoint(path)
     source["path"] = str(path)
     their_features = source["config"]["policy"].get("features", IDENTITY)
-    if their_features != problem.feature_map:
+    try:
+        added = extension_of(problem.feature_map, their_features)
+    except ValueError:
         raise CheckpointError(
             f"{path}: {key} was trained with policy.features = {their_features!r}, this run uses "
-            f"{problem.feature_map!r}; they must match (--set policy.features={their_features})"
-        )
+            f"{problem.feature_map!r}; they must match (--set policy.features={their_features}), or this run's "
+            "must extend theirs (relative-v2 extends relative-v1)"
+        ) from None
     their_skip = int(source["config"]["env"].get("frame_skip", 1))
     if their_skip != config.env.frame_skip:  # the same excitations held for another time are another policy
         raise CheckpointError(
@@ -154,6 +158,9 @@ def startup_checks(
     if student is not None:  # a finished blend (c = 1) is its new network alone: start from just that
         theirs = theirs["student"]
         source = {**source, "policy": student, "meta": {**source["meta"], "policy_spec": theirs}}
+    if added:
+        source = extend_source(source, added, path, key)
+        theirs = source["meta"]["policy_spec"]
     if how == "init":
         if theirs.get("kind") == "blend":
             raise CheckpointError(
@@ -174,6 +181,49 @@ def startup_checks(
         check_clone_store(config.clone.store or source["config"]["run"]["run_dir"], problem.task_obs_size)
     spec = {"kind": "blend", "frozen": theirs, "student": plain} if how == "blend" else plain
     return Start(problem, spec, source=source, how=how)
+
+
+def extend_source(source: dict, added: int, path: Path, key: str) -> dict:
+    """A parent checkpoint carried onto a feature map that appends `added` features to its own: its networks
+    (actor, value head, SAC critics and their targets) get zero weight from them, so they compute what they did,
+    and its normaliser gets statistics for them that say "never varied" (they start afresh, `start_from`).
+    Optimiser moments are left behind (a transfer starts its optimisers afresh)."""
+    spec = source["meta"].get("policy_spec") or {}
+    if spec.get("kind") != "mlp":
+        raise CheckpointError(
+            f"{path}: {key} is a {spec.get('kind', 'unknown')!r} policy; only a plain network (a blend whose ramp "
+            "has finished is one) carries onto a feature map with more features"
+        )
+    old = int(spec["obs_size"])
+    policy = dict(source["policy"])
+    for part in ("actor", "critic"):
+        sub = {k.removeprefix(f"{part}."): v for k, v in policy.items() if k.startswith(f"{part}.")}
+        if sub:
+            wider = insert_input_columns(sub, old, added)
+            policy.update({f"{part}.{k}": v for k, v in wider.items()})
+    optimizer = source.get("optimizer") or {}
+    if "critic" in optimizer:  # SAC: twin critics (and targets) take features, then actions
+        optimizer = {name: optimizer[name] for name in ("critic", "target", "log_alpha")}
+        for name in ("critic", "target"):
+            nets = dict(optimizer[name])
+            for q in ("q1", "q2"):
+                sub = {k.removeprefix(f"{q}."): v for k, v in nets.items() if k.startswith(f"{q}.")}
+                nets.update({f"{q}.{k}": v for k, v in insert_input_columns(sub, old, added).items()})
+            optimizer[name] = nets
+    stats = source["normaliser"].numpy().astype(np.float64)
+    if len(stats) != 3 * old:
+        raise CheckpointError(f"{path}: {key}'s normaliser holds {len(stats)} values, not 3 x {old}")
+    pad = np.zeros(added)  # mean 0, variance 0, count 0: never varied
+    normaliser = np.concatenate([stats[:old], pad, stats[old : 2 * old], pad, stats[2 * old :], pad])
+    spec = {**spec, "obs_size": old + added}
+    meta = {**source["meta"], "obs_size": old + added, "policy_spec": spec}
+    return {
+        **source,
+        "policy": policy,
+        "optimizer": optimizer,
+        "normaliser": torch.from_numpy(normaliser),
+        "meta": meta,
+    }
 
 
 def probe_env(config: TrainConfig) -> Problem:

@@ -13,9 +13,11 @@ import pytest
 import torch
 from helpers import LRUN, MPIEXEC, run, sets
 
+import lrun
 from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
-from lrun.env.features import features
+from lrun.env.features import episode_features, features
+from lrun.env.layout import EpisodeLayout
 
 SAC = sets(
     "env.physics=fast",
@@ -110,6 +112,59 @@ def test_a_sac_blend_at_coefficient_zero_acts_as_its_source_over_obstacles(sourc
     np.testing.assert_allclose(applied, policy.env_action(raw, np.zeros(18), np.ones(18)), rtol=0, atol=1e-6)
 
 
+def test_plain_init_onto_relative_v2_adds_the_passed_obstacle_and_acts_as_the_source(source, tmp_path):
+    """A relative-v1 policy carried onto relative-v2 (its features plus the remembered passed obstacle): the
+    three new inputs get zero weight in the actor and both critics, their statistics start afresh, and `lrun
+    eval` over obstacles acts exactly as the source does on its own features."""
+    run_dir = tmp_path / "v2"
+    result = run(
+        [
+            *(LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES, *sets("policy.features=relative-v2")),
+            *sets("policy.hidden_sizes=[16]", "sac.hidden_sizes=[16, 16]", "run.iterations=1"),
+            *sets(f"run.init_from={source}", f"run.run_dir={run_dir}"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "8 features the parent never saw vary start their statistics afresh" in result.stdout
+    assert "critics and temperature copied from the parent" in result.stdout
+    mine, theirs = load_checkpoint(run_dir), load_checkpoint(source)
+    added = [OBS, OBS + 1, OBS + 2]
+    assert mine["meta"]["obs_size"] == OBS + 3
+    for name in ("actor.0.weight", "critic.0.weight"):
+        assert torch.all(mine["policy"][name][:, [*NEW, *added]] == 0)
+        keep = [i for i in range(OBS) if i not in NEW]
+        assert torch.equal(mine["policy"][name][:, keep], theirs["policy"][name][:, keep])
+    for key in ("critic", "target"):
+        assert torch.all(critic_weights(mine, key)[:, added] == 0)
+        assert torch.equal(critic_weights(mine, key)[:, OBS + 3 :], critic_weights(theirs, key)[:, OBS:])  # actions
+    out = tmp_path / "eval"
+    command = [LRUN, "eval", str(run_dir), "--episodes", "2", "--physics", "fast", "--obstacles", "3"]
+    result = run([*command, "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    with h5py.File(out / "trajectories" / "rank-0000.h5", "r") as f:
+        obs, applied, ids = f["steps/obs"][:], f["steps/excitations"][:], f["steps/episode_id"][:]
+    policy, normaliser, _ = load_policy(run_dir)
+    x = normaliser.normalise(episode_features("relative-v2", obs, ids), clip=False)
+    raw, _, _ = policy.act(x, deterministic=True)
+    np.testing.assert_allclose(applied, policy.env_action(raw, np.zeros(18), np.ones(18)), rtol=0, atol=1e-6)
+    parent, _, _ = load_policy(source)  # the source's own network on the first 38 features (those it cut: 0)
+    seen = x[:, :OBS].copy()
+    seen[:, NEW] = 0.0
+    theirs_raw, _, _ = parent.act(seen, deterministic=True)
+    np.testing.assert_allclose(raw, theirs_raw, rtol=0, atol=1e-6)
+    # a loaded agent remembers across its calls and forgets at an episode start (SB3's predict signature too)
+    agent = lrun.load(run_dir)
+    layout = EpisodeLayout(np.array([[1.0, 0.0, 0.1]]), (1.0, 1.0))
+    for x in np.arange(0.0, 1.5, 0.04):
+        step = obs[0].astype(np.float64)
+        step[1], step[38:41] = x, layout.next_obstacle(x)
+        agent.act(step)
+        passed = agent._stream.memory[0, 3:6]
+    assert np.allclose(passed, [1.0, 0.0, 0.1])
+    agent.predict(step, episode_start=np.array([True]))
+    assert np.isnan(agent._stream.memory[0, 3:6]).all()
+
+
 @needs_mpi
 def test_a_sac_blend_trains_under_mpi_resumes_and_leaves_the_frozen_network_alone(source, tmp_path):
     run_dir = tmp_path / "blend"
@@ -146,6 +201,22 @@ def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["lineage"][-1]["how"] == "clone" and checkpoint["meta"]["policy_spec"]["hidden_sizes"] == [32, 32]
     assert torch.all(checkpoint["policy"]["actor.0.weight"][:, NEW] == 0)  # the clone acts alone: inputs cut
+
+
+def test_sac_cloning_onto_relative_v2_maps_the_stored_states_episode_by_episode(source, tmp_path):
+    run_dir = tmp_path / "clone-v2"
+    result = run(
+        [
+            *(LRUN, "clone", str(source), *SAC, *sets("policy.features=relative-v2")),
+            *sets("policy.hidden_sizes=[32]", "sac.hidden_sizes=[16, 16]", "clone.epochs=4"),
+            *sets("clone.minibatch_size=32", "run.iterations=1", f"run.run_dir={run_dir}"),
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cloning on 192 stored states" in result.stdout
+    checkpoint = load_checkpoint(run_dir)
+    assert checkpoint["meta"]["obs_size"] == OBS + 3 and checkpoint["config"]["policy"]["features"] == "relative-v2"
+    assert torch.all(checkpoint["policy"]["actor.0.weight"][:, [*NEW, OBS, OBS + 1, OBS + 2]] == 0)
 
 
 @needs_mpi

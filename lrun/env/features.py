@@ -11,6 +11,12 @@ Feature maps:
 - ``relative-v1``: the same information with every absolute x replaced by its offset from the pelvis, so that
   nothing the policy sees grows with the distance walked (the 2017 entries' "positions relative to the pelvis";
   a 34-value pelvis-relative observation beat the full one in the only published ablation). 38 values.
+- ``relative-v2``: relative-v1 plus the last obstacle the pelvis passed (x offset from the pelvis, y, radius),
+  remembered from earlier observations of the episode. 41 values. The task shows the next obstacle only until
+  the pelvis passes it, while the trailing foot has yet to clear it: of models/round2's round-2 falls, most came
+  after a foot met an obstacle that had already left the observation. The 2017 winner fed its policy per-foot
+  obstacle distances from such a memory. A map with memory is applied through a `FeatureStream`, one row per env,
+  which forgets at an episode's end (`reset`) and by itself where the pelvis jumps (a new episode).
 
 Mirror: the model is planar, so swapping the legs is an exact symmetry of the dynamics: joint angles and speeds,
 toe and talus points, psoas strengths and the 9 + 9 muscle excitations trade places; the pelvis, torso, head,
@@ -68,6 +74,17 @@ def _task_mirror() -> np.ndarray:
     return m
 
 
+#: relative-v2's passed obstacle: forgotten once the pelvis is this far past its centre (no foot reaches back so
+#: far), and shown as (-PASSED_RANGE_M, 0, 0), an obstacle of no size out of reach, while there is none.
+PASSED_RANGE_M = 2.0
+#: The pelvis cannot move this far between two decisions of one episode: a jump this size is a new episode.
+NEW_EPISODE_JUMP_M = 0.5
+#: Two sightings of an obstacle are the same one if its absolute x and radius agree this closely (stored
+#: observations are float32; obstacles lie centimetres apart at the least).
+SAME_OBSTACLE_M = 1e-3
+#: A radius at most this is no obstacle (the task's empty slot (100, 0, 0)).
+NO_RADIUS_M = 1e-3
+
 #: relative-v1: (source index, index subtracted or -1) for each feature, in order.
 _RELATIVE_V1: tuple[tuple[int, int], ...] = (
     (PELVIS_TILT, -1),
@@ -101,13 +118,120 @@ def _relative_v1_mirror() -> np.ndarray:
     return np.array([where[task[s]] for s, _ in _RELATIVE_V1])
 
 
+#: Memory columns of relative-v2, per row: the obstacle in view (absolute x, y, radius), the last one passed
+#: (absolute x, y, radius), the pelvis x last seen. NaN: none (or not seen yet).
+_MEMORY = 7
+_SEEN, _PASSED, _PELVIS = slice(0, 3), slice(3, 6), 6
+
+
+def _empty_memory(rows: int) -> np.ndarray:
+    return np.full((rows, _MEMORY), np.nan)
+
+
+def _remember(memory: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """relative-v2's memory after observations `obs` (rows as `memory`'s). Idempotent: remembering the same
+    observation twice changes nothing, so a collector may map an observation more than once."""
+    memory = memory.copy()
+    pelvis = obs[:, PELVIS_X].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        jumped = np.abs(pelvis - memory[:, _PELVIS]) > NEW_EPISODE_JUMP_M  # NaN (nothing seen) compares False
+    memory[jumped] = np.nan
+    dx, y, r = (obs[:, i].astype(np.float64) for i in OBSTACLE)
+    real = r > NO_RADIUS_M
+    seen = np.where(real[:, None], np.stack([pelvis + dx, y, r], axis=1), np.nan)
+    before = memory[:, _SEEN]
+    with np.errstate(invalid="ignore"):
+        same_real = (np.abs(seen[:, 0] - before[:, 0]) <= SAME_OBSTACLE_M) & (
+            np.abs(seen[:, 2] - before[:, 2]) <= SAME_OBSTACLE_M
+        )
+        changed = ~(same_real | (np.isnan(seen[:, 0]) & np.isnan(before[:, 0])))
+        # the task drops an obstacle from view once x + radius < pelvis x: then it was passed; any other change
+        # (walking back to an earlier one, a new episode's first) leaves nothing passed
+        passed = changed & (before[:, 0] + before[:, 2] < pelvis)
+    memory[changed, _PASSED] = np.where(passed[changed, None], before[changed], np.nan)
+    memory[:, _SEEN] = seen
+    memory[:, _PELVIS] = pelvis
+    return memory
+
+
+def _passed_obstacle(memory: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """(x offset from the pelvis, y, radius) of the remembered passed obstacle, or (-PASSED_RANGE_M, 0, 0)."""
+    offset = memory[:, 3] - obs[:, PELVIS_X]
+    with np.errstate(invalid="ignore"):
+        known = np.isfinite(offset) & (offset >= -PASSED_RANGE_M)
+    out = np.zeros((len(obs), 3))
+    out[:, 0] = np.where(known, offset, -PASSED_RANGE_M)
+    out[:, 1] = np.where(known, memory[:, 4], 0.0)
+    out[:, 2] = np.where(known, memory[:, 5], 0.0)
+    return out
+
+
 #: name -> (size, map over the last axis, mirror permutation of the features)
 FEATURES: dict[str, tuple[int, Callable[[np.ndarray], np.ndarray], np.ndarray]] = {
     "task": (TASK_SIZE, lambda obs: np.asarray(obs, dtype=np.float64), _task_mirror()),
     "relative-v1": (len(_RELATIVE_V1), _relative_v1, _relative_v1_mirror()),
 }
+#: Maps with memory: name -> the map whose features they extend (theirs come first, in the same order) and how
+#: many they add. Their mirror is the base map's, the added features mirroring to themselves (an obstacle lies
+#: across both legs' path).
+EXTENSIONS: dict[str, tuple[str, int]] = {"relative-v2": ("relative-v1", 3)}
+for _name, (_base, _added) in EXTENSIONS.items():
+    _size = FEATURES[_base][0]
+    FEATURES[_name] = (
+        _size + _added,
+        FEATURES[_base][1],  # the base part; FeatureStream appends the remembered part
+        np.concatenate([FEATURES[_base][2], np.arange(_size, _size + _added)]),
+    )
 #: A policy trained on gymnasium envs sees their observations unchanged and has no mirror.
 IDENTITY = "task"
+
+
+def has_memory(name: str) -> bool:
+    """Whether feature map `name` remembers earlier observations (it is applied through a `FeatureStream`)."""
+    return name in EXTENSIONS
+
+
+def extension_of(name: str, parent: str) -> int:
+    """How many features map `name` appends to map `parent`'s (a policy of `parent` carries into `name` with
+    zero weight on them); 0 when they are the same map. ValueError when `name` does not extend `parent`."""
+    if name == parent:
+        return 0
+    base, added = EXTENSIONS.get(name, (None, 0))
+    if base != parent:
+        raise ValueError(f"policy.features {name!r} does not extend {parent!r}")
+    return added
+
+
+class FeatureStream:
+    """The features of `rows` parallel streams of observations (one per env), with the memory map `name` keeps
+    between the observations of an episode (none for a map without memory).
+
+    Call it with each new observation of every row (or of the rows named); `reset(rows)` when their episodes end.
+    Where a caller cannot say (a user's loop), a jump of the pelvis of more than NEW_EPISODE_JUMP_M starts the
+    row afresh by itself."""
+
+    def __init__(self, name: str, rows: int) -> None:
+        if name not in FEATURES:
+            raise ValueError(f"policy.features {name!r}: choose one of {', '.join(FEATURES)}")
+        self.name = name
+        self.rows = rows
+        self.memory = _empty_memory(rows) if has_memory(name) else None
+
+    def reset(self, rows: np.ndarray | list[int] | None = None) -> None:
+        """Forget what the rows (default: all) have seen: their episodes ended."""
+        if self.memory is not None:
+            self.memory[slice(None) if rows is None else rows] = np.nan
+
+    def __call__(self, obs: np.ndarray, rows: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Features (float64) of observations `obs`, one per row (default: all rows, in order), remembered."""
+        obs = np.asarray(obs)
+        base = FEATURES[self.name][1](obs)
+        if self.memory is None:
+            return base
+        which = slice(None) if rows is None else rows
+        memory = _remember(self.memory[which], obs)
+        self.memory[which] = memory
+        return np.concatenate([base, _passed_obstacle(memory, obs)], axis=-1)
 
 
 def check_features(name: str, env_id: str) -> None:
@@ -124,8 +248,27 @@ def feature_size(name: str, task_size: int) -> int:
 
 
 def features(name: str, obs: np.ndarray) -> np.ndarray:
-    """Apply feature map `name` to observations (any leading shape; `task` passes any size through); float64."""
+    """Apply feature map `name` to observations (any leading shape; `task` passes any size through); float64.
+    A map with memory needs the observations in order: `FeatureStream` or `episode_features`."""
+    if has_memory(name):
+        raise ValueError(f"policy.features {name!r} remembers earlier observations: map them with a FeatureStream")
     return FEATURES[name][1](np.asarray(obs))
+
+
+def episode_features(name: str, obs: np.ndarray, episode_ids: np.ndarray) -> np.ndarray:
+    """Features of stored observations (rows in time order within each episode, episodes interleaved as a
+    store keeps them), each episode's memory starting empty."""
+    obs = np.asarray(obs)
+    if not has_memory(name):
+        return features(name, obs)
+    out = np.empty((len(obs), FEATURES[name][0]))
+    ids = np.asarray(episode_ids)
+    for episode in np.unique(ids):
+        rows = np.flatnonzero(ids == episode)
+        stream = FeatureStream(name, 1)
+        for row in rows:
+            out[row] = stream(obs[row : row + 1])[0]
+    return out
 
 
 def observation_mirror(name: str) -> np.ndarray:

@@ -40,6 +40,18 @@ def zero_input_columns(net: nn.Module, mask: np.ndarray) -> int:
     return len(columns)
 
 
+def insert_input_columns(state: dict[str, torch.Tensor], at: int, count: int) -> dict[str, torch.Tensor]:
+    """An MLP's state dict with `count` zero input columns inserted at input `at` of its first layer: inputs
+    added to a network (new features after the old ones, before a critic's action inputs) that it ignores until
+    it learns to use them, so it computes what it did."""
+    first = weight_keys(state)[0]
+    w = state[first]
+    if not 0 <= at <= w.shape[1]:
+        raise ValueError(f"cannot insert inputs at {at} of a layer with {w.shape[1]}")
+    zeros = torch.zeros(w.shape[0], count, dtype=w.dtype)
+    return {**state, first: torch.cat([w[:, :at], zeros, w[:, at:]], dim=1)}
+
+
 def weight_keys(state: dict[str, torch.Tensor]) -> list[str]:
     """The weight matrices' keys of an MLP's state dict, in layer order ("2.weight" before "10.weight")."""
     return sorted(

@@ -216,6 +216,11 @@ class RunStore:
         Whole iterations are taken, newest first (a rank file's steps are in policy-version order, so each
         file contributes a tail). Behavioural cloning learns on these.
         """
+        return self.recent_steps(max_rows)[0]
+
+    def recent_steps(self, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """`recent_observations` and the episode id of each row (rows of one episode in time order), for a
+        feature map that remembers earlier observations (`lrun.env.features.episode_features`)."""
         versions = [f["steps/policy_version"][: f["steps/obs"].shape[0]] for f in self.files]
         every = np.concatenate(versions) if versions else np.zeros(0, np.int32)
         if len(every) == 0:
@@ -224,14 +229,15 @@ class RunStore:
         newest_first = np.cumsum(counts[::-1])
         keep = max(int(np.searchsorted(newest_first, max_rows, side="right")), 1)  # at least one iteration
         threshold = unique[::-1][keep - 1]
-        parts = []
+        parts, ids = [], []
         for f, v, path in zip(self.files, versions, self.paths):
             first = int(np.searchsorted(v, threshold))  # v is non-decreasing within a file
             try:
                 parts.append(f["steps/obs"][first : len(v)])
-            except (OSError, RuntimeError) as exc:
+                ids.append(f["steps/episode_id"][first : len(v)])
+            except (OSError, RuntimeError, KeyError) as exc:
                 raise StoreError(f"{path}: cannot read steps/obs ({str(exc).splitlines()[0]})") from None
-        return np.concatenate(parts)[-max_rows:]
+        return np.concatenate(parts)[-max_rows:], np.concatenate(ids)[-max_rows:]
 
     def episode(self, episode_id: int) -> dict[str, Any]:
         """One episode: {"row": its table row, "steps": its steps in order}. Raises StoreError if unknown."""

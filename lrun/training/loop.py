@@ -21,7 +21,7 @@ import torch
 from lrun import mpi as lmpi
 from lrun.checkpoint import CheckpointError
 from lrun.config import ConfigError, TrainConfig
-from lrun.env.features import features
+from lrun.env.features import episode_features
 from lrun.learn.blend import build_from_spec
 from lrun.learn.clone import CloneSettings, clone_policy
 from lrun.learn.policy import flat_parameters
@@ -291,7 +291,7 @@ def clone_from_store(
     teacher.load_state_dict(teacher_payload["policy"])
     normaliser = state.normaliser  # the teacher's, loaded by start_from
     with RunStore(store_dir) as store:
-        raw = features(config.policy.features, store.recent_observations(c.max_states))
+        raw = episode_features(config.policy.features, *store.recent_steps(c.max_states))
     if config.policy.normalise_observations:
         teacher.set_input_statistics(normaliser.mean, normaliser.var)
         obs = normaliser.normalise(raw, clip=False)
