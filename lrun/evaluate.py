@@ -343,17 +343,29 @@ def stored_rows(out: Path, episodes: int, base_seed: int) -> np.ndarray:
 def falls_of(out: Path, table: np.ndarray) -> dict[str, Any]:
     """Where the evaluation's episodes fell or stopped (lrun.analysis.falls), from its table and the obstacles and
     strengths its store holds for each episode."""
-    from lrun.analysis.falls import falls_breakdown
+    from lrun.analysis.falls import approach_breakdown, falls_breakdown
 
     with RunStore(out) as store:
-        e = store.episodes(["id", "obstacles", "psoas"])
+        e = store.episodes(["id", "obstacles", "psoas", "fell", "final_obs"])
+        steps = store.steps(["obs", "episode_id"])
     n = len(table)
     obstacles = np.full((n, *e["obstacles"].shape[1:]), np.nan)
     strengths = np.ones((n, 2))
     obstacles[e["id"]] = e["obstacles"]
     strengths[e["id"]] = e["psoas"]
     col = {name: table[:, i] for i, name in enumerate(COLUMNS)}
-    return falls_breakdown(col["distance"], col["fell"], obstacles, strengths)
+    result = falls_breakdown(col["distance"], col["fell"], obstacles, strengths)
+    # each episode's observations in order, its final one last (rank files hold whole episodes, in step order)
+    order = np.argsort(steps["episode_id"], kind="stable")
+    ids, starts = np.unique(steps["episode_id"][order], return_index=True)
+    bounds = dict(zip(ids.tolist(), zip(starts, [*starts[1:], len(order)])))
+    episodes = (
+        (np.vstack([steps["obs"][order[a:b]], e["final_obs"][k][None]]), e["obstacles"][k], bool(e["fell"][k]))
+        for k, episode in enumerate(e["id"].tolist())
+        for a, b in [bounds.get(episode, (0, 0))]
+    )
+    result["approaches"] = approach_breakdown(episodes)
+    return result
 
 
 def describe_falls(out: Path, table: np.ndarray, settings: EvalSettings, png: Path) -> tuple[dict[str, Any], list[str]]:

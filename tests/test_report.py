@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrun.analysis.falls import falls_breakdown, format_breakdown, plot_breakdown
+from lrun.analysis.falls import (
+    approach_breakdown,
+    falls_breakdown,
+    foot_approaches,
+    format_approaches,
+    format_breakdown,
+    plot_breakdown,
+)
+from lrun.env.features import OBSTACLE, PELVIS_X, point
+from lrun.env.layout import EpisodeLayout
 
 NAN = [np.nan] * 3
 
@@ -81,3 +90,51 @@ def test_a_training_report_says_where_the_episodes_of_its_last_tenth_fell():
     report = {"iterations": [], "by_difficulty": [], "stored_steps": 0, "episodes": 100, "falls": late}
     assert "where the episodes of iterations 19-20 (10) fell:\n  falls at obstacles 2 of 4" in format_report(report)
     assert late_falls({**ep, "difficulty": np.zeros(100, int)}) is None  # flat ground: nothing to say
+
+
+def walk_over(layout: EpisodeLayout, trail_m: float = 0.4, lift_m: float = 0.0) -> np.ndarray:
+    """Observations of a walk from 0 to 4 m in 2 cm steps: the left foot 0.2 m ahead of the pelvis, the right
+    `trail_m` behind, both at `lift_m` height; the obstacle slot filled as RunEnv fills it."""
+    rows = []
+    for x in np.arange(0.0, 4.0, 0.02):
+        obs = np.zeros(41)
+        obs[PELVIS_X] = x
+        obs[list(OBSTACLE)] = layout.next_obstacle(x)
+        for name, offset in (("toes_l", 0.2), ("talus_l", 0.1), ("toes_r", -trail_m), ("talus_r", -trail_m - 0.1)):
+            ix, iy = point(name)
+            obs[ix], obs[iy] = x + offset, lift_m
+        rows.append(obs)
+    return np.array(rows)
+
+
+def test_each_foots_meeting_with_an_obstacle_is_classed_by_what_the_observation_showed():
+    # one obstacle at 2 m (radius 0.1): the leading foot meets it in view; the trailing foot, 0.4 m behind the
+    # pelvis, meets it after the pelvis passed x + r = 2.1 m: out of view
+    one = EpisodeLayout(np.array([[2.0, 0.0, 0.1]]), (1.0, 1.0))
+    events = foot_approaches(walk_over(one), one.obstacles)
+    assert [view for _, _, view in events] == ["in_view", "passed"]
+    # two crowded obstacles: the second (2.15 m) is hidden behind the first while the leading foot reaches it
+    two = EpisodeLayout(np.array([[2.0, 0.0, 0.1], [2.15, 0.0, 0.05]]), (1.0, 1.0))
+    views = {(j, view) for _, j, view in foot_approaches(walk_over(two), two.obstacles)}
+    assert (1, "hidden") in views and (0, "in_view") in views
+    # feet lifted clear of it: no meeting
+    assert foot_approaches(walk_over(one, lift_m=0.5), one.obstacles) == []
+
+
+def test_falls_are_counted_by_the_view_of_their_last_meeting_and_summarised():
+    one = EpisodeLayout(np.array([[2.0, 0.0, 0.1]]), (1.0, 1.0))
+    walk = walk_over(one)
+    fell_after = walk[: int(2.6 / 0.02)]  # ends 0.5 m past the obstacle: after the trailing foot's meeting
+    far = walk_over(EpisodeLayout(np.array([[0.5, 0.0, 0.05]]), (1.0, 1.0)))  # ends 3.5 m past its obstacle
+    result = approach_breakdown(
+        [
+            (walk, one.obstacles, False),
+            (fell_after, one.obstacles, True),
+            (far, np.array([[0.5, 0.0, 0.05]]), True),
+        ]
+    )
+    assert result["met"] == {"in_view": 3, "passed": 3, "hidden": 0}
+    assert result["falls_after"] == {"in_view": 0, "passed": 1, "hidden": 0, "none": 1}
+    lines = format_approaches(result)
+    assert "in view 3 (50 %)" in lines[0] and "passed, out of view 1 of 3 (33.3 %)" in lines[1]
+    assert "no meeting 1" in lines[1]

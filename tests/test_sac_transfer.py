@@ -141,6 +141,8 @@ def test_plain_init_onto_relative_v2_adds_the_passed_obstacle_and_acts_as_the_so
     command = [LRUN, "eval", str(run_dir), "--episodes", "2", "--physics", "fast", "--obstacles", "3"]
     result = run([*command, "--out", str(out)])
     assert result.returncode == 0, result.stderr
+    falls = json.loads((out / "eval.json").read_text())["falls"]  # every fall classed by its last foot meeting
+    assert sum(falls["approaches"]["falls_after"].values()) == falls["falls"]
     with h5py.File(out / "trajectories" / "rank-0000.h5", "r") as f:
         obs, applied, ids = f["steps/obs"][:], f["steps/excitations"][:], f["steps/episode_id"][:]
     policy, normaliser, _ = load_policy(run_dir)

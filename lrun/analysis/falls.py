@@ -7,6 +7,11 @@ feet: a toe caught on an obstacle brings it down about a stride later; measured 
 falls, the nearest obstacle's centre lay from 0.5 m ahead to 0.8 m behind the pelvis for 80 % of them). Each
 met obstacle is one trial, so the fall rate per obstacle met, by radius, says which obstacles the policy
 cannot clear.
+
+With the episodes' steps (an evaluation's store), `approach_breakdown` says what the policy could see when a
+foot met an obstacle: the task's observation shows the next obstacle only until the pelvis passes it, so a
+trailing foot meets obstacles already out of view, and of the first three (drawn within 1-5 m) one can hide
+behind another.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lrun.analysis.common import save_figure, wilson_interval
+from lrun.env.features import OBSTACLE, PELVIS_X, point
 
 NEAR_BEFORE_M = 0.6
 NEAR_AFTER_M = 1.0
@@ -26,6 +32,15 @@ NEAR_AFTER_M = 1.0
 SHORT_SHARE = 0.5
 STOP_AHEAD_M = 1.0
 RADIUS_EDGES = (0.10, 0.15, 0.20)
+#: A toe or heel point this close to an obstacle's surface: the foot meets it (the foot's contact spheres are a
+#: few centimetres; a decision's step moves a swinging foot ~5-10 cm, so a closer mark would miss passes).
+APPROACH_M = 0.06
+FEET = (("toes_l", "talus_l"), ("toes_r", "talus_r"))  # each foot's points in the observation
+#: What the observation showed when a foot met an obstacle: that obstacle, nothing of it (the pelvis had passed
+#: it), or a nearer one in front of it.
+VIEWS = ("in_view", "passed", "hidden")
+#: Two x's of one obstacle (observed as pelvis x + offset, stored as float32) agree this closely.
+SAME_X_M = 1e-3
 STRENGTH_EDGES = (0.8, 0.9, 1.0)
 #: Unused obstacle slots are NaN in the store; the 2017 layout parks them with a radius of 1e-4.
 REAL_RADIUS_M = 1e-3
@@ -114,6 +129,73 @@ def falls_breakdown(
     return result
 
 
+def foot_approaches(obs: np.ndarray, obstacles: np.ndarray) -> list[tuple[int, int, str]]:
+    """Each foot's first meeting with each obstacle in one episode: (step, obstacle index, view) in step order
+    (a leading and a trailing foot meet an obstacle one after the other).
+
+    obs (T, 41): the episode's task observations in order; obstacles (W, 3): absolute x, y, radius rows
+    (NaN-padded). The view is read from the observation at that step (VIEWS)."""
+    obs = np.asarray(obs, dtype=np.float64)
+    events = []
+    for j, (x, y, r) in enumerate(np.asarray(obstacles, dtype=np.float64).reshape(-1, 3)):
+        if not np.isfinite(x) or r <= REAL_RADIUS_M:
+            continue
+        for foot in FEET:
+            near = np.zeros(len(obs), dtype=bool)
+            for name in foot:
+                ix, iy = point(name)
+                near |= np.hypot(obs[:, ix] - x, obs[:, iy] - y) - r < APPROACH_M
+            if not near.any():
+                continue
+            t = int(np.argmax(near))
+            pelvis = obs[t, PELVIS_X]
+            if obs[t, OBSTACLE[2]] > REAL_RADIUS_M and abs(pelvis + obs[t, OBSTACLE[0]] - x) < SAME_X_M:
+                view = "in_view"
+            else:
+                view = "passed" if x + r < pelvis else "hidden"
+            events.append((t, j, view))
+    return sorted(events)
+
+
+def approach_breakdown(episodes: Any) -> dict[str, Any]:
+    """What the policy saw when its feet met obstacles, over episodes given as (obs (T, 41), obstacles (W, 3),
+    fell) triples: every first meeting by view, and each fall at an obstacle by the view of the last meeting
+    before it (one within NEAR_AFTER_M behind the pelvis at the fall; else the fall had none)."""
+    met = dict.fromkeys(VIEWS, 0)
+    falls = {**dict.fromkeys(VIEWS, 0), "none": 0}
+    for obs, obstacles, fell in episodes:
+        events = foot_approaches(obs, obstacles)
+        for _, _, view in events:
+            met[view] += 1
+        if fell:
+            final = float(np.asarray(obs)[-1, PELVIS_X])
+            rows = np.asarray(obstacles, dtype=np.float64).reshape(-1, 3)
+            recent = [view for _, j, view in events if rows[j, 0] >= final - NEAR_AFTER_M]
+            falls[recent[-1] if recent else "none"] += 1
+    return {"approach_m": APPROACH_M, "met": met, "falls_after": falls}
+
+
+def format_approaches(a: dict[str, Any]) -> list[str]:
+    """`approach_breakdown` as summary lines."""
+    met, falls = a["met"], a["falls_after"]
+    total = sum(met.values())
+    if not total:
+        return []
+    share = ", ".join(f"{label} {met[v]} ({100 * met[v] / total:.0f} %)" for v, label in _VIEW_LABELS)
+    how = f"each foot's first toe or heel within {a['approach_m']:g} m"
+    lines = [f"  a foot met an obstacle {total} times ({how}): {share}"]
+    if sum(falls.values()):
+        after = ", ".join(
+            f"{label} {falls[v]} of {met[v]}" + (f" ({100 * falls[v] / met[v]:.1f} %)" if met[v] else "")
+            for v, label in _VIEW_LABELS
+        )
+        lines.append(f"  falls after their last such meeting, by its view: {after}; no meeting {falls['none']}")
+    return lines
+
+
+_VIEW_LABELS = (("in_view", "in view"), ("passed", "passed, out of view"), ("hidden", "hidden behind a nearer one"))
+
+
 def _label(lo: float | None, hi: float | None, unit: str = "") -> str:
     if lo is None:
         return f"< {hi:g}{unit}"
@@ -156,6 +238,8 @@ def format_breakdown(b: dict[str, Any]) -> list[str]:
         )
     if "by_strength" in b:
         lines.append(f"  falls by the weaker muscle strength: {_rates(b['by_strength'], 'strength', '')}")
+    if "approaches" in b:
+        lines += format_approaches(b["approaches"])
     return lines
 
 
