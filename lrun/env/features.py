@@ -15,8 +15,9 @@ Feature maps:
   remembered from earlier observations of the episode. 41 values. The task shows the next obstacle only until
   the pelvis passes it, while the trailing foot has yet to clear it: in 30 round-2 episodes of models/round2,
   43 % of the feet's meetings with obstacles were with one already out of view (`lrun report` of an
-  evaluation counts them). The 2017 winner fed its policy per-foot obstacle distances from such a memory. A map with memory is applied through a `FeatureStream`, one row per env,
-  which forgets at an episode's end (`reset`) and by itself where the pelvis jumps (a new episode).
+  evaluation counts them). The 2017 winner fed its policy per-foot obstacle distances from such a memory.
+  A map with memory is applied through a `FeatureStream`, one row per env, which forgets at an episode's end
+  (`reset`) and by itself where the pelvis jumps (a new episode).
 
 Mirror: the model is planar, so swapping the legs is an exact symmetry of the dynamics: joint angles and speeds,
 toe and talus points, psoas strengths and the 9 + 9 muscle excitations trade places; the pelvis, torso, head,
