@@ -138,10 +138,11 @@ def update_costs(config: TrainConfig, batch_sizes: tuple[int, ...], seconds_each
 
     from lrun.api import load_policy
     from lrun.checkpoint import resolve_checkpoint
-    from lrun.env.features import feature_size
-    from lrun.learn.blend import new_blend
+    from lrun.env.features import IDENTITY, extension_of, feature_size
+    from lrun.learn.blend import build_from_spec, new_blend
     from lrun.learn.policy import ActorCritic
     from lrun.learn.sac import SACSettings, SACUpdater
+    from lrun.startup import extend_source
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a learner rank runs (lrun.training.loop)
@@ -153,7 +154,16 @@ def update_costs(config: TrainConfig, batch_sizes: tuple[int, ...], seconds_each
     def normalise(x: np.ndarray) -> np.ndarray:  # the shape of TrainingState.normalised's work
         return np.clip((x - mean) / std, -10, 10).astype(np.float32)
 
-    source = load_policy(resolve_checkpoint(config.blend.source)) if config.blend.source else None
+    source = None
+    if config.blend.source:
+        path = resolve_checkpoint(config.blend.source)
+        source = load_policy(path)
+        added = extension_of(p.features, source[2]["config"]["policy"].get("features", IDENTITY))
+        if added:  # a parent of a map this one extends, carried as a run would carry it (lrun.startup)
+            payload = extend_source(source[2], added, path, "blend.source")
+            frozen = build_from_spec(payload["meta"]["policy_spec"])
+            frozen.load_state_dict(payload["policy"])
+            source = (frozen, None, payload)
     costs = {}
     try:
         for size in sorted(set(batch_sizes) | {sac.batch_size}):

@@ -211,6 +211,8 @@ def extend_source(source: dict, added: int, path: Path, key: str) -> dict:
                 nets.update({f"{q}.{k}": v for k, v in insert_input_columns(sub, old, added).items()})
             optimizer[name] = nets
     stats = source["normaliser"].numpy().astype(np.float64)
+    if len(stats) == 2 * old + 1:  # the older form: one count for all features
+        stats = np.concatenate([stats[: 2 * old], np.full(old, stats[-1])])
     if len(stats) != 3 * old:
         raise CheckpointError(f"{path}: {key}'s normaliser holds {len(stats)} values, not 3 x {old}")
     pad = np.zeros(added)  # mean 0, variance 0, count 0: never varied

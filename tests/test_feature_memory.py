@@ -77,6 +77,8 @@ def test_memory_is_idempotent_walking_back_forgets_and_a_jump_or_reset_starts_af
     for x in np.arange(2.1, 2.6, 0.04):
         stream(observation(x)[None])
     assert stream(observation(2.6)[None])[0, 40] == 0.2
+    far = stream(observation(3.2)[None])  # a long frame skip at speed: forwards, it is the same episode
+    assert far[0, 40] == 0.2
     assert tuple(stream(observation(0.0)[None])[0, 38:]) == NONE  # the pelvis jumped back: a new episode
     for x in np.arange(0.0, 2.6, 0.04):
         stream(observation(x)[None])

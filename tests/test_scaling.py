@@ -143,6 +143,12 @@ def test_a_sac_gradient_step_is_timed_at_each_minibatch_size():
     )
     blended = update_costs(stage, (), seconds_each=0.05)
     assert list(blended) == [stage.sac.batch_size] and blended[stage.sac.batch_size] > 0
+    # and onto relative-v2: the relative-v1 walker carried with zero weight on the new inputs, as a run carries it
+    stage_v2 = load_config(
+        str(EXPERIMENTS / "stages" / "obstacles-sac.toml"),
+        [f"blend.source={ROOT / 'models' / 'walk'}", "policy.features=relative-v2"],
+    )
+    assert list(update_costs(stage_v2, (), seconds_each=0.05)) == [stage.sac.batch_size]
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")

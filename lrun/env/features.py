@@ -17,7 +17,8 @@ Feature maps:
   43 % of the feet's meetings with obstacles were with one already out of view (`lrun report` of an
   evaluation counts them). The 2017 winner fed its policy per-foot obstacle distances from such a memory.
   A map with memory is applied through a `FeatureStream`, one row per env, which forgets at an episode's end
-  (`reset`) and by itself where the pelvis jumps (a new episode).
+  (`reset`) and by itself where the pelvis jumps back (a new episode). It remembers what the observation
+  showed: a small obstacle that lay behind a bigger one's far edge was never shown, so it is not remembered.
 
 Mirror: the model is planar, so swapping the legs is an exact symmetry of the dynamics: joint angles and speeds,
 toe and talus points, psoas strengths and the 9 + 9 muscle excitations trade places; the pelvis, torso, head,
@@ -78,7 +79,9 @@ def _task_mirror() -> np.ndarray:
 #: relative-v2's passed obstacle: forgotten once the pelvis is this far past its centre (no foot reaches back so
 #: far), and shown as (-PASSED_RANGE_M, 0, 0), an obstacle of no size out of reach, while there is none.
 PASSED_RANGE_M = 2.0
-#: The pelvis cannot move this far between two decisions of one episode: a jump this size is a new episode.
+#: The pelvis cannot move this far backwards between two decisions of one episode (falling backwards it moves
+#: ~0.1 m per 0.04 s): a jump back this far is a new episode (which starts at x = 0, while a remembered obstacle
+#: lies at x >= 1 m). Forwards nothing is inferred: a long frame skip at speed covers more than this.
 NEW_EPISODE_JUMP_M = 0.5
 #: Two sightings of an obstacle are the same one if its absolute x and radius agree this closely (stored
 #: observations are float32; obstacles lie centimetres apart at the least).
@@ -135,7 +138,7 @@ def _remember(memory: np.ndarray, obs: np.ndarray) -> np.ndarray:
     memory = memory.copy()
     pelvis = obs[:, PELVIS_X].astype(np.float64)
     with np.errstate(invalid="ignore"):
-        jumped = np.abs(pelvis - memory[:, _PELVIS]) > NEW_EPISODE_JUMP_M  # NaN (nothing seen) compares False
+        jumped = memory[:, _PELVIS] - pelvis > NEW_EPISODE_JUMP_M  # NaN (nothing seen) compares False
     memory[jumped] = np.nan
     dx, y, r = (obs[:, i].astype(np.float64) for i in OBSTACLE)
     real = r > NO_RADIUS_M

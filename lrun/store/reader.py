@@ -236,7 +236,9 @@ class RunStore:
                 parts.append(f["steps/obs"][first : len(v)])
                 ids.append(f["steps/episode_id"][first : len(v)])
             except (OSError, RuntimeError, KeyError) as exc:
-                raise StoreError(f"{path}: cannot read steps/obs ({str(exc).splitlines()[0]})") from None
+                raise StoreError(
+                    f"{path}: cannot read steps/obs and steps/episode_id ({str(exc).splitlines()[0]})"
+                ) from None
         return np.concatenate(parts)[-max_rows:], np.concatenate(ids)[-max_rows:]
 
     def episode(self, episode_id: int) -> dict[str, Any]:
