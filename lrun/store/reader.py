@@ -210,17 +210,13 @@ class RunStore:
                 out[name] = [labels.get(dim) or [str(i) for i in range(n)] for dim, n in zip(dims[1:], ds.shape[1:])]
         return out
 
-    def recent_observations(self, max_rows: int) -> np.ndarray:
-        """Raw observations of the most recent policy versions: at most `max_rows` rows over all ranks.
+    def recent_steps(self, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw observations of the most recent policy versions (at most `max_rows` rows over all ranks) and the
+        episode id of each row (rows of one episode in time order), for a feature map that remembers earlier
+        observations (`lrun.env.features.episode_features`). Behavioural cloning learns on these.
 
         Whole iterations are taken, newest first (a rank file's steps are in policy-version order, so each
-        file contributes a tail). Behavioural cloning learns on these.
-        """
-        return self.recent_steps(max_rows)[0]
-
-    def recent_steps(self, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """`recent_observations` and the episode id of each row (rows of one episode in time order), for a
-        feature map that remembers earlier observations (`lrun.env.features.episode_features`)."""
+        file contributes a tail)."""
         versions = [f["steps/policy_version"][: f["steps/obs"].shape[0]] for f in self.files]
         every = np.concatenate(versions) if versions else np.zeros(0, np.int32)
         if len(every) == 0:
