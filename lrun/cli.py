@@ -35,12 +35,17 @@ EXIT_STOPPED = 3
 ABORT_GRACE_S = 0.5
 
 
-def _collective(command: str, body) -> int:
+#: Exit code of a command interrupted by Ctrl-C (SIGINT) outside a training loop's own signal handling.
+EXIT_INTERRUPTED = 130
+
+
+def _collective(command: str, body, interrupted_hint: str = "") -> int:
     """Run `body(comm)` on every rank with lrun's failure policy; returns the exit code.
 
     Problems found before any MPI traffic (config, layout, checkpoints) happen alike on every rank: each rank
-    exits with 2 and rank 0 says why. Anything else on one rank mid-run aborts the whole job, instead of
-    leaving the other ranks waiting in a collective.
+    exits with 2 and rank 0 says why. Ctrl-C (mpiexec forwards it to every rank) ends the job with one line from
+    rank 0 and `interrupted_hint` (what was kept, how to go on), not a traceback per rank. Anything else on one
+    rank mid-run aborts the whole job, instead of leaving the other ranks waiting in a collective.
     """
     from lrun.config import ConfigError
     from lrun.mpi import comm_world
@@ -54,6 +59,14 @@ def _collective(command: str, body) -> int:
         if rank == 0:
             print(f"lrun {command}: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"lrun {command}: interrupted{interrupted_hint}", file=sys.stderr, flush=True)
+        if comm.Get_size() > 1:  # a rank the signal missed may wait in a collective: end them all
+            time.sleep(ABORT_GRACE_S)
+            comm.Abort(EXIT_INTERRUPTED)
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
     except BaseException as exc:
         if comm.Get_size() > 1:
             if isinstance(exc, user_errors()):  # a full disk, a vanished file: one line, then end the job
@@ -171,7 +184,10 @@ def _eval(args: argparse.Namespace) -> int:
             render_evaluated(Path(result["out"]), min(args.render, settings.episodes))
         return 0
 
-    return _collective("eval", body)
+    # Each rank flushes an episode to its file as the episode ends, so an interrupted evaluation keeps them all.
+    return _collective(
+        "eval", body, "; the episodes finished so far are kept: the same command with --resume runs the rest"
+    )
 
 
 def render_evaluated(out: Path, episodes: int) -> None:

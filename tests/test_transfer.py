@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 from pathlib import Path
 
 import h5py
@@ -271,6 +272,31 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
             assert f["episodes/end_step"][-1:] + 1 == f["steps/reward"].shape[0]
     assert sorted(ids) == list(range(10))
     assert steps == sum(int(row["length"]) for row in read_table(out))
+
+
+@needs_mpi
+def test_ctrl_c_ends_an_evaluation_in_one_line_that_says_how_to_finish_it(source, tmp_path):
+    """Ctrl-C under mpiexec (forwarded to every rank) ends `lrun eval` with one line from rank 0, not a
+    traceback per rank, and the episodes finished before it are kept for --resume."""
+    task = ["--difficulty", "2", "--obstacles", "10", "--physics", "fast", "--seed", "5", "--episodes", "20"]
+    out = tmp_path / "eval"
+    first = start([MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--out", str(out)])
+    try:
+        read_until(first, "  rank 0: 2/10 episodes")
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode != 0
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("lrun eval:")]
+    assert lines == [
+        "lrun eval: interrupted; the episodes finished so far are kept: the same command with --resume runs the rest"
+    ], stderr
+    result = run([LRUN, "eval", str(source), *task, "--resume", "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    assert int(re.search(r"resumed: (\d+) episodes finished earlier", result.stdout).group(1)) >= 2
 
 
 def test_a_resumed_evaluation_reads_back_each_row_exactly_at_frame_skip_4(tmp_path):
