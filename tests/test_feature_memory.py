@@ -105,6 +105,14 @@ def test_rows_are_independent_and_stored_episodes_map_as_streams_do():
     np.testing.assert_allclose(stored[0::2], rows[0], atol=1e-5)
     np.testing.assert_allclose(stored[1::2], rows[1], atol=1e-5)
     np.testing.assert_array_equal(episode_features(V1, obs, ids), features(V1, obs))
+    # episodes of unequal length, interleaved irregularly (order kept within each): the same per-episode features
+    short = 25
+    owner = np.random.default_rng(0).permutation(np.repeat([0, 1], [len(xs), short]))
+    position = np.array([np.count_nonzero(owner[:i] == owner[i]) for i in range(len(owner))])
+    mixed = np.where((owner == 0)[:, None], a[np.minimum(position, len(xs) - 1)], b[np.minimum(position, short - 1)])
+    stored = episode_features(V2, mixed, np.where(owner == 0, 3, 1))
+    np.testing.assert_allclose(stored[owner == 0], rows[0], atol=1e-12)
+    np.testing.assert_allclose(stored[owner == 1], rows[1, :short], atol=1e-12)
 
 
 def test_single_rows_update_only_their_own_memory():

@@ -266,12 +266,19 @@ def episode_features(name: str, obs: np.ndarray, episode_ids: np.ndarray) -> np.
     if not has_memory(name):
         return features(name, obs)
     out = np.empty((len(obs), FEATURES[name][0]))
-    ids = np.asarray(episode_ids)
-    for episode in np.unique(ids):
-        rows = np.flatnonzero(ids == episode)
-        stream = FeatureStream(name, 1)
-        for row in rows:
-            out[row] = stream(obs[row : row + 1])[0]
+    if len(obs) == 0:
+        return out
+    # One stream row per episode, fed a whole time step at once: row r's position within its episode orders the
+    # calls, so there are as many calls as the longest episode has steps, not one per stored row.
+    _, episode = np.unique(np.asarray(episode_ids), return_inverse=True)
+    by_episode = np.argsort(episode, kind="stable")
+    first = np.searchsorted(episode[by_episode], episode[by_episode])
+    position = np.empty(len(obs), dtype=np.int64)
+    position[by_episode] = np.arange(len(obs)) - first
+    by_position = np.argsort(position, kind="stable")
+    stream = FeatureStream(name, int(episode.max()) + 1)
+    for rows in np.split(by_position, np.cumsum(np.bincount(position))[:-1]):
+        out[rows] = stream(obs[rows], rows=episode[rows])
     return out
 
 
