@@ -52,23 +52,35 @@ def critic_weights(payload: dict, key: str = "critic") -> torch.Tensor:
     return payload["optimizer"][key]["q1.0.weight"]
 
 
-def test_plain_init_carries_actor_critics_and_temperature_and_cuts_the_new_inputs(source, tmp_path):
-    run_dir = tmp_path / "init"
+def carry_by_init(source: Path, run_dir: Path, *options: str) -> tuple[dict, dict, str]:
+    """One update-free iteration of a SAC run initialised from `source` on the obstacle task; returns the run's
+    checkpoint, the source's and the run's output."""
     result = run(
         [
-            *(LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES),
+            *(LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES, *options),
             *sets("policy.hidden_sizes=[16]", "sac.hidden_sizes=[16, 16]", "run.iterations=1"),
             *sets(f"run.init_from={source}", f"run.run_dir={run_dir}"),
         ]
     )
     assert result.returncode == 0, result.stderr
-    assert "5 features the parent never saw vary start their statistics afresh" in result.stdout
     assert "critics and temperature copied from the parent" in result.stdout
-    mine, theirs = load_checkpoint(run_dir), load_checkpoint(source)
+    return load_checkpoint(run_dir), load_checkpoint(source), result.stdout
+
+
+def assert_first_layers_carried(mine: dict, theirs: dict, zero: list[int]) -> None:
+    """The actor's and value head's first layers: zero weight on the inputs `zero`, the source's on the others
+    it saw."""
     keep = [i for i in range(OBS) if i not in NEW]
     for name in ("actor.0.weight", "critic.0.weight"):
         assert torch.equal(mine["policy"][name][:, keep], theirs["policy"][name][:, keep])
-        assert torch.all(mine["policy"][name][:, NEW] == 0)
+        assert torch.all(mine["policy"][name][:, zero] == 0)
+
+
+def test_plain_init_carries_actor_critics_and_temperature_and_cuts_the_new_inputs(source, tmp_path):
+    mine, theirs, stdout = carry_by_init(source, tmp_path / "init")
+    assert "5 features the parent never saw vary start their statistics afresh" in stdout
+    keep = [i for i in range(OBS) if i not in NEW]
+    assert_first_layers_carried(mine, theirs, NEW)
     for key in ("critic", "target"):
         assert torch.equal(critic_weights(mine, key)[:, keep], critic_weights(theirs, key)[:, keep])
         assert torch.all(critic_weights(mine, key)[:, NEW] == 0)
@@ -117,23 +129,11 @@ def test_plain_init_onto_relative_v2_adds_the_passed_obstacle_and_acts_as_the_so
     three new inputs get zero weight in the actor and both critics, their statistics start afresh, and `lrun
     eval` over obstacles acts exactly as the source does on its own features."""
     run_dir = tmp_path / "v2"
-    result = run(
-        [
-            *(LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES, *sets("policy.features=relative-v2")),
-            *sets("policy.hidden_sizes=[16]", "sac.hidden_sizes=[16, 16]", "run.iterations=1"),
-            *sets(f"run.init_from={source}", f"run.run_dir={run_dir}"),
-        ]
-    )
-    assert result.returncode == 0, result.stderr
-    assert "8 features the parent never saw vary start their statistics afresh" in result.stdout
-    assert "critics and temperature copied from the parent" in result.stdout
-    mine, theirs = load_checkpoint(run_dir), load_checkpoint(source)
+    mine, theirs, stdout = carry_by_init(source, run_dir, *sets("policy.features=relative-v2"))
+    assert "8 features the parent never saw vary start their statistics afresh" in stdout
     added = [OBS, OBS + 1, OBS + 2]
     assert mine["meta"]["obs_size"] == OBS + 3
-    for name in ("actor.0.weight", "critic.0.weight"):
-        assert torch.all(mine["policy"][name][:, [*NEW, *added]] == 0)
-        keep = [i for i in range(OBS) if i not in NEW]
-        assert torch.equal(mine["policy"][name][:, keep], theirs["policy"][name][:, keep])
+    assert_first_layers_carried(mine, theirs, [*NEW, *added])
     for key in ("critic", "target"):
         assert torch.all(critic_weights(mine, key)[:, added] == 0)
         assert torch.equal(critic_weights(mine, key)[:, OBS + 3 :], critic_weights(theirs, key)[:, OBS:])  # actions
