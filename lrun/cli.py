@@ -599,9 +599,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help=RUN_DIR_HELP)
     report.set_defaults(func=_report)
     cmp = commands.add_parser(
-        "compare", help="runs grouped by recipe: IQM and 95 %% bootstrap CI over seeds against env steps (table, PNG)"
+        "compare",
+        help="runs grouped by recipe: IQM and 95 %% bootstrap CI over seeds against env steps; or evaluations of "
+        "one task and seed, episode by episode against the first (table, PNG)",
     )
-    cmp.add_argument("runs", nargs="+", help="run directories, or directories holding runs (a --seeds job array)")
+    cmp.add_argument(
+        "runs",
+        nargs="+",
+        help="run directories, or directories holding runs (a --seeds job array); or lrun eval output directories",
+    )
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
     cmp.set_defaults(func=_compare)
     replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")

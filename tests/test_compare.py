@@ -1,15 +1,18 @@
-"""`lrun compare`: runs grouped by recipe, seeds aggregated by interquartile mean with a bootstrap CI."""
+"""`lrun compare`: runs grouped by recipe, seeds aggregated by interquartile mean with a bootstrap CI; evaluations
+paired episode by episode."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
 from helpers import LRUN, run
 
 from lrun.analysis.compare import CompareError, bootstrap_ci, compare, group_runs, interquartile_mean
+from lrun.analysis.paired import mcnemar_exact, pair, read_evaluation
 from lrun.config import TrainConfig
 
 
@@ -89,3 +92,60 @@ def test_two_short_runs_compare_without_warnings_and_with_readable_step_labels(t
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and result.stderr.strip() == ""
     assert [steps_label(x) for x in (1600, 1650, 25_000, 2_500_000)] == ["1600", "1650", "25 k", "2.5 M"]
+
+
+def fake_evaluation(path, seeds, distances, fell, physics: str = "graders-2017"):
+    """An evaluation directory as `lrun eval` writes it: eval.json (settings) and episodes.csv."""
+    path.mkdir(parents=True)
+    settings = {"difficulty": 2, "obstacles": 10, "physics": physics, "weakening": "graders-2017", "seed": 4242}
+    (path / "eval.json").write_text(json.dumps({"settings": {**settings, "setting": "round2"}}))
+    with open(path / "episodes.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["episode", "seed", "distance", "fell"])
+        for k, (seed, distance, f) in enumerate(zip(seeds, distances, fell)):
+            writer.writerow([k, seed, distance, int(f)])
+    return path
+
+
+def test_mcnemar_exact_p_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert mcnemar_exact(0, 10) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(1, 4) == pytest.approx(2 * (1 + 5) / 32)
+
+
+def test_evaluations_are_paired_by_seed_not_by_row(tmp_path):
+    """Each evaluation is compared with the first on the episode seeds both ran, whatever their order."""
+    base = fake_evaluation(tmp_path / "a", [11, 12, 13, 14], [1.0, 2.0, 3.0, 4.0], [1, 1, 0, 0])
+    # the same episodes in another order, 0.5 m further each, one fall fewer; and a seed the baseline lacks
+    other = fake_evaluation(tmp_path / "b", [14, 99, 13, 12, 11], [4.5, 0.0, 3.5, 2.5, 1.5], [0, 1, 0, 0, 1])
+    result = pair(read_evaluation(base), read_evaluation(other))
+    assert result.pairs == 4
+    assert result.difference == pytest.approx(0.5) and result.interval == pytest.approx((0.5, 0.5))
+    assert result.distance == pytest.approx((2.5, 3.0))
+    assert result.falls == (2, 1) and (result.only_baseline_fell, result.only_other_fell) == (1, 0)
+    assert result.p_falls == 1.0
+    out = tmp_path / "out"
+    _, text = compare([base, other], out)
+    assert "+0.50 m [+0.50, +0.50]" in text and "2 -> 1" in text
+    assert (out / "compare.png").stat().st_size > 0
+    with open(out / "compare.csv") as handle:
+        assert float(next(csv.DictReader(handle))["difference"]) == 0.5
+
+
+def test_evaluations_of_other_tasks_or_seeds_or_mixed_with_runs_are_refused_in_one_line(tmp_path):
+    base = fake_evaluation(tmp_path / "a", [1, 2], [1.0, 2.0], [0, 0])
+    fast = fake_evaluation(tmp_path / "fast", [1, 2], [1.0, 2.0], [0, 0], physics="fast")
+    elsewhere = fake_evaluation(tmp_path / "seeds", [3, 4], [1.0, 2.0], [0, 0])
+    fake_run(tmp_path / "run", seed=0, lr=3e-4, level=1.0)
+    for others, message in (
+        ([fast], "another task (physics 'graders-2017' against 'fast')"),
+        ([elsewhere], "share no episode seed"),
+        ([tmp_path / "run"], "not both"),
+    ):
+        with pytest.raises(CompareError, match=re.escape(message)):
+            compare([base, *others], tmp_path / "out")
+    result = run([LRUN, "compare", str(base), str(fast), "--out", str(tmp_path / "cli")])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "another task" in result.stderr

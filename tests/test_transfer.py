@@ -272,6 +272,10 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
             assert f["episodes/end_step"][-1:] + 1 == f["steps/reward"].shape[0]
     assert sorted(ids) == list(range(10))
     assert steps == sum(int(row["length"]) for row in read_table(out))
+    # paired episode by episode, the resumed evaluation and the uninterrupted one are the same policy's
+    result = run([LRUN, "compare", str(reference), str(out), "--out", str(tmp_path / "compare")])
+    assert result.returncode == 0, result.stderr
+    assert "| 10 | " in result.stdout and "+0.00 m [+0.00, +0.00]" in result.stdout and "| 0 / 0 | 1" in result.stdout
 
 
 @needs_mpi

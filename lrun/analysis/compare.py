@@ -246,8 +246,20 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
     return path
 
 
-def compare(paths: list[str | Path], out: str | Path) -> tuple[list[Aggregate], str]:
-    """Group, aggregate, and write compare.csv, compare.txt and compare.png into `out`; returns the table."""
+def compare(paths: list[str | Path], out: str | Path) -> tuple[list, str]:
+    """Group, aggregate, and write compare.csv, compare.txt and compare.png into `out`; returns the table.
+    Evaluation directories (`lrun eval` outputs) are compared episode by episode instead (`lrun.analysis.paired`)."""
+    from lrun.analysis.paired import compare_evaluations, is_evaluation
+
+    evaluations = [is_evaluation(p) for p in paths]
+    if all(evaluations):
+        return compare_evaluations(paths, out)
+    if any(evaluations):
+        raise CompareError(
+            "give run directories (training curves) or evaluation directories (episode by episode), not both: "
+            + ", ".join(str(p) for p, e in zip(paths, evaluations) if e)
+            + " are evaluations"
+        )
     aggregates = [aggregate(g) for g in group_runs(paths)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
