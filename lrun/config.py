@@ -247,6 +247,12 @@ class BlendConfig:
         "SAC's actor loss (0: off)",
         1.0,
     )
+    temperature: str = doc(
+        "SAC's temperature while c < 1: hold (keep the parent's: the frozen policy dominates the blend's entropy, "
+        "which no gradient can move, so tuning towards the target entropy only inflates the temperature) or tune "
+        "(tune it throughout, as before 2026-12-04)",
+        "hold",
+    )
 
 
 @dataclass
@@ -519,6 +525,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "blend.end": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "blend.ramp_iterations": (lambda v: v >= 0, ">= 0"),
     "blend.distill_coef": (lambda v: v >= 0, ">= 0"),
+    "blend.temperature": (lambda v: v in ("hold", "tune"), "hold or tune"),
     "clone.max_states": (lambda v: v >= 2, ">= 2"),
     "clone.epochs": (lambda v: v >= 1, ">= 1"),
     "clone.minibatch_size": (lambda v: v >= 1, ">= 1"),

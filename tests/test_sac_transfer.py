@@ -174,15 +174,20 @@ def test_a_sac_blend_trains_under_mpi_resumes_and_leaves_the_frozen_network_alon
     common += sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[32, 32]", f"run.run_dir={run_dir}")
     result = run([*common, *sets("run.iterations=2")])
     assert result.returncode == 0, result.stderr
-    result = run([*common, *sets("run.iterations=4"), "--resume", str(run_dir)])
+    result = run([*common, *sets("run.iterations=6"), "--resume", str(run_dir)])
     assert result.returncode == 0, result.stderr
     with open(run_dir / "progress.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [float(r["blend/coefficient"]) for r in rows] == [0.0, 0.25, 0.5, 0.75]
-    assert float(rows[-1]["blend/distillation_loss"]) > 0 and float(rows[-1]["losses/updates"]) > 0
+    assert [float(r["blend/coefficient"]) for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert float(rows[3]["blend/distillation_loss"]) > 0 and float(rows[3]["losses/updates"]) > 0
     checkpoint, trained = load_checkpoint(run_dir), load_checkpoint(source)
     for name, tensor in trained["policy"].items():
         assert torch.equal(checkpoint["policy"][f"frozen.{name}"], tensor)
+    # blend.temperature = "hold": the parent's temperature while c < 1, tuned again once the new network acts alone
+    parent_alpha = float(trained["optimizer"]["log_alpha"].exp())
+    ramping = [float(r["losses/alpha"]) for r in rows[:4] if float(r["losses/updates"] or 0) > 0]
+    assert ramping and ramping == pytest.approx([parent_alpha] * len(ramping), rel=1e-6)
+    assert float(checkpoint["optimizer"]["log_alpha"].exp()) != pytest.approx(parent_alpha, rel=1e-4)
 
 
 def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):

@@ -162,11 +162,16 @@ class SACUpdater:
         optimizer.step()
 
     def update(
-        self, n_updates: int, normalise: Callable[[np.ndarray], np.ndarray], actor: bool = True
+        self,
+        n_updates: int,
+        normalise: Callable[[np.ndarray], np.ndarray],
+        actor: bool = True,
+        temperature: bool = True,
     ) -> dict[str, float]:
         """`n_updates` gradient steps of critics, actor and temperature on minibatches from the replay buffer
-        (of the critics alone where `actor` is False: a critic warm-up); `normalise` maps stored features to the
-        networks' inputs. Returns mean losses and diagnostics."""
+        (of the critics alone where `actor` is False: a critic warm-up; the temperature held where `temperature`
+        is False); `normalise` maps stored features to the networks' inputs. Returns mean losses and
+        diagnostics."""
         s = self.settings
         buffer = self.buffer
         sums = {"q_loss": 0.0, "actor_loss": 0.0, "alpha": 0.0, "entropy": 0.0, "q_mean": 0.0}
@@ -187,7 +192,7 @@ class SACUpdater:
             q_loss = 0.5 * ((q1 - target) ** 2).mean() + 0.5 * ((q2 - target) ** 2).mean()
             self._step(self.critic_optimizer, list(self.critic.parameters()), q_loss)
             if actor:
-                self._actor_and_temperature_step(obs_t, alpha, sums)
+                self._actor_and_temperature_step(obs_t, alpha, sums, temperature)
             with torch.no_grad():
                 for p, p_target in zip(self.critic.parameters(), self.target.parameters(), strict=True):
                     p_target.mul_(1.0 - s.tau).add_(s.tau * p)
@@ -200,9 +205,11 @@ class SACUpdater:
         metrics["updates"] = float(n_updates)
         return metrics
 
-    def _actor_and_temperature_step(self, obs_t: torch.Tensor, alpha: torch.Tensor, sums: dict[str, float]) -> None:
-        """One gradient step of the actor (through the critics, which keep no gradient of it) and one of the
-        temperature towards the target entropy; adds their losses to `sums`."""
+    def _actor_and_temperature_step(
+        self, obs_t: torch.Tensor, alpha: torch.Tensor, sums: dict[str, float], temperature: bool = True
+    ) -> None:
+        """One gradient step of the actor (through the critics, which keep no gradient of it) and, where
+        `temperature`, one of the temperature towards the target entropy; adds their losses to `sums`."""
         new_actions, logprob = self._sample_actions(obs_t)
         q1_pi, q2_pi = self.critic(obs_t, new_actions)
         actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
@@ -214,8 +221,9 @@ class SACUpdater:
         self._step(self.actor_optimizer, self.actor_params, loss)
         self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
 
-        alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()
-        self._step(self.alpha_optimizer, [self.log_alpha], alpha_loss)
+        if temperature:
+            alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()
+            self._step(self.alpha_optimizer, [self.log_alpha], alpha_loss)
         sums["actor_loss"] += float(actor_loss.detach())
         sums["entropy"] -= float(logprob.detach().mean())
 

@@ -16,6 +16,7 @@ import torch
 from lrun import mpi as lmpi
 from lrun.checkpoint import CheckpointError, checkpoint_dir, write_failure
 from lrun.config import ConfigError, TrainConfig
+from lrun.learn.blend import BlendedPolicy
 from lrun.learn.policy import Policy
 from lrun.learn.sac import SACSettings, SACUpdater
 from lrun.learn.symmetry import asymmetry
@@ -209,7 +210,7 @@ class SAC(Algorithm):
             # buffer or without) does not warm its critics up again
             run_decisions = per_iteration * self.simulators * (state.iteration + 1)
             actor = run_decisions >= config.sac.learning_starts + config.sac.critic_warmup
-            losses = updater.update(n_updates, state.normalised, actor=actor)
+            losses = updater.update(n_updates, state.normalised, actor=actor, temperature=not holds_temperature(state))
             losses["replay_transitions"] = float(updater.buffer.size)
         losses["learning_rate"] = config.sac.learning_rate
         return losses
@@ -244,6 +245,19 @@ class SAC(Algorithm):
     def notes(self) -> list[str]:
         """How the replay buffer started."""
         return [self.replay_note] if self.replay_note else []
+
+
+def holds_temperature(state: TrainingState) -> bool:
+    """Whether this iteration's updates keep the temperature: a blend still ramping (c < 1) under
+    `blend.temperature = "hold"`. At small c the blend's entropy is the frozen policy's, which no gradient can
+    move; tuned towards the target entropy regardless, the temperature grew without bound (measured: 0.04 to
+    0.67 in 25 iterations of the obstacles stage, the critics' values from 311 to -147, the runs falling)."""
+    policy = state.policy
+    return (
+        state.config.blend.temperature == "hold"
+        and isinstance(policy, BlendedPolicy)
+        and float(policy.coefficient) < 1.0
+    )
 
 
 def sac_settings(config: TrainConfig) -> SACSettings:
