@@ -39,6 +39,20 @@ def read_until(process: subprocess.Popen, prefix: str) -> None:
     raise AssertionError(f"output ended before a line starting {prefix!r}: {process.stderr.read()[-2000:]}")
 
 
+def signal_after(command: list[str], prefix: str, sig: int, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Start a command, send it `sig` once a line of its output starts with `prefix` (mpiexec forwards it to every
+    rank), and return how it ended."""
+    process = start(command)
+    try:
+        read_until(process, prefix)
+        process.send_signal(sig)
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+        process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def sets(*items: str) -> list[str]:
     """`--set` options, one per SECTION.KEY=VALUE item."""
     return [arg for item in items for arg in ("--set", item)]

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, start
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, run, signal_after
 
 from lrun.checkpoint import load_checkpoint
 from lrun.store.reader import RunStore, rank_files
@@ -29,14 +29,10 @@ def test_signal_checkpoints_stops_and_resume_completes(tmp_path, sig):
         "--set",
         "run.checkpoint_every=50",
     ]
-    process = start([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"])
-    try:
-        read_until(process, "iter 2/40")
-        process.send_signal(sig)  # mpiexec forwards it to every rank; rank 0 decides
-        out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 3, err
+    # mpiexec forwards the signal to every rank; rank 0 decides
+    stopped = signal_after([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"], "iter 2/40", sig, timeout=60)
+    out, err = stopped.stdout, stopped.stderr
+    assert stopped.returncode == 3, err
     stopped_at = int(re.search(r"checkpoint at iteration (\d+) written", out).group(1))
     assert 2 <= stopped_at < 40
     assert load_checkpoint(run_dir)["iteration"] == stopped_at  # though checkpoint_every is 50

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, sets, start
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, run, sets, signal_after
 
 from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError, build_config
@@ -253,14 +253,10 @@ def test_a_stop_signal_keeps_every_learners_replay_buffer_with_the_checkpoint(tm
     recipe = [str(EXPERIMENTS / "recipes" / "walk-sac.toml")]
     # two learners train one pair of critics: checked identical (with the policy and temperature) every iteration
     settings = sac_settings(run_dir, "layout.learners=2", "run.checkpoint_every=50", "run.sync_check_every=1")
-    process = start([MPIEXEC, "-n", "4", LRUN, "train", *recipe, *settings, *sets("run.iterations=40")])
-    try:
-        read_until(process, "iter 3/40")
-        process.send_signal(signal.SIGUSR1)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 3, err
+    command = [MPIEXEC, "-n", "4", LRUN, "train", *recipe, *settings, *sets("run.iterations=40")]
+    stopped = signal_after(command, "iter 3/40", signal.SIGUSR1)
+    out, err = stopped.stdout, stopped.stderr
+    assert stopped.returncode == 3, err
     stopped_at = int(re.search(r"checkpoint at iteration (\d+) written", out).group(1))
     assert load_checkpoint(run_dir)["iteration"] == stopped_at
     held = progress_column(run_dir, "losses/replay_transitions")[stopped_at - 1]

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import LRUN, MPIEXEC, read_until, run, sets, start
+from helpers import LRUN, MPIEXEC, read_until, run, sets, signal_after, start
 
 from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
@@ -284,14 +284,9 @@ def test_ctrl_c_ends_an_evaluation_in_one_line_that_says_how_to_finish_it(source
     traceback per rank, and the episodes finished before it are kept for --resume."""
     task = ["--difficulty", "2", "--obstacles", "10", "--physics", "fast", "--seed", "5", "--episodes", "20"]
     out = tmp_path / "eval"
-    first = start([MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--out", str(out)])
-    try:
-        read_until(first, "  rank 0: 2/10 episodes")
-        first.send_signal(signal.SIGINT)
-        _, stderr = first.communicate(timeout=60)
-    finally:
-        first.kill()
-        first.wait()
+    command = [MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--out", str(out)]
+    first = signal_after(command, "  rank 0: 2/10 episodes", signal.SIGINT, timeout=60)
+    stderr = first.stderr
     assert first.returncode != 0
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("lrun eval:")]

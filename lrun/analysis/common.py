@@ -1,10 +1,15 @@
-"""Helpers every analysis module shares: the Wilson interval of a proportion and writing a matplotlib figure."""
+"""Helpers every analysis module shares: the Wilson interval of a proportion, writing a matplotlib figure, and
+`lrun compare`'s error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+class CompareError(ValueError):
+    """Runs or evaluations that cannot be compared (no progress.csv or config, another task, no shared seed)."""
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

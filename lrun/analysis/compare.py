@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lrun.analysis.common import CompareError
+from lrun.analysis.paired import compare_evaluations, is_evaluation
 from lrun.progress import load_progress, progress_path, smooth
 
 #: metric name -> progress.csv column
@@ -37,10 +39,6 @@ NEUTRAL = {
         "tensorboard",
     ),
 }
-
-
-class CompareError(ValueError):
-    """A run that cannot be compared (no progress.csv, no config)."""
 
 
 @dataclass
@@ -249,8 +247,6 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
 def compare(paths: list[str | Path], out: str | Path) -> tuple[list, str]:
     """Group, aggregate, and write compare.csv, compare.txt and compare.png into `out`; returns the table.
     Evaluation directories (`lrun eval` outputs) are compared episode by episode instead (`lrun.analysis.paired`)."""
-    from lrun.analysis.paired import compare_evaluations, is_evaluation
-
     evaluations = [is_evaluation(p) for p in paths]
     if all(evaluations):
         return compare_evaluations(paths, out)

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrun.analysis.common import save_figure
-from lrun.analysis.compare import CompareError
+from lrun.analysis.common import CompareError, save_figure
 
 #: eval.json settings that define the task: two evaluations are paired only where these agree
 TASK_SETTINGS = ("difficulty", "obstacles", "physics", "weakening")
