@@ -186,7 +186,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     # Each rank flushes an episode to its file as the episode ends, so an interrupted evaluation keeps them all.
     return _collective(
-        "eval", body, "; the episodes finished so far are kept: the same command with --resume runs the rest"
+        "eval",
+        body,
+        "; the episodes finished so far are kept: the same command with --resume (in place of any --overwrite) "
+        "runs the rest",
     )
 
 

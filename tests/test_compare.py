@@ -94,10 +94,11 @@ def test_two_short_runs_compare_without_warnings_and_with_readable_step_labels(t
     assert [steps_label(x) for x in (1600, 1650, 25_000, 2_500_000)] == ["1600", "1650", "25 k", "2.5 M"]
 
 
-def fake_evaluation(path, seeds, distances, fell, physics: str = "graders-2017"):
+def fake_evaluation(path, seeds, distances, fell, physics: str = "graders-2017", **task):
     """An evaluation directory as `lrun eval` writes it: eval.json (settings) and episodes.csv."""
     path.mkdir(parents=True)
     settings = {"difficulty": 2, "obstacles": 10, "physics": physics, "weakening": "graders-2017", "seed": 4242}
+    settings.update(task)
     (path / "eval.json").write_text(json.dumps({"settings": {**settings, "setting": "round2"}}))
     with open(path / "episodes.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -139,13 +140,24 @@ def test_evaluations_of_other_tasks_or_seeds_or_mixed_with_runs_are_refused_in_o
     fast = fake_evaluation(tmp_path / "fast", [1, 2], [1.0, 2.0], [0, 0], physics="fast")
     elsewhere = fake_evaluation(tmp_path / "seeds", [3, 4], [1.0, 2.0], [0, 0])
     fake_run(tmp_path / "run", seed=0, lr=3e-4, level=1.0)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "eval-plan.json").write_text("{}")
     for others, message in (
         ([fast], "another task (physics 'graders-2017' against 'fast')"),
         ([elsewhere], "share no episode seed"),
-        ([tmp_path / "run"], "not both"),
+        ([tmp_path / "run"], f"{tmp_path / 'run'}: not an evaluation"),
+        ([tmp_path / "typo"], "typo: no such directory"),
+        ([unfinished], "an unfinished evaluation (finish it with lrun eval ... --resume"),
     ):
         with pytest.raises(CompareError, match=re.escape(message)):
             compare([base, *others], tmp_path / "out")
+    # the same task by lrun's own reckoning: a physics alias; obstacles and weakening where they play no part
+    alias = fake_evaluation(tmp_path / "alias", [1, 2], [1.5, 2.5], [0, 0], physics="medium")
+    assert pair(read_evaluation(base), read_evaluation(alias)).difference == pytest.approx(0.5)
+    flat = fake_evaluation(tmp_path / "flat", [1, 2], [1.0, 2.0], [0, 0], difficulty=0, obstacles=0)
+    flat_3 = fake_evaluation(tmp_path / "flat3", [1, 2], [1.0, 2.0], [0, 0], difficulty=0, obstacles=3)
+    assert pair(read_evaluation(flat), read_evaluation(flat_3)).pairs == 2
     result = run([LRUN, "compare", str(base), str(fast), "--out", str(tmp_path / "cli")])
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "another task" in result.stderr

@@ -291,7 +291,8 @@ def test_ctrl_c_ends_an_evaluation_in_one_line_that_says_how_to_finish_it(source
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("lrun eval:")]
     assert lines == [
-        "lrun eval: interrupted; the episodes finished so far are kept: the same command with --resume runs the rest"
+        "lrun eval: interrupted; the episodes finished so far are kept: the same command with --resume (in place of "
+        "any --overwrite) runs the rest"
     ], stderr
     result = run([LRUN, "eval", str(source), *task, "--resume", "--out", str(out)])
     assert result.returncode == 0, result.stderr

@@ -251,10 +251,18 @@ def compare(paths: list[str | Path], out: str | Path) -> tuple[list, str]:
     if all(evaluations):
         return compare_evaluations(paths, out)
     if any(evaluations):
+        others = [Path(p) for p, e in zip(paths, evaluations) if not e]
+        why = [
+            f"{p}: no such directory"
+            if not p.is_dir()
+            else f"{p}: an unfinished evaluation (finish it with lrun eval ... --resume --out {p})"
+            if (p / "eval-plan.json").is_file()
+            else f"{p}: not an evaluation"
+            for p in others
+        ]
         raise CompareError(
-            "give run directories (training curves) or evaluation directories (episode by episode), not both: "
-            + ", ".join(str(p) for p, e in zip(paths, evaluations) if e)
-            + " are evaluations"
+            f"{paths[0] if evaluations[0] else next(p for p, e in zip(paths, evaluations) if e)} is an evaluation "
+            f"(compared episode by episode) but {'; '.join(why)}"
         )
     aggregates = [aggregate(g) for g in group_runs(paths)]
     out = Path(out)

@@ -20,9 +20,23 @@ from pathlib import Path
 import numpy as np
 
 from lrun.analysis.common import CompareError, save_figure
+from lrun.env.physics import ALIASES
 
 #: eval.json settings that define the task: two evaluations are paired only where these agree
 TASK_SETTINGS = ("difficulty", "obstacles", "physics", "weakening")
+
+
+def task_of(settings: dict) -> dict:
+    """The task an evaluation ran, as `lrun.env.settings.setting_name` counts it: physics by its preset's name,
+    no obstacles at difficulty 0, no weakening below difficulty 2."""
+    task = {key: settings.get(key) for key in TASK_SETTINGS}
+    task["physics"] = ALIASES.get(task["physics"], task["physics"])
+    difficulty = task["difficulty"] if isinstance(task["difficulty"], int) else 0
+    if difficulty == 0:
+        task["obstacles"] = None
+    if difficulty < 2:
+        task["weakening"] = None
+    return task
 
 
 class PairingError(CompareError):
@@ -61,7 +75,7 @@ def read_evaluation(path: str | Path) -> Evaluation:
             rows = list(csv.DictReader(handle))
         seeds = np.array([int(r["seed"]) for r in rows], dtype=np.int64)
         distance = np.array([float(r["distance"]) for r in rows])
-        fell = np.array([r["fell"] in ("1", "True", "true") for r in rows])
+        fell = np.array([{"0": False, "1": True}[r["fell"]] for r in rows])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PairingError(f"{path}: unreadable evaluation ({exc})") from None
     if len(np.unique(seeds)) != len(seeds):
@@ -125,11 +139,8 @@ class Paired:
 
 def pair(baseline: Evaluation, other: Evaluation) -> Paired:
     """Compare `other` with `baseline` on the episode seeds both ran; refuses evaluations of different tasks."""
-    differ = [
-        f"{key} {baseline.settings.get(key)!r} against {other.settings.get(key)!r}"
-        for key in TASK_SETTINGS
-        if baseline.settings.get(key) != other.settings.get(key)
-    ]
+    mine, theirs = task_of(baseline.settings), task_of(other.settings)
+    differ = [f"{key} {mine[key]!r} against {theirs[key]!r}" for key in TASK_SETTINGS if mine[key] != theirs[key]]
     if differ:
         raise PairingError(
             f"{other.path} is not paired with {baseline.path}: another task ({'; '.join(differ)}); evaluate both "

@@ -265,12 +265,15 @@ def episode_features(name: str, obs: np.ndarray, episode_ids: np.ndarray) -> np.
     obs = np.asarray(obs)
     if not has_memory(name):
         return features(name, obs)
+    ids = np.asarray(episode_ids).ravel()
+    if len(ids) != len(obs):
+        raise ValueError(f"{len(obs)} observations but {len(ids)} episode ids")
     out = np.empty((len(obs), FEATURES[name][0]))
     if len(obs) == 0:
         return out
     # One stream row per episode, fed a whole time step at once: row r's position within its episode orders the
     # calls, so there are as many calls as the longest episode has steps, not one per stored row.
-    _, episode = np.unique(np.asarray(episode_ids), return_inverse=True)
+    _, episode = np.unique(ids, return_inverse=True)
     by_episode = np.argsort(episode, kind="stable")
     first = np.searchsorted(episode[by_episode], episode[by_episode])
     position = np.empty(len(obs), dtype=np.int64)
