@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lrun.analysis.common import CompareError
-from lrun.analysis.paired import compare_evaluations, is_evaluation
+from lrun.analysis.paired import compare_evaluations, is_evaluation, why_not_an_evaluation
 from lrun.progress import load_progress, progress_path, smooth
 
 #: metric name -> progress.csv column
@@ -251,19 +251,9 @@ def compare(paths: list[str | Path], out: str | Path) -> tuple[list, str]:
     if all(evaluations):
         return compare_evaluations(paths, out)
     if any(evaluations):
-        others = [Path(p) for p, e in zip(paths, evaluations) if not e]
-        why = [
-            f"{p}: no such directory"
-            if not p.is_dir()
-            else f"{p}: an unfinished evaluation (finish it with lrun eval ... --resume --out {p})"
-            if (p / "eval-plan.json").is_file()
-            else f"{p}: not an evaluation"
-            for p in others
-        ]
-        raise CompareError(
-            f"{paths[0] if evaluations[0] else next(p for p, e in zip(paths, evaluations) if e)} is an evaluation "
-            f"(compared episode by episode) but {'; '.join(why)}"
-        )
+        first = next(p for p, e in zip(paths, evaluations) if e)
+        why = [why_not_an_evaluation(Path(p)) for p, e in zip(paths, evaluations) if not e]
+        raise CompareError(f"{first} is an evaluation (compared episode by episode) but {'; '.join(why)}")
     aggregates = [aggregate(g) for g in group_runs(paths)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,23 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lrun.analysis.common import CompareError, save_figure
-from lrun.env.physics import ALIASES
-
-#: eval.json settings that define the task: two evaluations are paired only where these agree
-TASK_SETTINGS = ("difficulty", "obstacles", "physics", "weakening")
-
-
-def task_of(settings: dict) -> dict:
-    """The task an evaluation ran, as `lrun.env.settings.setting_name` counts it: physics by its preset's name,
-    no obstacles at difficulty 0, no weakening below difficulty 2."""
-    task = {key: settings.get(key) for key in TASK_SETTINGS}
-    task["physics"] = ALIASES.get(task["physics"], task["physics"])
-    difficulty = task["difficulty"] if isinstance(task["difficulty"], int) else 0
-    if difficulty == 0:
-        task["obstacles"] = None
-    if difficulty < 2:
-        task["weakening"] = None
-    return task
+from lrun.env.settings import TaskSetting
 
 
 class PairingError(CompareError):
@@ -55,6 +39,7 @@ class Evaluation:
 
     path: Path
     settings: dict
+    task: TaskSetting  # canonical: two evaluations are paired only where theirs agree
     seeds: np.ndarray
     distance: np.ndarray
     fell: np.ndarray
@@ -71,6 +56,7 @@ def read_evaluation(path: str | Path) -> Evaluation:
         raise PairingError(f"{path}: not an evaluation (no eval.json and episodes.csv; run lrun eval first)")
     try:
         settings = json.loads((path / "eval.json").read_text())["settings"]
+        task = TaskSetting(*(settings[key] for key in ("difficulty", "obstacles", "physics", "weakening")))
         with open(path / "episodes.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         seeds = np.array([int(r["seed"]) for r in rows], dtype=np.int64)
@@ -80,7 +66,7 @@ def read_evaluation(path: str | Path) -> Evaluation:
         raise PairingError(f"{path}: unreadable evaluation ({exc})") from None
     if len(np.unique(seeds)) != len(seeds):
         raise PairingError(f"{path}: an episode seed appears twice in episodes.csv")
-    return Evaluation(path, settings, seeds, distance, fell)
+    return Evaluation(path, settings, task.canonical(), seeds, distance, fell)
 
 
 def paired_bootstrap_ci(
@@ -109,6 +95,8 @@ class Paired:
 
     baseline: Evaluation
     other: Evaluation
+    first: np.ndarray  # the paired episodes' rows in the baseline ...
+    second: np.ndarray  # ... and in the other evaluation
     pairs: int
     distance: tuple[float, float]  # mean over the paired episodes: baseline, other
     difference: float  # other - baseline, mean over the pairs
@@ -139,8 +127,8 @@ class Paired:
 
 def pair(baseline: Evaluation, other: Evaluation) -> Paired:
     """Compare `other` with `baseline` on the episode seeds both ran; refuses evaluations of different tasks."""
-    mine, theirs = task_of(baseline.settings), task_of(other.settings)
-    differ = [f"{key} {mine[key]!r} against {theirs[key]!r}" for key in TASK_SETTINGS if mine[key] != theirs[key]]
+    mine, theirs = baseline.task.to_dict(), other.task.to_dict()
+    differ = [f"{key} {mine[key]!r} against {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
     if differ:
         raise PairingError(
             f"{other.path} is not paired with {baseline.path}: another task ({'; '.join(differ)}); evaluate both "
@@ -157,6 +145,8 @@ def pair(baseline: Evaluation, other: Evaluation) -> Paired:
     return Paired(
         baseline,
         other,
+        first,
+        second,
         len(common),
         (float(d0.mean()), float(d1.mean())),
         float((d1 - d0).mean()),
@@ -196,9 +186,8 @@ def plot_paired(results: list[Paired], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.2), squeeze=False)
     for ax, r in zip(axes[0], results):
-        _, first, second = np.intersect1d(r.baseline.seeds, r.other.seeds, return_indices=True)
-        d0, d1 = r.baseline.distance[first], r.other.distance[second]
-        f0, f1 = r.baseline.fell[first], r.other.fell[second]
+        d0, d1 = r.baseline.distance[r.first], r.other.distance[r.second]
+        f0, f1 = r.baseline.fell[r.first], r.other.fell[r.second]
         for mask, style, label in (
             (~f0 & ~f1, dict(c="tab:blue", marker="o", s=12), "neither fell"),
             (f0 & f1, dict(c="grey", marker="x", s=16), "both fell"),
@@ -215,6 +204,15 @@ def plot_paired(results: list[Paired], path: Path) -> Path:
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("distance per episode, paired by seed", fontsize=10)
     return save_figure(fig, path, dpi=110)
+
+
+def why_not_an_evaluation(path: Path) -> str:
+    """What a path given among evaluations is instead: missing, an unfinished evaluation, or something else."""
+    if not path.is_dir():
+        return f"{path}: no such directory"
+    if (path / "eval-plan.json").is_file():
+        return f"{path}: an unfinished evaluation (finish it with lrun eval ... --resume --out {path})"
+    return f"{path}: not an evaluation"
 
 
 def compare_evaluations(paths: list[str | Path], out: str | Path) -> tuple[list[Paired], str]:

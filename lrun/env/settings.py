@@ -27,6 +27,16 @@ class TaskSetting:
         """Plain data, for eval.json."""
         return asdict(self)
 
+    def canonical(self) -> TaskSetting:
+        """The same task with what does not change it set aside: obstacles at difficulty 0, the weakening below
+        difficulty 2 (both made empty), and earlier physics names as the presets they name."""
+        return TaskSetting(
+            difficulty=self.difficulty,
+            obstacles=self.obstacles if self.difficulty != 0 else 0,
+            physics=ALIASES.get(self.physics, self.physics),
+            weakening=self.weakening if self.difficulty >= 2 else "",
+        )
+
 
 SETTINGS: dict[str, TaskSetting] = {
     "round2": TaskSetting(difficulty=2, obstacles=10, physics="graders-2017", weakening="graders-2017"),
@@ -43,13 +53,5 @@ ROUND2_2017 = (
 def setting_name(difficulty: int, obstacles: int, physics: str, weakening: str) -> str:
     """The name of the setting these values make, or "" when they make none. Obstacles do not matter at
     difficulty 0, nor weakening below difficulty 2; earlier physics names count as the presets they name."""
-    physics = ALIASES.get(physics, physics)
-    for name, s in SETTINGS.items():
-        if (
-            s.difficulty == difficulty
-            and (difficulty == 0 or s.obstacles == obstacles)
-            and s.physics == physics
-            and (difficulty < 2 or s.weakening == weakening)
-        ):
-            return name
-    return ""
+    task = TaskSetting(difficulty, obstacles, physics, weakening).canonical()
+    return next((name for name, s in SETTINGS.items() if s.canonical() == task), "")
