@@ -43,19 +43,7 @@ def save_checkpoint(run_dir: str | Path, payload: dict[str, Any], iteration: int
     payload = {"format": FORMAT, **payload}
     target = directory / f"iter-{iteration:06d}.pt"
     for path in (target, directory / LATEST):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its writer
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(
-                f"{directory}: cannot write the checkpoint of iteration {iteration} ({write_failure(exc)}); the "
-                f"previous checkpoint is intact"
-            ) from exc
-        os.replace(tmp, path)
+        write_atomically(path, payload, f"{directory}: cannot write the checkpoint of iteration {iteration}")
     for old in sorted(directory.glob("iter-*.pt"))[:-KEEP]:
         old.unlink()
     return target
@@ -68,6 +56,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise CheckpointError(f"no checkpoint at {path} (looked for the file, {LATEST} in it and in checkpoints/)")
+
+
+def write_atomically(path: Path, payload: dict[str, Any], failure: str) -> None:
+    """torch.save to a temporary file beside `path`, fsynced, then renamed over it: a crash leaves the previous
+    file intact. A failed write raises CheckpointError("`failure` (reason); the previous checkpoint is intact")."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError from its writer
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{failure} ({write_failure(exc)}); the previous checkpoint is intact") from exc
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -137,3 +140,62 @@ def check_compatible(payload: dict[str, Any], path: str | Path, obs_size: int, a
                 problems.append(f"policy {describe_spec(theirs)} vs {describe_spec(spec)}")
     if problems:
         raise CheckpointError(f"{path}: checkpoint does not fit this config: {'; '.join(problems)}")
+
+
+def collapse_student(payload: dict) -> dict | None:
+    """A blend checkpoint whose coefficient reached 1: the state dict of its new network alone; else None."""
+    if payload["meta"].get("policy_spec", {}).get("kind") != "blend":
+        return None
+    state = payload["policy"]
+    if float(state["coefficient"]) != 1.0:
+        return None
+    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+
+
+#: What a new run started from a SAC checkpoint takes of its learner's state (run.init_from carries critics,
+#: targets and temperature); the optimisers' moments only serve --resume.
+SAC_CARRIED = ("critic", "target", "log_alpha")
+#: Parts of a checkpoint that only --resume reads.
+RESUME_ONLY = ("acting_policy", "torch_rng", "numpy_rng")
+
+
+def export_checkpoint(source: str | Path, target: str | Path, overwrite: bool = False) -> tuple[Path, list[str]]:
+    """Write `source`'s checkpoint (a file or run directory) to `target` (a file, or a directory that gets
+    checkpoint.pt) as a policy to share or ship: a finished blend (coefficient 1) becomes its new network alone,
+    which acts identically; SAC critics, targets and temperature stay (a run started from it with run.init_from
+    carries them); optimiser moments, random-generator states and the overlapped loop's acting copy go, so it
+    cannot be resumed (meta["exported"] says so). An existing `target` is replaced only with `overwrite`.
+    Returns the file written and what was done, in words."""
+    source_path = resolve_checkpoint(source)
+    payload = load_checkpoint(source_path)
+    if "exported" in payload["meta"]:
+        raise CheckpointError(f"{source_path}: already an exported checkpoint")
+    target = Path(target)
+    if target.is_dir() or not target.suffix:
+        target = target / LATEST
+    if target.resolve() == source_path.resolve():
+        raise CheckpointError(f"{target}: the export would overwrite its own source; write it elsewhere")
+    if target.exists() and not overwrite:
+        raise CheckpointError(f"{target} exists: pass --overwrite to replace it")
+    notes = []
+    out = {k: v for k, v in payload.items() if k not in RESUME_ONLY}
+    student = collapse_student(payload)
+    meta = dict(payload["meta"])
+    if student is not None:
+        meta["policy_spec"] = meta["policy_spec"]["student"]
+        out["policy"] = student
+        notes.append("the blend's new network alone (coefficient 1: it acts as the blend did)")
+    elif meta.get("policy_spec", {}).get("kind") == "blend":
+        notes.append(f"the blend as it is (coefficient {float(payload['policy']['coefficient']):g}: both networks)")
+    optimizer = payload.get("optimizer") or {}
+    if "critic" in optimizer:
+        out["optimizer"] = {name: optimizer[name] for name in SAC_CARRIED if name in optimizer}
+        notes.append("SAC critics, targets and temperature kept, optimiser moments left out")
+    else:
+        out["optimizer"] = {}
+        notes.append("optimiser state left out")
+    meta["exported"] = {"from": str(source_path), "iteration": int(payload.get("iteration", 0))}
+    out["meta"] = meta
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(target, out, f"{target}: cannot write the exported checkpoint")
+    return target, notes

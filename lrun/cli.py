@@ -292,6 +292,16 @@ def _card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from lrun.checkpoint import export_checkpoint, resolve_checkpoint
+
+    source_size = resolve_checkpoint(args.checkpoint).stat().st_size
+    target, notes = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    size = target.stat().st_size
+    print(f"wrote {target} ({size / 1e6:.2f} MB, from {source_size / 1e6:.2f} MB): {'; '.join(notes)}")
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     from lrun.analysis.render import render_gif, render_mp4, render_strip, video_encoder_available
     from lrun.config import ConfigError
@@ -658,6 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model_dirs", nargs="+", metavar="MODEL_DIR", help="e.g. models/walk (checkpoint.pt, eval.json, PROVENANCE)"
     )
     card.set_defaults(func=_card)
+
+    export = commands.add_parser(
+        "export",
+        help="a checkpoint to share or ship: a finished blend as its new network alone, SAC critics kept, optimiser "
+        "moments left out (start new runs from it; it cannot be resumed)",
+    )
+    export.add_argument("checkpoint", help="checkpoint file or run directory")
+    export.add_argument("out", help="output file, or a directory (e.g. models/NAME) that gets checkpoint.pt")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    export.set_defaults(func=_export)
 
     keys = commands.add_parser("config-keys", help="list every config key with its type, default and meaning")
     keys.set_defaults(func=_config_keys)

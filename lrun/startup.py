@@ -17,6 +17,7 @@ from lrun import mpi as lmpi
 from lrun.checkpoint import (
     CheckpointError,
     check_compatible,
+    collapse_student,
     latest_checkpoint,
     load_checkpoint,
     resolve_checkpoint,
@@ -113,6 +114,11 @@ def startup_checks(
         resume_path = resolve_checkpoint(resume)
         check_resume_target(resume_path, config.run.run_dir)
         payload = load_checkpoint(resume_path)
+        if "exported" in payload["meta"]:
+            raise CheckpointError(
+                f"{resume_path}: an exported checkpoint (lrun export: no optimiser state) cannot be resumed; start "
+                "a new run from it with run.init_from (or blend.source, clone.teacher)"
+            )
         spec = plain
         if config.blend.source:  # the frozen part travels in the checkpoint; the source file is not needed
             theirs = payload["meta"].get("policy_spec") or {}
@@ -277,16 +283,6 @@ def initial_policy(config: TrainConfig, start: Start) -> Policy:
     elif start.how == "init":
         policy.load_state_dict(start.source["policy"])
     return policy
-
-
-def collapse_student(payload: dict) -> dict | None:
-    """A blend checkpoint whose coefficient reached 1: the state dict of its new network alone; else None."""
-    if payload["meta"].get("policy_spec", {}).get("kind") != "blend":
-        return None
-    state = payload["policy"]
-    if float(state["coefficient"]) != 1.0:
-        return None
-    return {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
 
 
 def check_run_dir(run_dir: str | Path) -> None:

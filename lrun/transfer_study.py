@@ -56,8 +56,7 @@ def method_overrides(method: str, source: str, out: Path, seed: int | None = Non
     if METHODS[method]:
         extra.append(f"{METHODS[method]}={source}")
     if method == "init":  # fine-tuning keeps the source's network
-        from lrun.checkpoint import load_checkpoint, resolve_checkpoint
-        from lrun.startup import collapse_student
+        from lrun.checkpoint import collapse_student, load_checkpoint, resolve_checkpoint
 
         payload = load_checkpoint(resolve_checkpoint(source))
         spec = payload["meta"].get("policy_spec") or {}

@@ -168,7 +168,7 @@ def test_plain_init_onto_relative_v2_adds_the_passed_obstacle_and_acts_as_the_so
 
 
 @needs_mpi
-def test_a_sac_blend_trains_under_mpi_resumes_and_leaves_the_frozen_network_alone(source, tmp_path):
+def test_a_sac_blend_trains_under_mpi_resumes_leaves_the_frozen_network_alone_and_exports_the_new_one(source, tmp_path):
     run_dir = tmp_path / "blend"
     common = [MPIEXEC, "-n", "3", LRUN, "blend", str(source), *SAC, *OBSTACLES, "--ramp", "4"]
     common += sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[32, 32]", f"run.run_dir={run_dir}")
@@ -188,6 +188,28 @@ def test_a_sac_blend_trains_under_mpi_resumes_and_leaves_the_frozen_network_alon
     ramping = [float(r["losses/alpha"]) for r in rows[:4] if float(r["losses/updates"] or 0) > 0]
     assert ramping and ramping == pytest.approx([parent_alpha] * len(ramping), rel=1e-6)
     assert float(checkpoint["optimizer"]["log_alpha"].exp()) != pytest.approx(parent_alpha, rel=1e-4)
+
+    # exported to ship (lrun export): the finished blend's new network alone acts as the blend did, the critics
+    # stay for a new run to carry, and nothing that only --resume reads is kept (so it cannot be resumed)
+    exported = tmp_path / "exported"
+    result = run([LRUN, "export", str(run_dir), str(exported)])
+    assert result.returncode == 0 and "the blend's new network alone" in result.stdout, result.stderr
+    shipped = load_checkpoint(exported)
+    assert shipped["meta"]["policy_spec"]["kind"] == "mlp" and "coefficient" not in shipped["policy"]
+    assert set(shipped["optimizer"]) == {"critic", "target", "log_alpha"} and "acting_policy" not in shipped
+    assert (exported / "checkpoint.pt").stat().st_size < (run_dir / "checkpoints/checkpoint.pt").stat().st_size
+    obs = np.random.default_rng(0).normal(size=(16, 41))
+    assert np.array_equal(lrun.Agent.load(run_dir).act(obs), lrun.Agent.load(exported).act(obs))
+    again = run([LRUN, "export", str(run_dir), str(exported)])
+    assert again.returncode == 2 and "--overwrite" in again.stderr and len(again.stderr.splitlines()) == 1
+    plain = [LRUN, "train", *SAC, *OBSTACLES, *NO_UPDATES]
+    plain += sets("policy.hidden_sizes=[32, 32]", "sac.hidden_sizes=[32, 32]", "run.iterations=1")
+    resumed = run([*plain, *sets(f"run.run_dir={tmp_path / 'more'}"), "--resume", str(exported)])
+    assert resumed.returncode == 2 and "cannot be resumed" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
+    result = run([*plain, *sets(f"run.init_from={exported}", f"run.run_dir={tmp_path / 'init'}")])
+    assert result.returncode == 0 and "critics and temperature copied from the parent" in result.stdout, result.stderr
+    assert torch.equal(critic_weights(load_checkpoint(tmp_path / "init")), critic_weights(shipped))
 
 
 def test_sac_cloning_imitates_the_stored_states_then_trains(source, tmp_path):
