@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, read_until, run, sets, start
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, Started, run, sets
 
 from lrun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lrun.store.reader import RunStore
@@ -47,18 +47,15 @@ def test_sigkill_of_a_rank_ends_the_job_and_resume_completes(tmp_path, victim):
         "--set",
         "run.checkpoint_every=2",
     ]
-    process = start([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"])
-    try:
-        read_until(process, "iter 3/40")
+    with Started([MPIEXEC, "-n", "3", *common, "--set", "run.iterations=40"]) as started:
+        started.read_until("iter 3/40")
         pids = rank_pids(str(run_dir))
         assert sorted(pids) == [0, 1, 2], pids
         os.kill(pids[victim], signal.SIGKILL)
         killed_at = time.time()
-        process.communicate(timeout=60)
+        ended = started.finish(timeout=60)
         assert time.time() - killed_at < 60
-    finally:
-        process.kill()
-    assert process.returncode != 0
+    assert ended.returncode != 0
     reached = load_checkpoint(run_dir)["iteration"]
     assert 2 <= reached < 40
     target = reached + 3

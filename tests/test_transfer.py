@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import LRUN, MPIEXEC, read_until, run, sets, signal_after, start
+from helpers import LRUN, MPIEXEC, Started, run, sets, signal_after
 
 from lrun.api import load_policy
 from lrun.checkpoint import load_checkpoint
@@ -228,13 +228,8 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
     result = run([LRUN, "eval", str(source), *task, "--episodes", "10", "--out", str(reference)])
     assert result.returncode == 0, result.stderr
     out = tmp_path / "resumed"
-    first = start([LRUN, "eval", str(source), *task, "--episodes", "8", "--out", str(out)])
-    try:
-        read_until(first, "  rank 0: 3/8 episodes")
-        first.kill()
-    finally:
-        first.kill()
-        first.wait()
+    with Started([LRUN, "eval", str(source), *task, "--episodes", "8", "--out", str(out)]) as first:
+        first.read_until("  rank 0: 3/8 episodes")  # leaving the block kills it (SIGKILL)
     assert not (out / "eval.json").exists() and (out / "eval-plan.json").exists()
     # nothing is lost by a careless re-run, and a resume cannot mix settings or policies
     seed_6 = [*task[:-1], "6"]
