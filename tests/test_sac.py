@@ -135,6 +135,39 @@ def test_a_critic_warmup_moves_the_critics_only():
     assert len(calls) == 20 + 3 * 5 and not torch.equal(learner.log_alpha.detach(), alpha_before)
 
 
+def test_the_actor_step_leaves_the_critics_gradients_alone_and_restored_optimisers_stay_fused():
+    """The actor learns through the critics without giving them gradients (only its own are averaged), and an
+    updater restored from a checkpoint whose optimisers were per-tensor Adam (an older lrun) steps fused."""
+    torch.manual_seed(0)
+    actor = ActorCritic(3, 2, [16], distribution="squashed")
+    sizes = []
+    learner = SACUpdater(actor, SACSettings(batch_size=32, hidden_sizes=[16]), lambda v: sizes.append(v.size))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(256, 3)).astype(np.float32)
+    learner.buffer.add(
+        obs, rng.uniform(-1, 1, (256, 2)).astype(np.float32), np.ones(256, np.float32), obs, 0 * obs[:, 0]
+    )
+    learner.update(2, lambda f: f)
+    critic_size = sum(p.numel() for p in learner.critic.parameters())
+    actor_size = sum(p.numel() for p in learner.actor_params)
+    assert sizes == [critic_size, actor_size, 1] * 2
+    critic_grads = [p.grad.clone() for p in learner.critic.parameters()]
+    learner._actor_and_temperature_step(
+        torch.as_tensor(obs[:32]), torch.tensor(0.1), {"actor_loss": 0.0, "entropy": 0.0}
+    )
+    assert all(torch.equal(g, p.grad) for g, p in zip(critic_grads, learner.critic.parameters(), strict=True))
+
+    state = learner.state_dict()
+    for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
+        for group in state[name]["param_groups"]:
+            group["fused"] = None  # as torch.optim.Adam(params, lr) saved them
+    restored = SACUpdater(ActorCritic(3, 2, [16], distribution="squashed"), SACSettings(hidden_sizes=[16]))
+    restored.load_state_dict(state)
+    for optimizer in (restored.actor_optimizer, restored.critic_optimizer, restored.alpha_optimizer):
+        assert all(group["fused"] for group in optimizer.param_groups)
+        assert optimizer.state  # the moments came back
+
+
 def test_a_run_with_a_critic_warmup_starts_the_actor_when_it_ends(tmp_path):
     """Serial SAC, 32 decisions per iteration (16 updates): updates from 48 decisions in (iteration 2), the actor
     from 48 + 64 (iteration 4); a resume without the buffer refills it, and does not warm up again."""

@@ -140,6 +140,8 @@ class BlendedPolicy(Policy):
 
     def distribution_parameters(self, obs: torch.Tensor) -> torch.Tensor:
         """(1 - c) * theta_F(x_F) + c * theta_S(x)."""
+        if float(self.coefficient) == 1.0:  # handed over: exactly theta_S(x), without computing theta_F for 0 x
+            return self.student.distribution_parameters(obs)
         with torch.no_grad():
             frozen = self.frozen.distribution_parameters(self.frozen_inputs(obs))
         c = self.coefficient

@@ -15,7 +15,7 @@ Maths only (torch, numpy): the MPI side hands in a `reduce_gradients` callback, 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,9 +133,9 @@ class SACUpdater:
         actor_params = [
             p for name, p in actor.named_parameters() if p.requires_grad and name.split(".")[-3:-2] == ["actor"]
         ]
-        self.actor_optimizer = torch.optim.Adam(actor_params, lr=lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
+        self.actor_optimizer = adam(actor_params, lr)
+        self.critic_optimizer = adam(self.critic.parameters(), lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr)
         self.actor_params = actor_params
         self.buffer = ReplayBuffer(
             buffer_size, actor.obs_size, actor.act_size, seed if sample_seed is None else sample_seed
@@ -193,9 +193,8 @@ class SACUpdater:
             self._step(self.critic_optimizer, list(self.critic.parameters()), q_loss)
             if actor:
                 self._actor_and_temperature_step(obs_t, alpha, sums, temperature)
-            with torch.no_grad():
-                for p, p_target in zip(self.critic.parameters(), self.target.parameters(), strict=True):
-                    p_target.mul_(1.0 - s.tau).add_(s.tau * p)
+            with torch.no_grad():  # Polyak averaging, one fused call over all the tensors
+                torch._foreach_lerp_(list(self.target.parameters()), list(self.critic.parameters()), s.tau)
             sums["q_loss"] += float(q_loss.detach())
             sums["alpha"] += float(alpha)
             sums["q_mean"] += float(q1.detach().mean())
@@ -211,7 +210,13 @@ class SACUpdater:
         """One gradient step of the actor (through the critics, which keep no gradient of it) and, where
         `temperature`, one of the temperature towards the target entropy; adds their losses to `sums`."""
         new_actions, logprob = self._sample_actions(obs_t)
-        q1_pi, q2_pi = self.critic(obs_t, new_actions)
+        # the actor's gradient passes through the critics, which need none of their own from it: frozen for the
+        # pass, their weight gradients are not even computed (~10 % of an update's work)
+        self.critic.requires_grad_(False)
+        try:
+            q1_pi, q2_pi = self.critic(obs_t, new_actions)
+        finally:
+            self.critic.requires_grad_(True)
         actor_loss = (alpha * logprob - torch.min(q1_pi, q2_pi)).mean()
         auxiliary = self.actor.auxiliary_loss(obs_t)  # a blend's distillation of its frozen policy
         loss = actor_loss
@@ -219,7 +224,6 @@ class SACUpdater:
             sums["auxiliary_loss"] = sums.get("auxiliary_loss", 0.0) + float(auxiliary.detach())
             loss = actor_loss + auxiliary
         self._step(self.actor_optimizer, self.actor_params, loss)
-        self.critic.zero_grad(set_to_none=True)  # the actor's loss reached the critics too: not theirs to use
 
         if temperature:
             alpha_loss = -(self.log_alpha * (logprob.detach() + self.target_entropy)).mean()
@@ -264,9 +268,17 @@ class SACUpdater:
         self.target.load_state_dict(state["target"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
+            optimizer = getattr(self, name)
+            optimizer.load_state_dict(state[name])
+            for group in optimizer.param_groups:  # a checkpoint's settings replace ours, of an older lrun too
+                group["fused"], group["foreach"] = True, None
+
+
+def adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel: one pass over all the tensors per step, the same update (~7 % of a SAC update's
+    CPU time against the per-tensor loop)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 class TransitionStitcher:
