@@ -175,9 +175,14 @@ def export_checkpoint(source: str | Path, target: str | Path, overwrite: bool = 
         target = target / LATEST
     if target.resolve() == source_path.resolve():
         raise CheckpointError(f"{target}: the export would overwrite its own source; write it elsewhere")
+    if target.parent.name == checkpoint_dir("").name or checkpoint_dir(target.parent).is_dir():
+        # RUN/checkpoint.pt would shadow the run's own checkpoints/checkpoint.pt wherever RUN names a checkpoint
+        raise CheckpointError(f"{target}: inside a run directory; export to a directory of its own (e.g. models/NAME)")
     if target.exists() and not overwrite:
         raise CheckpointError(f"{target} exists: pass --overwrite to replace it")
     notes = []
+    if target.exists() and (target.parent / "eval.json").is_file():
+        notes.append(f"{target.parent / 'eval.json'} scored the checkpoint replaced: evaluate this one again")
     out = {k: v for k, v in payload.items() if k not in RESUME_ONLY}
     student = collapse_student(payload)
     meta = dict(payload["meta"])

@@ -112,13 +112,13 @@ def startup_checks(
         )
     if resume is not None:
         resume_path = resolve_checkpoint(resume)
-        check_resume_target(resume_path, config.run.run_dir)
         payload = load_checkpoint(resume_path)
         if "exported" in payload["meta"]:
             raise CheckpointError(
                 f"{resume_path}: an exported checkpoint (lrun export: no optimiser state) cannot be resumed; start "
                 "a new run from it with run.init_from (or blend.source, clone.teacher)"
             )
+        check_resume_target(resume_path, config.run.run_dir)
         spec = plain
         if config.blend.source:  # the frozen part travels in the checkpoint; the source file is not needed
             theirs = payload["meta"].get("policy_spec") or {}

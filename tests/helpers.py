@@ -34,8 +34,9 @@ def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 class Started:
     """A command running in a process group of its own, its output read by two threads as it comes (so a full
-    stderr pipe cannot stall it while a test waits for a line of stdout). Leaving the `with` block kills the whole
-    group: mpiexec and every rank it started, whatever the test's outcome."""
+    stderr pipe cannot stall it while a test waits for a line of stdout). Leaving the `with` block ends it,
+    whatever the test's outcome: SIGTERM first (mpiexec forwards it and reaps its ranks, which hydra starts in
+    sessions of their own, out of reach of a process-group kill), SIGKILL to the group after 10 s."""
 
     def __init__(self, command: list[str]) -> None:
         self.command = command
@@ -99,16 +100,24 @@ class Started:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(ProcessLookupError):  # the group has ended already
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        if self.process.poll() is not None:  # ended (and reaped: its pid may now be another's)
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
-def signal_after(command: list[str], prefix: str, sig: int, timeout: int = 120) -> subprocess.CompletedProcess:
-    """Start a command, send it `sig` once a line of its output starts with `prefix` (mpiexec forwards it to every
-    rank), and return how it ended."""
+def signal_after(
+    command: list[str], prefix: str, sig: int, timeout: int = 120, start_timeout: int = 240
+) -> subprocess.CompletedProcess:
+    """Start a command, send it `sig` once a line of its output starts with `prefix` (within `start_timeout` s;
+    mpiexec forwards it to every rank), and return how it ended (within `timeout` s of the signal)."""
     with Started(command) as started:
-        started.read_until(prefix)
+        started.read_until(prefix, start_timeout)
         started.send_signal(sig)
         return started.finish(timeout)
 

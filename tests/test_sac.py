@@ -156,6 +156,14 @@ def test_the_actor_step_leaves_the_critics_gradients_alone_and_restored_optimise
         torch.as_tensor(obs[:32]), torch.tensor(0.1), {"actor_loss": 0.0, "entropy": 0.0}
     )
     assert all(torch.equal(g, p.grad) for g, p in zip(critic_grads, learner.critic.parameters(), strict=True))
+    assert all(p.requires_grad for p in learner.critic.parameters())  # trainable again for the next critic step
+    # the targets move a step tau towards the critics
+    critics = [p.detach().clone() for p in learner.critic.parameters()]
+    targets = [p.clone() for p in learner.target.parameters()]
+    learner.update(1, lambda f: f, actor=False)
+    for before, critic, target in zip(targets, learner.critic.parameters(), learner.target.parameters(), strict=True):
+        torch.testing.assert_close(target, (1 - 0.005) * before + 0.005 * critic.detach())
+    assert any(not torch.equal(a, b) for a, b in zip(critics, learner.critic.parameters(), strict=True))
 
     state = learner.state_dict()
     for name in ("actor_optimizer", "critic_optimizer", "alpha_optimizer"):
@@ -166,6 +174,11 @@ def test_the_actor_step_leaves_the_critics_gradients_alone_and_restored_optimise
     for optimizer in (restored.actor_optimizer, restored.critic_optimizer, restored.alpha_optimizer):
         assert all(group["fused"] for group in optimizer.param_groups)
         assert optimizer.state  # the moments came back
+    restored.buffer.add(*(np.array(a) for a in learner.buffer.sample(64)))
+    before = [p.detach().clone() for p in restored.actor_params]
+    metrics = restored.update(2, lambda f: f)  # and step, fused
+    assert np.isfinite(metrics["q_loss"]) and metrics["updates"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, restored.actor_params, strict=True))
 
 
 def test_a_run_with_a_critic_warmup_starts_the_actor_when_it_ends(tmp_path):

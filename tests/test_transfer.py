@@ -229,7 +229,9 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
     assert result.returncode == 0, result.stderr
     out = tmp_path / "resumed"
     with Started([LRUN, "eval", str(source), *task, "--episodes", "8", "--out", str(out)]) as first:
-        first.read_until("  rank 0: 3/8 episodes")  # leaving the block kills it (SIGKILL)
+        first.read_until("  rank 0: 3/8 episodes")
+        first.process.kill()  # kill -9
+        first.process.wait()
     assert not (out / "eval.json").exists() and (out / "eval-plan.json").exists()
     # nothing is lost by a careless re-run, and a resume cannot mix settings or policies
     seed_6 = [*task[:-1], "6"]
