@@ -75,15 +75,17 @@ bench-learn: install
 	$(BIN)/lrun bench learn experiments/recipes/walk-sac.toml --env-steps 2000000 --ranks $(RANKS) --json bench-results/learn.json
 
 # The main job: the SAC curriculum from the shipped walker (models/walk), every stage cut to a few iterations,
-# under the pip MPICH's mpiexec; then the last stage's report and its evaluation on the 2017 round-2 setting.
+# under the pip MPICH's mpiexec, each stage scored at its own task and at the 2017 round-2 setting (3 episodes);
+# then the curriculum's table and picture, the last stage's report and a GIF of its first round-2 episode.
 RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
-	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR)
+	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR) --eval 3
 	$(BIN)/lrun report $(RUN_DIR)/fast
-	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun eval $(RUN_DIR)/fast --episodes 6 --setting round2 --out $(RUN_DIR)/eval
-	$(BIN)/lrun render $(RUN_DIR)/eval --episode 0 -o $(RUN_DIR)/eval/episode.gif --stride 3
+	$(BIN)/lrun render $(RUN_DIR)/eval/fast/round2 --episode 0 -o $(RUN_DIR)/eval/fast/episode.gif --stride 3
+	@cat $(RUN_DIR)/curriculum.md
 	@echo "runs: $(RUN_DIR)/{run,obstacles,fast} from models/walk (checkpoints/, trajectories/, report/, progress.csv, ...)"
-	@echo "evaluation of the last stage on the 2017 round-2 setting: $(RUN_DIR)/eval (episode.gif: one episode)"
+	@echo "evaluations: $(RUN_DIR)/eval/STAGE/SETTING; the stages side by side: $(RUN_DIR)/curriculum.{md,png}"
+	@echo "the last stage's first round-2 episode: $(RUN_DIR)/eval/fast/episode.gif"
 
 # The shipped policy (models/walk, the best so far): a few evaluation episodes on the graders' physics and
 # a GIF of one.

@@ -335,7 +335,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _curriculum(args: argparse.Namespace) -> int:
     from lrun.config import ConfigError
-    from lrun.curriculum import load_curriculum, run_curriculum
+    from lrun.curriculum import curriculum_report, load_curriculum, run_curriculum
 
     def body(comm) -> int:
         if args.list:
@@ -358,8 +358,20 @@ def _curriculum(args: argparse.Namespace) -> int:
             if not sep or not stage or not checkpoint:
                 raise ConfigError(f"--from {item!r}: expected STAGE=CHECKPOINT (e.g. --from walk=models/walk)")
             provided[stage] = checkpoint
+        if args.report:
+            if comm.Get_rank() == 0:
+                written = curriculum_report(args.curriculum, args.set, args.root, provided, args.eval_seed)
+                print("\n".join(str(p) for p in written))
+            return 0
         summaries = run_curriculum(
-            args.curriculum, args.set, root=args.root, comm=comm, only=args.stage, provided=provided
+            args.curriculum,
+            args.set,
+            root=args.root,
+            comm=comm,
+            only=args.stage,
+            provided=provided,
+            eval_episodes=args.eval,
+            eval_seed=args.eval_seed,
         )
         return EXIT_STOPPED if summaries and summaries[-1]["status"] == "stopped" else 0
 
@@ -657,6 +669,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE=CHECKPOINT",
         help="take STAGE as trained by this checkpoint (e.g. walk=models/walk): it is not run, its children start "
         "from it (repeatable)",
+    )
+    cur.add_argument(
+        "--eval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score each finished stage on N episodes at its own task and at round 2 (lrun eval, deterministic, "
+        "graders' physics) in ROOT/eval/STAGE/SETTING; done ones are kept, stopped ones resumed (default 0: none)",
+    )
+    cur.add_argument(
+        "--eval-seed",
+        type=int,
+        default=4242,
+        metavar="S",
+        help="episode seed of those evaluations (default 4242, the README's round-2 headline's: the same episodes)",
+    )
+    cur.add_argument(
+        "--report",
+        action="store_true",
+        help="only write ROOT/curriculum.md, .json and .png (the stages' table and curves) from what is on disk",
     )
     add_set_option(cur, "override a config key in every stage (repeatable)")
     cur.set_defaults(func=_curriculum)

@@ -22,6 +22,12 @@ resumed; a new one starts from its parent's final checkpoint, by `transfer`: `in
 the same size (`run.init_from`), `blend` freezes it and blends it with the stage's (bigger) network
 (`blend.source`), `clone` imitates it on its stored states and then trains (`clone.teacher`). So re-running the
 same command continues where it stopped. Every rank of the MPI world runs every stage in turn.
+
+With `--eval N`, each finished stage's final checkpoint is scored (`lrun eval`, deterministic, the graders'
+physics, N episodes of one seed) at its own task and at the 2017 round 2, in ROOT/eval/STAGE/SETTING; an
+evaluation already there is kept, one stopped part way is resumed. Every run of the command ends by writing the
+curriculum's table and picture (ROOT/curriculum.md, .json, .png: lrun.analysis.curriculum_report) from what is
+on disk.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
+from lrun.analysis.curriculum_report import ROUND2, StageFacts, write_curriculum_report
 from lrun.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, resolve_checkpoint
 from lrun.config import ConfigError, TrainConfig, load_config, read_toml
 
@@ -120,6 +129,130 @@ def stage_status(config: TrainConfig) -> tuple[str, int]:
     return ("done" if iteration >= config.run.iterations else "resume"), iteration
 
 
+#: The episode seed of the stages' evaluations unless told otherwise: the README's round-2 headline's, so a
+#: stage meets the same episodes as models/round2 did and `lrun compare` can pair them episode by episode.
+EVAL_SEED = 4242
+#: What an evaluation directory can hold for a stage's checkpoint (lrun.evaluate.evaluation_state).
+EVAL_STATES = ("none", "partial", "done", "other")
+
+
+def stage_evaluations(env: dict[str, Any], episodes: int, seed: int) -> dict[str, Any]:
+    """label -> `lrun eval` settings of a stage: its own task (difficulty, obstacles and weakening of its training
+    env, the graders' physics) and the 2017 round 2; one entry when the stage trains on round 2."""
+    from lrun.evaluate import EvalSettings
+
+    difficulty = int(env["difficulty"])
+    own = EvalSettings(
+        episodes=episodes,
+        difficulty=difficulty,
+        obstacles=int(env["max_obstacles"]) if difficulty else 0,
+        seed=seed,
+        weakening=env.get("kwargs", {}).get("weakening", "graders-2017"),
+    )
+    label = own.setting or f"d{difficulty}-o{own.obstacles}-{own.weakening}"
+    round2 = EvalSettings(episodes=episodes, seed=seed)  # lrun eval's defaults are the round-2 setting
+    assert round2.setting == ROUND2
+    return {label: own} if label == ROUND2 else {label: own, ROUND2: round2}
+
+
+def eval_dir(root: Path, stage: str, label: str) -> Path:
+    """Where a stage's evaluation at `label` lives: ROOT/eval/STAGE/LABEL."""
+    return root / "eval" / stage / label
+
+
+def evaluate_stage(
+    root: Path, stage: str, checkpoint: Path, env: dict[str, Any], episodes: int, seed: int, comm: Any, stream: TextIO
+) -> None:
+    """Score a finished stage at its own task and at round 2 (collective over `comm`): an evaluation already
+    done is kept, one stopped part way resumed, another policy's (the stage was trained again) replaced."""
+    from lrun import mpi as lmpi
+    from lrun.evaluate import evaluate, evaluation_state
+
+    speak = comm.Get_rank() == 0
+    for label, settings in stage_evaluations(env, episodes, seed).items():
+        out = eval_dir(root, stage, label)
+        state = np.zeros(1)
+        if speak:  # one rank reads the directory, so every rank takes the same branch
+            state[0] = EVAL_STATES.index(evaluation_state(out, checkpoint, settings))
+        lmpi.bcast(comm, state, 0, lmpi.Waiter())
+        what = EVAL_STATES[int(state[0])]
+        if what == "done":
+            if speak:
+                print(f"== stage {stage}: evaluation at {label} already done ({out})", file=stream, flush=True)
+            continue
+        if speak:
+            doing = {"none": "evaluating", "partial": "resuming the evaluation", "other": "evaluating again"}[what]
+            print(
+                f"== stage {stage}: {doing} at {label} ({episodes} episode{'s' if episodes != 1 else ''}, seed {seed}) "
+                f"in {out}",
+                file=stream,
+                flush=True,
+            )
+        settings.out = str(out)
+        settings.resume = what == "partial"
+        settings.overwrite = what == "other"  # results of an earlier policy of this stage (trained again)
+        evaluate(checkpoint, settings, comm=comm, stream=stream)
+
+
+def shipped_run(checkpoint: Path) -> Path | None:
+    """The directory that holds a provided checkpoint's training log (progress.csv beside it, as under models/,
+    or in its run directory), or None."""
+    from lrun.progress import progress_path
+
+    folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return folder if progress_path(folder).is_file() else None
+
+
+def stage_facts(
+    curriculum: Curriculum, stage: Stage, config: TrainConfig | None, checkpoint: Path | None, provided: bool
+) -> StageFacts | None:
+    """What the curriculum's table says of a stage, from its latest checkpoint (None if it has none yet)."""
+    if checkpoint is None or not checkpoint.is_file():
+        return None
+    payload = load_checkpoint(checkpoint)
+    trained = payload["config"]
+    algorithm = trained["run"]["algorithm"]
+    evaluations = stage_evaluations(trained["env"], 1, EVAL_SEED)  # for their labels
+    return StageFacts(
+        name=stage.name,
+        parent=stage.parent,
+        transfer=stage.transfer if stage.parent else "-",
+        provided=provided,
+        algorithm=algorithm,
+        actor=list(trained["policy"]["hidden_sizes"]),
+        critics=list(trained["sac"]["hidden_sizes"]) if algorithm == "sac" else None,
+        task=next(iter(evaluations)),
+        iterations=int(payload["iteration"]),
+        planned=None if provided or config is None else config.run.iterations,
+        env_steps=int(payload["env_steps"]),
+        run_dir=shipped_run(checkpoint) if provided or config is None else Path(config.run.run_dir),
+        evals={label: eval_dir(curriculum.root, stage.name, label) for label in evaluations},
+    )
+
+
+def curriculum_report(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    root: str | None = None,
+    provided: dict[str, str] | None = None,
+    seed: int = EVAL_SEED,
+) -> list[Path]:
+    """Write ROOT/curriculum.md, .json and .png from the stages' checkpoints, progress and evaluations on disk
+    (one process; no training, no evaluation)."""
+    curriculum = load_curriculum(path, root)
+    given = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(provided or {})}
+    facts = []
+    for stage in curriculum.stages:
+        if stage.name in given:
+            fact = stage_facts(curriculum, stage, None, resolve_checkpoint(given[stage.name]), True)
+        else:
+            config = stage_config(curriculum, stage, overrides or [], given)
+            fact = stage_facts(curriculum, stage, config, latest_checkpoint(config.run.run_dir), False)
+        if fact is not None:
+            facts.append(fact)
+    return write_curriculum_report(facts, curriculum.root, seed)
+
+
 def run_curriculum(
     path: str | Path,
     overrides: list[str] | None = None,
@@ -128,8 +261,13 @@ def run_curriculum(
     stream: TextIO | None = None,
     only: str | None = None,
     provided: dict[str, str] | None = None,
+    eval_episodes: int = 0,
+    eval_seed: int = EVAL_SEED,
 ) -> list[dict[str, Any]]:
     """Run every stage in order, or just stage `only` (collective over `comm`); returns per-stage summaries.
+
+    With `eval_episodes`, each finished stage (provided ones included) is evaluated at its own task and at round
+    2 before the next starts (`evaluate_stage`). Rank 0 ends by writing the curriculum's table and picture.
 
     With `only` (a Slurm job per stage), the stage's parent must be complete: its final checkpoint is where the
     stage starts. `provided` maps stage names to trained checkpoints (e.g. a shipped model under models/):
@@ -157,6 +295,8 @@ def run_curriculum(
     ]
     if only is not None and only not in names:
         raise ConfigError(f"{path}: no stage {only!r}; stages: {', '.join(names)}")
+    if eval_episodes < 0 or eval_seed < 0:
+        raise ConfigError("--eval and --eval-seed must be >= 0")
     summaries = []
     for stage, config in zip(curriculum.stages, configs):
         if only is not None and stage.name != only:
@@ -165,6 +305,10 @@ def run_curriculum(
             if speak:
                 print(f"== stage {stage.name}: provided ({provided[stage.name]}): not trained", file=stream, flush=True)
             summaries.append({"stage": stage.name, "status": "provided"})
+            if eval_episodes:
+                checkpoint = Path(provided[stage.name])
+                env = load_checkpoint(checkpoint)["config"]["env"]
+                evaluate_stage(curriculum.root, stage.name, checkpoint, env, eval_episodes, eval_seed, comm, stream)
             continue
         if only is not None and stage.parent is not None and stage.parent not in provided:
             parent_config = configs[names.index(stage.parent)]
@@ -186,13 +330,22 @@ def run_curriculum(
             print(f"== stage {stage.name}: {what}{origin}", file=stream, flush=True)
         if status == "done":
             summaries.append({"stage": stage.name, "status": "skipped", "iterations": done})
-            continue
-        resume = config.run.run_dir if status == "resume" else None
-        last = train(config, resume=resume, comm=comm, stream=stream)
-        if last.get("stopped_early"):
-            summaries.append({"stage": stage.name, "status": "stopped", "last": last})
-            if speak:
-                print(f"== stage {stage.name}: stopped by a signal; re-run to continue", file=stream, flush=True)
-            break
-        summaries.append({"stage": stage.name, "status": "trained", "iterations": config.run.iterations, "last": last})
+        else:
+            resume = config.run.run_dir if status == "resume" else None
+            last = train(config, resume=resume, comm=comm, stream=stream)
+            if last.get("stopped_early"):
+                summaries.append({"stage": stage.name, "status": "stopped", "last": last})
+                if speak:
+                    print(f"== stage {stage.name}: stopped by a signal; re-run to continue", file=stream, flush=True)
+                break
+            summaries.append(
+                {"stage": stage.name, "status": "trained", "iterations": config.run.iterations, "last": last}
+            )
+        if eval_episodes:
+            checkpoint = latest_checkpoint(config.run.run_dir)
+            env = config.to_dict()["env"]
+            evaluate_stage(curriculum.root, stage.name, checkpoint, env, eval_episodes, eval_seed, comm, stream)
+    if speak:  # the table and picture of every stage on disk, this run's and earlier ones'
+        written = curriculum_report(path, overrides, root, provided, eval_seed)
+        print(f"== curriculum: {', '.join(str(p) for p in written)}", file=stream, flush=True)
     return summaries

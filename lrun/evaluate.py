@@ -234,17 +234,46 @@ def format_summary(summary: dict[str, Any], settings: EvalSettings) -> str:
     return "\n".join(lines)
 
 
+def kept_settings(settings: EvalSettings) -> dict[str, Any]:
+    """The settings an evaluation's episodes depend on (a resume keeps them), physics by its canonical name."""
+    from lrun.env.physics import ALIASES
+
+    kept = {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_CHANGES}
+    kept["physics"] = ALIASES.get(settings.physics, settings.physics)
+    return kept
+
+
 def eval_plan(path: Path, version: int, settings: EvalSettings, meta: dict[str, Any]) -> dict[str, Any]:
     """What an evaluation's episodes depend on: the checkpoint (by content) and the settings a resume keeps
     (physics by its canonical name, so an alias resumes); the code (lrun version and git state from `meta`,
     `run_metadata()`) is recorded, not compared."""
-    from lrun.env.physics import ALIASES
-
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    kept = {k: v for k, v in asdict(settings).items() if k not in RESUMABLE_CHANGES}
-    kept["physics"] = ALIASES.get(settings.physics, settings.physics)
     code = {"lrun": meta["versions"]["lrun"], **meta["git"]}
-    return {"checkpoint": str(path), "sha256": digest, "iteration": version, "settings": kept, "sittings": [code]}
+    return {
+        "checkpoint": str(path),
+        "sha256": digest,
+        "iteration": version,
+        "settings": kept_settings(settings),
+        "sittings": [code],
+    }
+
+
+def evaluation_state(out: Path, checkpoint: Path, settings: EvalSettings) -> str:
+    """What `out` holds for this checkpoint (by content) and these settings: "done" (an eval.json of at least
+    `settings.episodes` episodes), "partial" (an evaluation of them to continue with --resume), "other"
+    (another policy's or setting's, or one that cannot be read) or "none"."""
+    plan_file = out / PLAN_NAME
+    if not plan_file.exists():
+        return "other" if out.exists() and any(out.iterdir()) else "none"
+    try:
+        plan = json.loads(plan_file.read_text())
+    except (OSError, ValueError):
+        return "other"
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    if plan.get("sha256") != digest or plan.get("settings") != kept_settings(settings):
+        return "other"
+    finished = (out / "eval.json").exists() and int(plan.get("episodes", 0)) >= settings.episodes
+    return "done" if finished else "partial"
 
 
 def planned_episodes(out: Path) -> int | None:

@@ -60,6 +60,10 @@ def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["eval", str(run_dir), "--episodes", "1", "--out", str(tmp / "notes.txt")], "is a file"),
         (["eval", str(run_dir), "--seed", "-1", "--out", str(tmp / "neg")], "--seed -1: must be >= 0"),
         (["replay", str(run_dir), "--episode", "999999"], "no finished episode"),
+        (
+            ["curriculum", str(EXPERIMENTS / "curriculum-tiny.toml"), "--root", str(tmp / "cur"), "--eval", "-1"],
+            "--eval and --eval-seed must be >= 0",
+        ),
     ]
 
 

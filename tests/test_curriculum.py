@@ -204,7 +204,7 @@ def test_make_run_s_curriculum_carries_the_shipped_walker_through_every_sac_stag
     stage's checkpoint descending from the walker, the critics carried (copied, widened, copied)."""
     root = tmp_path / "tiny"
     tiny = EXPERIMENTS / "curriculum-tiny.toml"
-    result = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(tiny), "--root", str(root)])
+    result = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(tiny), "--root", str(root), "--eval", "1"])
     assert result.returncode == 0, result.stderr
     assert "== stage walk: provided" in result.stdout and not (root / "walk").exists()
     for how in ("copied", "widened", "copied"):
@@ -217,3 +217,27 @@ def test_make_run_s_curriculum_carries_the_shipped_walker_through_every_sac_stag
     assert spec["kind"] == "blend" and spec["frozen"]["kind"] == "blend"
     assert spec["student"]["hidden_sizes"] == [256] * 3
     assert fast["optimizer"]["critic"]["q1.0.weight"].shape[0] == 256
+    # --eval 1: every stage scored at its own task and at round 2 (once where they are the same), then the table
+    scored = {"walk": ["flat", "round2"], "run": ["flat", "round2"], "obstacles": ["round2"], "fast": ["round2"]}
+    for stage, labels in scored.items():
+        assert sorted(p.name for p in (root / "eval" / stage).iterdir()) == labels
+        for label in labels:
+            assert f"== stage {stage}: evaluating at {label} (1 episode, seed 4242)" in result.stdout
+            evaluation = json.loads((root / "eval" / stage / label / "eval.json").read_text())
+            assert evaluation["settings"]["setting"] == label and evaluation["settings"]["seed"] == 4242
+            assert Path(evaluation["checkpoint"]).resolve() == (
+                walker.resolve() if stage == "walk" else (root / stage / "checkpoints" / "checkpoint.pt").resolve()
+            )
+    walk_flat = json.loads((root / "eval" / "walk" / "flat" / "eval.json").read_text())["summary"]
+    assert walk_flat["mean_distance_m"] > 15 and walk_flat["falls"] == 0  # the shipped walker walks
+    table = (root / "curriculum.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:6]] == ["| walk", "| run", "| obstacles", "| fast"]
+    assert "| walk | SAC | trained elsewhere | 2x128; 2x128 | 2.00 M / 2.00 M |" in table[2]
+    assert "| fast | SAC | obstacles (blend) | 3x256; 2x256 |" in table[5] and "= round 2" in table[5]
+    assert f"flat: mean {walk_flat['mean_distance_m']:.2f} m" in table[2]
+    assert (root / "curriculum.png").stat().st_size > 0
+    # a re-run keeps what is done: no stage trains, no evaluation runs again
+    again = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(tiny), "--root", str(root), "--eval", "1"])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already done") == 6 and "evaluating" not in again.stdout
+    assert (root / "curriculum.md").read_text().splitlines() == table
