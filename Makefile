@@ -81,10 +81,10 @@ RUN_DIR ?= runs/curriculum-tiny-$(shell date +%Y%m%d-%H%M%S)
 run: install
 	$(BIN)/mpiexec -n $(RANKS) $(BIN)/lrun curriculum experiments/curriculum-tiny.toml --root $(RUN_DIR) --eval 3
 	$(BIN)/lrun report $(RUN_DIR)/fast
-	$(BIN)/lrun render $(RUN_DIR)/eval/fast/round2 --episode 0 -o $(RUN_DIR)/eval/fast/episode.gif --stride 3
+	$(BIN)/lrun render $(RUN_DIR)/eval/fast/round2-s4242 --episode 0 -o $(RUN_DIR)/eval/fast/episode.gif --stride 3
 	@cat $(RUN_DIR)/curriculum.md
 	@echo "runs: $(RUN_DIR)/{run,obstacles,fast} from models/walk (checkpoints/, trajectories/, report/, progress.csv, ...)"
-	@echo "evaluations: $(RUN_DIR)/eval/STAGE/SETTING; the stages side by side: $(RUN_DIR)/curriculum.{md,png}"
+	@echo "evaluations: $(RUN_DIR)/eval/STAGE/SETTING-sSEED; the stages side by side: $(RUN_DIR)/curriculum.{md,png}"
 	@echo "the last stage's first round-2 episode: $(RUN_DIR)/eval/fast/episode.gif"
 
 # The shipped policy (models/walk, the best so far): a few evaluation episodes on the graders' physics and

@@ -33,6 +33,7 @@ on disk.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -138,60 +139,101 @@ EVAL_STATES = ("none", "partial", "done", "other")
 
 def stage_evaluations(env: dict[str, Any], episodes: int, seed: int) -> dict[str, Any]:
     """label -> `lrun eval` settings of a stage: its own task (difficulty, obstacles and weakening of its training
-    env, the graders' physics) and the 2017 round 2; one entry when the stage trains on round 2."""
+    env, the graders' physics) and the 2017 round 2; one entry when the stage trains on round 2, none when it
+    trains on another env than lrun/Run-v0 (lrun eval scores Learning to Run policies only)."""
+    from lrun.env import ENV_ID
     from lrun.evaluate import EvalSettings
 
+    if env.get("id", ENV_ID) != ENV_ID:
+        return {}
     difficulty = int(env["difficulty"])
     own = EvalSettings(
         episodes=episodes,
         difficulty=difficulty,
         obstacles=int(env["max_obstacles"]) if difficulty else 0,
         seed=seed,
-        weakening=env.get("kwargs", {}).get("weakening", "graders-2017"),
+        weakening=(env.get("kwargs") or {}).get("weakening", "graders-2017"),
     )
     label = own.setting or f"d{difficulty}-o{own.obstacles}-{own.weakening}"
     round2 = EvalSettings(episodes=episodes, seed=seed)  # lrun eval's defaults are the round-2 setting
-    assert round2.setting == ROUND2
     return {label: own} if label == ROUND2 else {label: own, ROUND2: round2}
 
 
-def eval_dir(root: Path, stage: str, label: str) -> Path:
-    """Where a stage's evaluation at `label` lives: ROOT/eval/STAGE/LABEL."""
-    return root / "eval" / stage / label
+def eval_dir(root: Path, stage: str, label: str, seed: int) -> Path:
+    """Where a stage's evaluation at `label` on episode seed `seed` lives: ROOT/eval/STAGE/LABEL-sSEED (another
+    seed never overwrites it)."""
+    return root / "eval" / stage / f"{label}-s{seed}"
+
+
+def _stop_flag() -> tuple[list[int], dict[int, Any]]:
+    """Record the stop signals (Slurm's USR1 before the time limit, TERM, Ctrl-C's INT) on this rank instead of
+    dying of them; returns the list they are appended to and the handlers to put back."""
+    import signal
+    import threading
+
+    from lrun.training.engine import STOP_SIGNALS
+
+    received: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
+    return received, previous
 
 
 def evaluate_stage(
-    root: Path, stage: str, checkpoint: Path, env: dict[str, Any], episodes: int, seed: int, comm: Any, stream: TextIO
+    root: Path,
+    stage: str,
+    checkpoint: Path,
+    episodes: int,
+    seed: int,
+    comm: Any,
+    stream: TextIO,
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Score a finished stage at its own task and at round 2 (collective over `comm`): an evaluation already
-    done is kept, one stopped part way resumed, another policy's (the stage was trained again) replaced."""
+    done is kept, one stopped part way resumed, one of an earlier policy of the stage (trained again) replaced.
+    Once `stop` says so (a stop signal arrived), the evaluation ends between episodes on every rank with
+    EvaluationStopped (a re-run resumes it)."""
     from lrun import mpi as lmpi
-    from lrun.evaluate import evaluate, evaluation_state
+    from lrun.evaluate import evaluate, evaluation_state, planned_episodes
 
     speak = comm.Get_rank() == 0
-    for label, settings in stage_evaluations(env, episodes, seed).items():
-        out = eval_dir(root, stage, label)
-        state = np.zeros(1)
+    env = load_checkpoint(checkpoint)["config"]["env"]  # the task the policy was trained on, whatever the TOML says
+    evaluations = stage_evaluations(env, episodes, seed)
+    if not evaluations and speak:
+        print(
+            f"== stage {stage}: not evaluated (lrun eval scores lrun/Run-v0 policies, not {env.get('id')})",
+            file=stream,
+            flush=True,
+        )
+    for label, settings in evaluations.items():
+        out = eval_dir(root, stage, label, seed)
+        state = np.zeros(2)
         if speak:  # one rank reads the directory, so every rank takes the same branch
-            state[0] = EVAL_STATES.index(evaluation_state(out, checkpoint, settings))
+            what = evaluation_state(out, checkpoint, settings)
+            state[:] = EVAL_STATES.index(what), planned_episodes(out) or 0
         lmpi.bcast(comm, state, 0, lmpi.Waiter())
         what = EVAL_STATES[int(state[0])]
         if what == "done":
             if speak:
                 print(f"== stage {stage}: evaluation at {label} already done ({out})", file=stream, flush=True)
             continue
+        if what == "partial":  # a resume may extend an evaluation, never cut it
+            settings.episodes = max(settings.episodes, int(state[1]))
         if speak:
-            doing = {"none": "evaluating", "partial": "resuming the evaluation", "other": "evaluating again"}[what]
+            doing = {"none": "evaluating", "partial": "resuming the evaluation", "other": "evaluating again"}
+            n = settings.episodes
             print(
-                f"== stage {stage}: {doing} at {label} ({episodes} episode{'s' if episodes != 1 else ''}, seed {seed}) "
-                f"in {out}",
+                f"== stage {stage}: {doing[what]} at {label} ({n} episode{'s' if n != 1 else ''}, seed {seed}) "
+                f"in {out}" + (" (it held another policy's or setting's evaluation)" if what == "other" else ""),
                 file=stream,
                 flush=True,
             )
         settings.out = str(out)
         settings.resume = what == "partial"
-        settings.overwrite = what == "other"  # results of an earlier policy of this stage (trained again)
-        evaluate(checkpoint, settings, comm=comm, stream=stream)
+        settings.overwrite = what == "other"  # an earlier policy of this stage (trained again)
+        evaluate(checkpoint, settings, comm=comm, stream=stream, stop=stop)
 
 
 def shipped_run(checkpoint: Path) -> Path | None:
@@ -204,15 +246,22 @@ def shipped_run(checkpoint: Path) -> Path | None:
 
 
 def stage_facts(
-    curriculum: Curriculum, stage: Stage, config: TrainConfig | None, checkpoint: Path | None, provided: bool
+    curriculum: Curriculum,
+    stage: Stage,
+    config: TrainConfig | None,
+    checkpoint: Path | None,
+    provided: bool,
+    seed: int = EVAL_SEED,
 ) -> StageFacts | None:
-    """What the curriculum's table says of a stage, from its latest checkpoint (None if it has none yet)."""
+    """What the curriculum's table says of a stage, from its latest checkpoint (None if it has none yet) and its
+    evaluations on episode seed `seed`."""
     if checkpoint is None or not checkpoint.is_file():
         return None
     payload = load_checkpoint(checkpoint)
     trained = payload["config"]
-    algorithm = trained["run"]["algorithm"]
-    evaluations = stage_evaluations(trained["env"], 1, EVAL_SEED)  # for their labels
+    algorithm = trained["run"].get("algorithm", "ppo")  # checkpoints from before SAC have no algorithm key
+    evaluations = stage_evaluations(trained["env"], 1, seed)  # for their labels
+    critics = trained.get("sac", {}).get("hidden_sizes") if algorithm == "sac" else None
     return StageFacts(
         name=stage.name,
         parent=stage.parent,
@@ -220,13 +269,13 @@ def stage_facts(
         provided=provided,
         algorithm=algorithm,
         actor=list(trained["policy"]["hidden_sizes"]),
-        critics=list(trained["sac"]["hidden_sizes"]) if algorithm == "sac" else None,
-        task=next(iter(evaluations)),
+        critics=list(critics) if critics else None,
+        task=next(iter(evaluations), "-"),
         iterations=int(payload["iteration"]),
         planned=None if provided or config is None else config.run.iterations,
         env_steps=int(payload["env_steps"]),
         run_dir=shipped_run(checkpoint) if provided or config is None else Path(config.run.run_dir),
-        evals={label: eval_dir(curriculum.root, stage.name, label) for label in evaluations},
+        evals={label: eval_dir(curriculum.root, stage.name, label, seed) for label in evaluations},
     )
 
 
@@ -237,17 +286,28 @@ def curriculum_report(
     provided: dict[str, str] | None = None,
     seed: int = EVAL_SEED,
 ) -> list[Path]:
-    """Write ROOT/curriculum.md, .json and .png from the stages' checkpoints, progress and evaluations on disk
-    (one process; no training, no evaluation)."""
+    """Write ROOT/curriculum.md, .json and .png from the stages' checkpoints, progress and evaluations (on
+    episode seed `seed`) on disk (one process; no training, no evaluation). ConfigError if ROOT holds no run."""
     curriculum = load_curriculum(path, root)
+    names = [s.name for s in curriculum.stages]
+    unknown = sorted(set(provided or {}) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: --from names no stage {unknown[0]!r}; stages: {', '.join(names)}")
+    if seed < 0:
+        raise ConfigError("--eval-seed must be >= 0")
     given = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(provided or {})}
+    if not curriculum.root.is_dir():
+        raise ConfigError(f"{curriculum.root}: no such directory: this curriculum has not run there (--root?)")
     facts = []
     for stage in curriculum.stages:
-        if stage.name in given:
-            fact = stage_facts(curriculum, stage, None, resolve_checkpoint(given[stage.name]), True)
-        else:
-            config = stage_config(curriculum, stage, overrides or [], given)
-            fact = stage_facts(curriculum, stage, config, latest_checkpoint(config.run.run_dir), False)
+        try:
+            if stage.name in given:
+                fact = stage_facts(curriculum, stage, None, resolve_checkpoint(given[stage.name]), True, seed)
+            else:
+                config = stage_config(curriculum, stage, overrides or [], given)
+                fact = stage_facts(curriculum, stage, config, latest_checkpoint(config.run.run_dir), False, seed)
+        except CheckpointError as exc:
+            raise ConfigError(f"stage {stage.name!r}: {exc}") from None
         if fact is not None:
             facts.append(fact)
     return write_curriculum_report(facts, curriculum.root, seed)
@@ -274,7 +334,6 @@ def run_curriculum(
     those stages are not trained, and their children start from the given checkpoint.
     """
     from lrun import mpi as lmpi
-    from lrun.training import train
 
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()
@@ -297,7 +356,60 @@ def run_curriculum(
         raise ConfigError(f"{path}: no stage {only!r}; stages: {', '.join(names)}")
     if eval_episodes < 0 or eval_seed < 0:
         raise ConfigError("--eval and --eval-seed must be >= 0")
-    summaries = []
+    summaries: list[dict[str, Any]] = []
+    # Outside training (which takes the signals over and gives them back), a stop signal is recorded, not fatal:
+    # it ends an evaluation between episodes, or the curriculum before its next stage, with exit code 3.
+    received, previous = _stop_flag()
+    try:
+        _run_stages(curriculum, configs, provided, only, eval_episodes, eval_seed, comm, stream, summaries, received)
+    finally:
+        import signal
+
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if speak:  # the table and picture of every stage on disk, this run's and earlier ones'
+        try:
+            written = curriculum_report(path, overrides, root, provided, eval_seed)
+            print(f"== curriculum: {', '.join(str(p) for p in written)}", file=stream, flush=True)
+        except Exception as exc:  # a table must not turn a finished (or requeued) stage into a failure
+            print(f"== curriculum: the table could not be written ({type(exc).__name__}: {exc})", file=stream)
+    return summaries
+
+
+def _run_stages(
+    curriculum: Curriculum,
+    configs: list[TrainConfig | None],
+    provided: dict[str, str],
+    only: str | None,
+    eval_episodes: int,
+    eval_seed: int,
+    comm: Any,
+    stream: TextIO,
+    summaries: list[dict[str, Any]],
+    received: list[int],
+) -> None:
+    """run_curriculum's loop over the stages: train (or skip) each, evaluate it, append its summary."""
+    from lrun import mpi as lmpi
+    from lrun.training import train
+
+    speak = comm.Get_rank() == 0
+    names = [s.name for s in curriculum.stages]
+
+    def evaluated(name: str, checkpoint: Path) -> bool:
+        """Evaluate a finished stage; False (and a 'stopped' summary) if a stop signal ended the evaluation."""
+        from lrun.evaluate import EvaluationStopped
+
+        try:
+            evaluate_stage(
+                curriculum.root, name, checkpoint, eval_episodes, eval_seed, comm, stream, lambda: bool(received)
+            )
+        except EvaluationStopped as exc:
+            summaries.append({"stage": name, "status": "stopped", "evaluation": str(exc)})
+            if speak:
+                print(f"== stage {name}: evaluation {exc}; re-run to continue", file=stream, flush=True)
+            return False
+        return True
+
     for stage, config in zip(curriculum.stages, configs):
         if only is not None and stage.name != only:
             continue
@@ -305,10 +417,8 @@ def run_curriculum(
             if speak:
                 print(f"== stage {stage.name}: provided ({provided[stage.name]}): not trained", file=stream, flush=True)
             summaries.append({"stage": stage.name, "status": "provided"})
-            if eval_episodes:
-                checkpoint = Path(provided[stage.name])
-                env = load_checkpoint(checkpoint)["config"]["env"]
-                evaluate_stage(curriculum.root, stage.name, checkpoint, env, eval_episodes, eval_seed, comm, stream)
+            if eval_episodes and not evaluated(stage.name, Path(provided[stage.name])):
+                break
             continue
         if only is not None and stage.parent is not None and stage.parent not in provided:
             parent_config = configs[names.index(stage.parent)]
@@ -331,6 +441,17 @@ def run_curriculum(
         if status == "done":
             summaries.append({"stage": stage.name, "status": "skipped", "iterations": done})
         else:
+            signalled = np.array([float(bool(received))])  # since the last stage: every rank must agree to stop
+            lmpi.allreduce_sum(comm, signalled, lmpi.Waiter())
+            if signalled[0]:
+                summaries.append({"stage": stage.name, "status": "stopped"})
+                if speak:
+                    print(
+                        f"== stage {stage.name}: not started (a stop signal came first); re-run to continue",
+                        file=stream,
+                        flush=True,
+                    )
+                break
             resume = config.run.run_dir if status == "resume" else None
             last = train(config, resume=resume, comm=comm, stream=stream)
             if last.get("stopped_early"):
@@ -341,11 +462,5 @@ def run_curriculum(
             summaries.append(
                 {"stage": stage.name, "status": "trained", "iterations": config.run.iterations, "last": last}
             )
-        if eval_episodes:
-            checkpoint = latest_checkpoint(config.run.run_dir)
-            env = config.to_dict()["env"]
-            evaluate_stage(curriculum.root, stage.name, checkpoint, env, eval_episodes, eval_seed, comm, stream)
-    if speak:  # the table and picture of every stage on disk, this run's and earlier ones'
-        written = curriculum_report(path, overrides, root, provided, eval_seed)
-        print(f"== curriculum: {', '.join(str(p) for p in written)}", file=stream, flush=True)
-    return summaries
+        if eval_episodes and not evaluated(stage.name, latest_checkpoint(config.run.run_dir)):
+            break

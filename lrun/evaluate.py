@@ -23,6 +23,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,6 +78,10 @@ class EvalSettings:
 
 class EvalError(RuntimeError):
     """A problem found before any episode runs (same on every rank)."""
+
+
+class EvaluationStopped(RuntimeError):
+    """An evaluation stopped part way by its `stop` callback (every rank raises it together)."""
 
 
 def episode_seed(base_seed: int, k: int) -> int:
@@ -272,8 +277,12 @@ def evaluation_state(out: Path, checkpoint: Path, settings: EvalSettings) -> str
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     if plan.get("sha256") != digest or plan.get("settings") != kept_settings(settings):
         return "other"
-    finished = (out / "eval.json").exists() and int(plan.get("episodes", 0)) >= settings.episodes
-    return "done" if finished else "partial"
+    try:  # the summary of this plan's evaluation: its policy version and all its episodes
+        summary = json.loads((out / "eval.json").read_text())
+        finished = summary["iteration"] == plan["iteration"] and summary["summary"]["episodes"] == plan["episodes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = False
+    return "done" if finished and int(plan["episodes"]) >= settings.episodes else "partial"
 
 
 def planned_episodes(out: Path) -> int | None:
@@ -440,9 +449,17 @@ def eval_report(out: str | Path) -> tuple[str, Path | None]:
 
 
 def evaluate(
-    checkpoint: str | Path, settings: EvalSettings, comm: Any = None, stream: TextIO | None = None
+    checkpoint: str | Path,
+    settings: EvalSettings,
+    comm: Any = None,
+    stream: TextIO | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run the evaluation on this rank (collective over `comm`); rank 0 returns the summary and the table."""
+    """Run the evaluation on this rank (collective over `comm`); rank 0 returns the summary and the table.
+
+    `stop` (e.g. "a stop signal arrived"), asked before each episode: once it says yes, the rank runs no more
+    episodes, and when every rank is through, all raise EvaluationStopped (no summary is written; --resume
+    continues from the episodes each rank flushed)."""
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()
     torch.set_num_threads(1)  # one core per rank, as in training: the ranks share the node's cores
@@ -481,8 +498,12 @@ def evaluate(
                 done = stored_rows(out, settings.episodes, settings.seed)
                 plan["sittings"] = earlier.get("sittings", []) + plan["sittings"]  # the code of every sitting
                 keep_summary(out, int(earlier["episodes"]), settings.episodes)
-            elif (out / "trajectories").exists():
-                shutil.rmtree(out / "trajectories")
+            else:  # a new evaluation, or --overwrite: nothing of an earlier one may pass for this one's results
+                if (out / "trajectories").exists():
+                    shutil.rmtree(out / "trajectories")
+                for stale in ("eval.json", "episodes.csv", "falls.png", "eval-n*.json", "episodes-n*.csv"):
+                    for path_ in out.glob(stale):
+                        path_.unlink()
         except (EvalError, StoreError, OSError, ValueError, KeyError) as exc:
             problem = f"--resume: {exc}"
         else:
@@ -536,8 +557,12 @@ def evaluate(
         if trained.difficulty != settings.difficulty or unseen_obstacles:
             # a policy meets a task it never saw (e.g. the walker on round 2's defaults): say so before minutes pass
             print(f"  note: this policy was trained on {agent.trained_on()}", file=stream, flush=True)
+    stopped = False
     try:
         for count, k in enumerate(mine, 1):
+            if stop is not None and stop():
+                stopped = True  # between episodes: what is finished is flushed; --resume runs the rest
+                break
             table[k] = run_episode(
                 env, agent, episode_seed(settings.seed, k), k, settings.deterministic, writer, facts, version
             )
@@ -552,6 +577,12 @@ def evaluate(
     finally:
         writer.close()
         env.close()
+    # every rank comes here, stopped or not (a rank the signal missed after its share), so no collective is left
+    # waiting; then all know whether any rank stopped early
+    halted = np.array([float(stopped)])
+    lmpi.allreduce_sum(comm, halted, waiter)
+    if halted[0]:
+        raise EvaluationStopped(f"{out}: stopped part way; the finished episodes are kept (--resume runs the rest)")
     lmpi.allreduce_sum(comm, table, waiter)  # each episode's row is non-zero on exactly one rank
     if rank != 0:
         return {}

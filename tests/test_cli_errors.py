@@ -64,6 +64,10 @@ def bad_inputs(run_dir: Path, tmp: Path) -> list[tuple[list[str], str]]:
             ["curriculum", str(EXPERIMENTS / "curriculum-tiny.toml"), "--root", str(tmp / "cur"), "--eval", "-1"],
             "--eval and --eval-seed must be >= 0",
         ),
+        (
+            ["curriculum", str(EXPERIMENTS / "curriculum-tiny.toml"), "--root", str(tmp / "absent"), "--report"],
+            "no such directory: this curriculum has not run there",
+        ),
     ]
 
 

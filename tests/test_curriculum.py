@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import EXPERIMENTS, LRUN, MPIEXEC, run
+from helpers import EXPERIMENTS, LRUN, MPIEXEC, Started, run
 
 from lrun.checkpoint import load_checkpoint
 from lrun.config import ConfigError
@@ -220,24 +221,61 @@ def test_make_run_s_curriculum_carries_the_shipped_walker_through_every_sac_stag
     # --eval 1: every stage scored at its own task and at round 2 (once where they are the same), then the table
     scored = {"walk": ["flat", "round2"], "run": ["flat", "round2"], "obstacles": ["round2"], "fast": ["round2"]}
     for stage, labels in scored.items():
-        assert sorted(p.name for p in (root / "eval" / stage).iterdir()) == labels
+        assert sorted(p.name for p in (root / "eval" / stage).iterdir()) == [f"{x}-s4242" for x in labels]
         for label in labels:
             assert f"== stage {stage}: evaluating at {label} (1 episode, seed 4242)" in result.stdout
-            evaluation = json.loads((root / "eval" / stage / label / "eval.json").read_text())
+            evaluation = json.loads((root / "eval" / stage / f"{label}-s4242" / "eval.json").read_text())
             assert evaluation["settings"]["setting"] == label and evaluation["settings"]["seed"] == 4242
             assert Path(evaluation["checkpoint"]).resolve() == (
                 walker.resolve() if stage == "walk" else (root / stage / "checkpoints" / "checkpoint.pt").resolve()
             )
-    walk_flat = json.loads((root / "eval" / "walk" / "flat" / "eval.json").read_text())["summary"]
+    walk_flat = json.loads((root / "eval" / "walk" / "flat-s4242" / "eval.json").read_text())["summary"]
     assert walk_flat["mean_distance_m"] > 15 and walk_flat["falls"] == 0  # the shipped walker walks
     table = (root / "curriculum.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in table[2:6]] == ["| walk", "| run", "| obstacles", "| fast"]
     assert "| walk | SAC | trained elsewhere | 2x128; 2x128 | 2.00 M / 2.00 M |" in table[2]
     assert "| fast | SAC | obstacles (blend) | 3x256; 2x256 |" in table[5] and "= round 2" in table[5]
-    assert f"flat: mean {walk_flat['mean_distance_m']:.2f} m" in table[2]
+    assert f"flat: mean {walk_flat['mean_distance_m']:.2f} m" in table[2] and "STALE" not in "".join(table)
     assert (root / "curriculum.png").stat().st_size > 0
+
     # a re-run keeps what is done: no stage trains, no evaluation runs again
     again = run([MPIEXEC, "-n", "3", LRUN, "curriculum", str(tiny), "--root", str(root), "--eval", "1"])
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("already done") == 6 and "evaluating" not in again.stdout
     assert (root / "curriculum.md").read_text().splitlines() == table
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_a_stop_signal_ends_a_stage_s_evaluation_between_episodes_and_a_re_run_resumes_it(tmp_path):
+    """A curriculum of the provided walker alone (no training): --eval 9 scores it on flat ground and at round 2
+    (3 episodes per rank); SIGTERM (as Slurm's before its time limit) ends the evaluation after each rank's
+    current episode with exit 3 and the finished episodes kept; the re-run resumes and completes both; a third
+    run has nothing left to do."""
+    walker = EXPERIMENTS.parent / "models" / "walk" / "checkpoint.pt"
+    curriculum = tmp_path / "walker.toml"
+    curriculum.write_text(f'root = "{tmp_path / "runs"}"\n[[stage]]\nname = "walk"\ncheckpoint = "{walker}"\n')
+    command = [MPIEXEC, "-n", "3", LRUN, "curriculum", str(curriculum), "--eval", "9"]
+    evaluations = [tmp_path / "runs" / "eval" / "walk" / f"{x}-s4242" for x in ("flat", "round2")]
+    with Started(command) as started:
+        started.read_until("== stage walk: evaluating at flat (9 episodes, seed 4242)")
+        started.read_until("  rank 0: 1/3 episodes")  # every rank is past its set-up, in its first episode
+        started.send_signal(signal.SIGTERM)
+        stopped = started.finish(timeout=120)
+    assert stopped.returncode == 3, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "== stage walk: evaluation " in stopped.stdout and "stopped part way" in stopped.stdout
+    assert "Traceback" not in stopped.stderr
+    assert not (evaluations[0] / "eval.json").exists() and not evaluations[1].exists()
+    assert (tmp_path / "runs" / "curriculum.md").exists()  # the table is written on the way out too
+    again = run(command)
+    assert again.returncode == 0, again.stderr
+    assert "resuming the evaluation at" in again.stdout and "episodes finished earlier" in again.stdout
+    for out in evaluations:
+        assert json.loads((out / "eval.json").read_text())["summary"]["episodes"] == 9
+    table = (tmp_path / "runs" / "curriculum.md").read_text()
+    assert "| walk | SAC | trained elsewhere |" in table and "flat: mean 17.6" in table
+    last = run(command)
+    assert last.returncode == 0 and last.stdout.count("already done") == 2
+    # --report alone (one process, no MPI traffic) rewrites the same table from what is on disk
+    (tmp_path / "runs" / "curriculum.md").unlink()
+    report = run([LRUN, "curriculum", str(curriculum), "--report"])
+    assert report.returncode == 0 and (tmp_path / "runs" / "curriculum.md").read_text() == table

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from lrun.analysis.curriculum_report import (
     StageFacts,
@@ -21,7 +23,7 @@ from lrun.analysis.curriculum_report import (
     write_curriculum_report,
 )
 from lrun.curriculum import stage_evaluations
-from lrun.evaluate import PLAN_NAME, EvalSettings, evaluation_state, kept_settings
+from lrun.evaluate import PLAN_NAME, EvalSettings, EvaluationStopped, evaluate, evaluation_state, kept_settings
 
 
 def write_progress(run_dir: Path, rows: list[tuple[int, float, float, float]]) -> Path:
@@ -36,7 +38,8 @@ def write_progress(run_dir: Path, rows: list[tuple[int, float, float, float]]) -
     return run_dir
 
 
-def write_eval(out: Path, mean: float, falls: int, episodes: int) -> Path:
+def write_eval(out: Path, mean: float, falls: int, episodes: int, iteration: int = 10) -> Path:
+    """An eval.json as lrun eval writes it (the fields the table reads), of the policy of `iteration`."""
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "episodes": episodes,
@@ -47,11 +50,12 @@ def write_eval(out: Path, mean: float, falls: int, episodes: int) -> Path:
         "fall_rate_ci95": [0.01, 0.3],
         "mean_speed_m_s": 1.0,
     }
-    (out / "eval.json").write_text(json.dumps({"checkpoint": "x", "iteration": 1, "summary": summary}))
+    (out / "eval.json").write_text(json.dumps({"checkpoint": "x", "iteration": iteration, "summary": summary}))
     return out
 
 
 def facts(name: str, parent: str | None, steps: int, **kw) -> StageFacts:
+    """A finished SAC stage of 10 iterations on round 2, with `kw` changed."""
     base = StageFacts(
         name=name,
         parent=parent,
@@ -93,7 +97,8 @@ def test_the_table_reports_each_stage_s_evaluations_budget_and_unfinished_stages
         provided=True,
         planned=None,
         task="flat",
-        evals={"flat": write_eval(tmp_path / "e" / "walk" / "flat", 17.6, 0, 4), "round2": tmp_path / "none"},
+        iterations=489,
+        evals={"flat": write_eval(tmp_path / "e" / "walk" / "flat", 17.6, 0, 4, 489), "round2": tmp_path / "none"},
     )
     obstacles = facts(
         "obstacles",
@@ -104,7 +109,7 @@ def test_the_table_reports_each_stage_s_evaluations_budget_and_unfinished_stages
         critics=[256, 256],
         iterations=5,
         run_dir=write_progress(tmp_path / "obstacles", [(500_000, 2, 4.0, 0.5), (1_000_000, 2, 6.0, 0.5)]),
-        evals={"round2": write_eval(tmp_path / "e" / "obstacles" / "round2", 9.5, 1, 4)},
+        evals={"round2": write_eval(tmp_path / "e" / "obstacles" / "round2", 9.5, 1, 4, 5)},
     )
     rows = build_rows([walk, obstacles])
     assert rows[0]["complete"] and not rows[1]["complete"]
@@ -113,7 +118,7 @@ def test_the_table_reports_each_stage_s_evaluations_budget_and_unfinished_stages
     table = format_table(rows, seed=4242).splitlines()
     assert table[2].startswith("| walk | SAC | trained elsewhere | 2x128; 2x128 | 2.00 M / 2.00 M | - |")
     assert "flat: mean 17.60 m (median 18.60), falls 0.0 % (0/4" in table[2] and table[2].endswith("| - |")
-    assert "| run (blend)" not in table[3] and "| walk (blend) | 2x256; 2x256 |" in table[3]
+    assert "| walk (blend) | 2x256; 2x256 |" in table[3]
     assert "1.00 M / 3.00 M (iteration 5 of 10: unfinished)" in table[3]
     assert "| 6.00 m, falls 50 % (2 episodes) | = round 2 | mean 9.50 m" in table[3]  # last 10 %: 1 of 2
     assert "episode seed 4242" in table[-1]
@@ -122,6 +127,15 @@ def test_the_table_reports_each_stage_s_evaluations_budget_and_unfinished_stages
     assert all(p.stat().st_size > 0 for p in written)
     data = json.loads(written[1].read_text())
     assert data["stages"][1]["training"]["episodes"] == 2 and data["eval_seed"] == 4242
+    assert not list((tmp_path / "root").glob(".*tmp*"))  # written beside and renamed over
+
+    # the stage trains on (iteration 7) without being evaluated again: its evaluation is marked as stale
+    rows = build_rows([walk, replace(obstacles, iterations=7)])
+    assert rows[1]["stale"] == ["round2"] and rows[0]["stale"] == []
+    assert "1.00 m/s (STALE: iteration 5's policy) |" in format_table(rows).splitlines()[3]
+    # no evaluation anywhere: no line about evaluation seeds
+    bare = format_table(build_rows([replace(obstacles, evals={})]), seed=4242)
+    assert "seed" not in bare and bare.splitlines()[2].endswith("| - | - |")
 
 
 def test_a_stage_is_scored_at_its_own_task_and_at_round_2_once_when_they_are_the_same():
@@ -133,6 +147,8 @@ def test_a_stage_is_scored_at_its_own_task_and_at_round_2_once_when_they_are_the
     assert list(round2) == ["round2"]
     other = stage_evaluations({"difficulty": 2, "max_obstacles": 3, "kwargs": {"weakening": "iliopsoas"}}, 5, 7)
     assert list(other) == ["d2-o3-iliopsoas", "round2"] and other["d2-o3-iliopsoas"].weakening == "iliopsoas"
+    # lrun eval scores Learning to Run policies only: a stage on another env gets none (and no failure)
+    assert stage_evaluations({"id": "gymnasium:Hopper-v5", "difficulty": 0, "max_obstacles": 3}, 5, 7) == {}
 
 
 def test_an_evaluation_directory_is_done_partial_another_policy_s_or_empty(tmp_path):
@@ -143,10 +159,17 @@ def test_an_evaluation_directory_is_done_partial_another_policy_s_or_empty(tmp_p
     assert evaluation_state(out, checkpoint, settings) == "none"
     out.mkdir()
     assert evaluation_state(out, checkpoint, settings) == "none"
-    plan = {"sha256": hashlib.sha256(b"weights").hexdigest(), "settings": kept_settings(settings), "episodes": 10}
+    plan = {
+        "sha256": hashlib.sha256(b"weights").hexdigest(),
+        "settings": kept_settings(settings),
+        "iteration": 4,
+        "episodes": 10,
+    }
     (out / PLAN_NAME).write_text(json.dumps(plan))
     assert evaluation_state(out, checkpoint, settings) == "partial"  # started, no eval.json yet
-    (out / "eval.json").write_text("{}")
+    (out / "eval.json").write_text(json.dumps({"iteration": 4, "summary": {"episodes": 6}}))
+    assert evaluation_state(out, checkpoint, settings) == "partial"  # a summary of fewer episodes than planned
+    (out / "eval.json").write_text(json.dumps({"iteration": 4, "summary": {"episodes": 10}}))
     assert evaluation_state(out, checkpoint, settings) == "done"
     assert evaluation_state(out, checkpoint, replace(settings, episodes=20)) == "partial"  # to be extended
     assert evaluation_state(out, checkpoint, replace(settings, seed=4)) == "other"
@@ -154,3 +177,24 @@ def test_an_evaluation_directory_is_done_partial_another_policy_s_or_empty(tmp_p
     assert evaluation_state(out, checkpoint, settings) == "other"
     (out / PLAN_NAME).write_text("{not json")
     assert evaluation_state(out, checkpoint, settings) == "other"
+
+
+def test_a_stopped_evaluation_keeps_its_episodes_resumes_and_an_overwrite_leaves_no_old_summary(tmp_path):
+    """Real OpenSim, one process: the `stop` callback ends an evaluation between episodes (EvaluationStopped, no
+    summary), --resume runs only the rest, and an overwrite stopped at once leaves nothing that passes as done."""
+    walker = ROOT / "models" / "walk" / "checkpoint.pt"
+    out = tmp_path / "eval"
+    settings = EvalSettings(episodes=2, seed=11, out=str(out))
+    answers = iter([False, True])  # asked before each episode: run the first, stop before the second
+    with pytest.raises(EvaluationStopped, match="stopped part way"):
+        evaluate(walker, settings, stream=io.StringIO(), stop=lambda: next(answers))
+    assert not (out / "eval.json").exists()
+    assert evaluation_state(out, walker, settings) == "partial"
+    log = io.StringIO()
+    result = evaluate(walker, replace(settings, resume=True), stream=log)
+    assert "resumed: 1 episodes finished earlier, 1 to run" in log.getvalue()
+    assert result["summary"]["episodes"] == 2 and evaluation_state(out, walker, settings) == "done"
+    with pytest.raises(EvaluationStopped):
+        evaluate(walker, replace(settings, overwrite=True), stream=io.StringIO(), stop=lambda: True)
+    assert not (out / "eval.json").exists() and not (out / "episodes.csv").exists()
+    assert evaluation_state(out, walker, settings) == "partial"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,10 @@ def build_rows(stages: list[StageFacts]) -> list[dict[str, Any]]:
                 "env_steps_in_all": spans[stage.name][1],
                 "training": training_window(stage.run_dir),
                 "evaluations": {label: e for label, e in evals.items() if e is not None},
+                # an evaluation of an earlier checkpoint (the stage trained on since, without --eval)
+                "stale": sorted(
+                    name for name, e in evals.items() if e is not None and e.get("iteration") != stage.iterations
+                ),
                 "evaluation_dirs": {label: str(path) for label, path in stage.evals.items()},
             }
         )
@@ -126,17 +131,19 @@ def _millions(steps: float) -> str:
     return f"{steps / 1e6:.2f} M" if steps >= 100_000 else f"{int(steps):,}"  # tiny stages: the count itself
 
 
-def format_evaluation(evaluation: dict[str, Any] | None) -> str:
-    """'mean 9.76 m (median 11.86), falls 16.4 % (82/500, CI 13.4-19.9 %), 1.05 m/s' or '-'."""
+def format_evaluation(evaluation: dict[str, Any] | None, stale: bool = False) -> str:
+    """'mean 9.76 m (median 11.86), falls 16.4 % (82/500, CI 13.4-19.9 %), 1.05 m/s' or '-'; a stale one (of
+    an earlier checkpoint of the stage) says which iteration it scored."""
     if not evaluation:
         return "-"
     s = evaluation["summary"]
     low, high = s["fall_rate_ci95"]
-    return (
+    text = (
         f"mean {s['mean_distance_m']:.2f} m (median {s['median_distance_m']:.2f}), falls "
         f"{100 * s['fall_rate']:.1f} % ({s['falls']}/{s['episodes']}, CI {100 * low:.1f}-{100 * high:.1f} %), "
         f"{s['mean_speed_m_s']:.2f} m/s"
     )
+    return f"{text} (STALE: iteration {evaluation.get('iteration')}'s policy)" if stale else text
 
 
 def format_table(rows: list[dict[str, Any]], seed: int | None = None) -> str:
@@ -161,16 +168,17 @@ def format_table(rows: list[dict[str, Any]], seed: int | None = None) -> str:
             if train
             else "-"
         )
-        evaluations = row["evaluations"]
-        own = format_evaluation(evaluations.get(row["task"]))
+        evaluations, stale = row["evaluations"], row["stale"]
+        own = format_evaluation(evaluations.get(row["task"]), row["task"] in stale)
         own = f"{row['task']}: {own}" if own != "-" else "-"
         if row["task"] == ROUND2:
             own = "= round 2" if ROUND2 in evaluations else "-"
+        round2 = format_evaluation(evaluations.get(ROUND2), ROUND2 in stale)
         lines.append(
             f"| {row['stage']} | {row['algorithm'].upper()} | {origin} | {_network(row)} | {budget} | {training} | "
-            f"{own} | {format_evaluation(evaluations.get(ROUND2))} |"
+            f"{own} | {round2} |"
         )
-    if seed is not None:
+    if seed is not None and any(row["evaluations"] for row in rows):
         lines.append("")
         lines.append(
             f"Evaluations: `lrun eval` of each stage's final checkpoint, deterministic, the graders' physics, "
@@ -258,7 +266,13 @@ def write_curriculum_report(stages: list[StageFacts], root: str | Path, seed: in
     root.mkdir(parents=True, exist_ok=True)
     rows = build_rows(stages)
     table = format_table(rows, seed)
-    (root / "curriculum.md").write_text(table + "\n")
-    (root / "curriculum.json").write_text(json.dumps({"eval_seed": seed, "stages": rows}, indent=1) + "\n")
-    png = plot_curriculum(stages, rows, root / "curriculum.png")
-    return [root / "curriculum.md", root / "curriculum.json", png]
+    # each file written beside its place and renamed over it: sibling stages' jobs (Slurm) may write at once
+    pid = os.getpid()
+    targets = [root / "curriculum.md", root / "curriculum.json", root / "curriculum.png"]
+    temporary = [path.with_name(f".{path.stem}.tmp-{pid}{path.suffix}") for path in targets]
+    temporary[0].write_text(table + "\n")
+    temporary[1].write_text(json.dumps({"eval_seed": seed, "stages": rows}, indent=1) + "\n")
+    plot_curriculum(stages, rows, temporary[2])
+    for tmp, target in zip(temporary, targets):
+        tmp.replace(target)
+    return targets
