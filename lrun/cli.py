@@ -168,7 +168,7 @@ def eval_settings(args: argparse.Namespace) -> EvalSettings:
 def _eval(args: argparse.Namespace) -> int:
     from lrun.checkpoint import CheckpointError
     from lrun.config import ConfigError
-    from lrun.evaluate import EvalError, evaluate
+    from lrun.evaluate import EvalError, EvaluationStopped, evaluate, recorded_stop_signals
     from lrun.startup import StartupError
 
     settings = eval_settings(args)
@@ -177,9 +177,19 @@ def _eval(args: argparse.Namespace) -> int:
 
     def body(comm) -> int:
         try:
-            result = evaluate(args.checkpoint, settings, comm=comm)
+            with recorded_stop_signals() as stop:  # USR1/TERM/INT: finish the running episodes, keep them, exit 3
+                result = evaluate(args.checkpoint, settings, comm=comm, stop=stop)
         except (EvalError, CheckpointError) as exc:  # raised by the checks every rank makes alike
             raise StartupError(str(exc)) from exc
+        except EvaluationStopped:
+            if comm.Get_rank() == 0:
+                print(
+                    "lrun eval: stopped by a signal after the running episodes; they are kept: the same command "
+                    "with --resume (in place of any --overwrite) runs the rest",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return EXIT_STOPPED
         if result and args.render:  # rank 0, once every rank file is closed
             render_evaluated(Path(result["out"]), min(args.render, settings.episodes))
         return 0

@@ -165,22 +165,6 @@ def eval_dir(root: Path, stage: str, label: str, seed: int) -> Path:
     return root / "eval" / stage / f"{label}-s{seed}"
 
 
-def _stop_flag() -> tuple[list[int], dict[int, Any]]:
-    """Record the stop signals (Slurm's USR1 before the time limit, TERM, Ctrl-C's INT) on this rank instead of
-    dying of them; returns the list they are appended to and the handlers to put back."""
-    import signal
-    import threading
-
-    from lrun.training.engine import STOP_SIGNALS
-
-    received: list[int] = []
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in STOP_SIGNALS:
-            previous[sig] = signal.signal(sig, lambda signum, _frame: received.append(signum))
-    return received, previous
-
-
 def evaluate_stage(
     root: Path,
     stage: str,
@@ -334,6 +318,7 @@ def run_curriculum(
     those stages are not trained, and their children start from the given checkpoint.
     """
     from lrun import mpi as lmpi
+    from lrun.evaluate import recorded_stop_signals
 
     stream = stream or sys.stdout
     comm = comm if comm is not None else lmpi.comm_world()
@@ -359,14 +344,8 @@ def run_curriculum(
     summaries: list[dict[str, Any]] = []
     # Outside training (which takes the signals over and gives them back), a stop signal is recorded, not fatal:
     # it ends an evaluation between episodes, or the curriculum before its next stage, with exit code 3.
-    received, previous = _stop_flag()
-    try:
-        _run_stages(curriculum, configs, provided, only, eval_episodes, eval_seed, comm, stream, summaries, received)
-    finally:
-        import signal
-
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with recorded_stop_signals() as stop:
+        _run_stages(curriculum, configs, provided, only, eval_episodes, eval_seed, comm, stream, summaries, stop)
     if speak:  # the table and picture of every stage on disk, this run's and earlier ones'
         try:
             written = curriculum_report(path, overrides, root, provided, eval_seed)
@@ -386,7 +365,7 @@ def _run_stages(
     comm: Any,
     stream: TextIO,
     summaries: list[dict[str, Any]],
-    received: list[int],
+    stop: Callable[[], bool],
 ) -> None:
     """run_curriculum's loop over the stages: train (or skip) each, evaluate it, append its summary."""
     from lrun import mpi as lmpi
@@ -400,9 +379,7 @@ def _run_stages(
         from lrun.evaluate import EvaluationStopped
 
         try:
-            evaluate_stage(
-                curriculum.root, name, checkpoint, eval_episodes, eval_seed, comm, stream, lambda: bool(received)
-            )
+            evaluate_stage(curriculum.root, name, checkpoint, eval_episodes, eval_seed, comm, stream, stop)
         except EvaluationStopped as exc:
             summaries.append({"stage": name, "status": "stopped", "evaluation": str(exc)})
             if speak:
@@ -441,7 +418,7 @@ def _run_stages(
         if status == "done":
             summaries.append({"stage": stage.name, "status": "skipped", "iterations": done})
         else:
-            signalled = np.array([float(bool(received))])  # since the last stage: every rank must agree to stop
+            signalled = np.array([float(stop())])  # a signal since the last stage: every rank must agree to stop
             lmpi.allreduce_sum(comm, signalled, lmpi.Waiter())
             if signalled[0]:
                 summaries.append({"stage": stage.name, "status": "stopped"})

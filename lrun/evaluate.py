@@ -21,9 +21,12 @@ import csv
 import hashlib
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,6 +85,31 @@ class EvalError(RuntimeError):
 
 class EvaluationStopped(RuntimeError):
     """An evaluation stopped part way by its `stop` callback (every rank raises it together)."""
+
+
+@contextmanager
+def recorded_stop_signals() -> Iterator[Callable[[], bool]]:
+    """While inside: the stop signals (Slurm's USR1 before a time limit, TERM, Ctrl-C's INT) are recorded on this
+    rank instead of ending it; yields "has one arrived?" (evaluate's `stop`). A second Ctrl-C ends the process as
+    a first one would have (KeyboardInterrupt). The earlier handlers come back on the way out."""
+    from lrun.training.engine import STOP_SIGNALS
+
+    received: list[int] = []
+
+    def record(signum: int, _frame: Any) -> None:
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the user insists: do not wait for the running episodes
+        received.append(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # signals belong to the host process otherwise
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, record)
+    try:
+        yield lambda: bool(received)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def episode_seed(base_seed: int, k: int) -> int:

@@ -8,11 +8,13 @@ import csv
 import hashlib
 import io
 import json
+import re
+import signal
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import LRUN, MPIEXEC, ROOT, Started, run
 
 from lrun.analysis.curriculum_report import (
     StageFacts,
@@ -198,3 +200,25 @@ def test_a_stopped_evaluation_keeps_its_episodes_resumes_and_an_overwrite_leaves
         evaluate(walker, replace(settings, overwrite=True), stream=io.StringIO(), stop=lambda: True)
     assert not (out / "eval.json").exists() and not (out / "episodes.csv").exists()
     assert evaluation_state(out, walker, settings) == "partial"
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_lrun_eval_stopped_by_a_signal_keeps_its_episodes_and_exits_3(tmp_path):
+    """`lrun eval` under mpiexec, SIGTERM part way (as a Slurm job's before its time limit): the running episodes
+    finish, exit 3 with one line saying how to go on, no summary; --resume runs only the rest."""
+    out = tmp_path / "eval"
+    command = [MPIEXEC, "-n", "2", LRUN, "eval", str(ROOT / "models" / "walk"), "--setting", "flat"]
+    command += ["--episodes", "6", "--seed", "3", "--out", str(out)]
+    with Started(command) as started:
+        started.read_until("  rank 0: 1/3 episodes")
+        started.send_signal(signal.SIGTERM)
+        stopped = started.finish(timeout=120)
+    assert stopped.returncode == 3, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    (line,) = [x for x in stopped.stderr.splitlines() if x.startswith("lrun eval:")]
+    assert "stopped by a signal" in line and "--resume" in line and "Traceback" not in stopped.stderr
+    assert not (out / "eval.json").exists()
+    resumed = run([*command, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    kept = int(re.search(r"resumed: (\d+) episodes finished earlier", resumed.stdout).group(1))
+    assert 2 <= kept < 6  # at least rank 0's first and rank 1's first; not all
+    assert json.loads((out / "eval.json").read_text())["summary"]["episodes"] == 6

@@ -277,19 +277,19 @@ def test_an_evaluation_killed_part_way_resumes_on_other_ranks_to_the_same_table(
 
 @needs_mpi
 def test_ctrl_c_ends_an_evaluation_in_one_line_that_says_how_to_finish_it(source, tmp_path):
-    """Ctrl-C under mpiexec (forwarded to every rank) ends `lrun eval` with one line from rank 0, not a
-    traceback per rank, and the episodes finished before it are kept for --resume."""
+    """Ctrl-C under mpiexec (forwarded to every rank) ends `lrun eval` after each rank's running episode, with
+    exit 3 and one line from rank 0, not a traceback per rank, and the finished episodes are kept for --resume."""
     task = ["--difficulty", "2", "--obstacles", "10", "--physics", "fast", "--seed", "5", "--episodes", "20"]
     out = tmp_path / "eval"
     command = [MPIEXEC, "-n", "2", LRUN, "eval", str(source), *task, "--out", str(out)]
     first = signal_after(command, "  rank 0: 2/10 episodes", signal.SIGINT, timeout=60)
     stderr = first.stderr
-    assert first.returncode != 0
+    assert first.returncode == 3, stderr
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.startswith("lrun eval:")]
     assert lines == [
-        "lrun eval: interrupted; the episodes finished so far are kept: the same command with --resume (in place of "
-        "any --overwrite) runs the rest"
+        "lrun eval: stopped by a signal after the running episodes; they are kept: the same command with --resume "
+        "(in place of any --overwrite) runs the rest"
     ], stderr
     result = run([LRUN, "eval", str(source), *task, "--resume", "--out", str(out)])
     assert result.returncode == 0, result.stderr
