@@ -23,7 +23,6 @@ import json
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,24 +91,20 @@ def recorded_stop_signals() -> Iterator[Callable[[], bool]]:
     """While inside: the stop signals (Slurm's USR1 before a time limit, TERM, Ctrl-C's INT) are recorded on this
     rank instead of ending it; yields "has one arrived?" (evaluate's `stop`). A second Ctrl-C ends the process as
     a first one would have (KeyboardInterrupt). The earlier handlers come back on the way out."""
-    from lrun.training.engine import STOP_SIGNALS
+    from lrun.training.engine import StopRequest
 
-    received: list[int] = []
+    class Insistent(StopRequest):
+        def _record(self, signum: int, frame: Any) -> None:
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the user insists: do not wait for the running episodes
+            super()._record(signum, frame)
 
-    def record(signum: int, _frame: Any) -> None:
-        if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the user insists: do not wait for the running episodes
-        received.append(signum)
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():  # signals belong to the host process otherwise
-        for sig in STOP_SIGNALS:
-            previous[sig] = signal.signal(sig, record)
+    request = Insistent()
+    request.install(is_root=True)  # every rank records (training's ranks other than 0 ignore the signals)
     try:
-        yield lambda: bool(received)
+        yield lambda: request.signal is not None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        request.restore()
 
 
 def episode_seed(base_seed: int, k: int) -> int:

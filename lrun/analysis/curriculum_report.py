@@ -71,9 +71,7 @@ def training_window(run_dir: Path | None, share: float = LAST_SHARE) -> dict[str
         return None
     out = {"iterations": count, "episodes": int(episodes.sum()), "env_steps": float(progress["env_steps"][-1])}
     for key, column in (("distance_m", "charts/distance"), ("fall_rate", "charts/fall_rate")):
-        values = progress.get(column)[-count:]
-        weights = np.where(np.isfinite(values), episodes, 0.0)
-        out[key] = float(np.nansum(values * weights) / weights.sum()) if weights.sum() > 0 else math.nan
+        out[key] = float(windowed_mean(progress.get(column)[-count:], episodes, count)[-1])
     return out
 
 
