@@ -263,6 +263,21 @@ def stage_facts(
     )
 
 
+def provided_stages(path: str | Path, curriculum: Curriculum, given: dict[str, str] | None) -> dict[str, str]:
+    """The stages trained elsewhere: the file's `checkpoint =` stages and `--from STAGE=CHECKPOINT` (which wins),
+    each resolved to its checkpoint file. ConfigError for an unknown stage or a checkpoint that is not there."""
+    names = [s.name for s in curriculum.stages]
+    provided = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(given or {})}
+    for name, checkpoint in provided.items():
+        if name not in names:
+            raise ConfigError(f"{path}: --from names no stage {name!r}; stages: {', '.join(names)}")
+        try:
+            provided[name] = str(resolve_checkpoint(checkpoint))
+        except CheckpointError as exc:
+            raise ConfigError(f"--from {name}={checkpoint}: {exc}") from None
+    return provided
+
+
 def curriculum_report(
     path: str | Path,
     overrides: list[str] | None = None,
@@ -273,20 +288,16 @@ def curriculum_report(
     """Write ROOT/curriculum.md, .json and .png from the stages' checkpoints, progress and evaluations (on
     episode seed `seed`) on disk (one process; no training, no evaluation). ConfigError if ROOT holds no run."""
     curriculum = load_curriculum(path, root)
-    names = [s.name for s in curriculum.stages]
-    unknown = sorted(set(provided or {}) - set(names))
-    if unknown:
-        raise ConfigError(f"{path}: --from names no stage {unknown[0]!r}; stages: {', '.join(names)}")
     if seed < 0:
         raise ConfigError("--eval-seed must be >= 0")
-    given = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(provided or {})}
+    given = provided_stages(path, curriculum, provided)
     if not curriculum.root.is_dir():
         raise ConfigError(f"{curriculum.root}: no such directory: this curriculum has not run there (--root?)")
     facts = []
     for stage in curriculum.stages:
         try:
             if stage.name in given:
-                fact = stage_facts(curriculum, stage, None, resolve_checkpoint(given[stage.name]), True, seed)
+                fact = stage_facts(curriculum, stage, None, Path(given[stage.name]), True, seed)
             else:
                 config = stage_config(curriculum, stage, overrides or [], given)
                 fact = stage_facts(curriculum, stage, config, latest_checkpoint(config.run.run_dir), False, seed)
@@ -325,14 +336,7 @@ def run_curriculum(
     speak = comm.Get_rank() == 0
     curriculum = load_curriculum(path, root)
     names = [s.name for s in curriculum.stages]
-    provided = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **(provided or {})}
-    for name, checkpoint in provided.items():
-        if name not in names:
-            raise ConfigError(f"{path}: --from names no stage {name!r}; stages: {', '.join(names)}")
-        try:
-            provided[name] = str(resolve_checkpoint(checkpoint))
-        except CheckpointError as exc:
-            raise ConfigError(f"--from {name}={checkpoint}: {exc}") from None
+    provided = provided_stages(path, curriculum, provided)
     configs = [
         None if s.name in provided else stage_config(curriculum, s, overrides or [], provided)
         for s in curriculum.stages

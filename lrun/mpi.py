@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,14 +30,43 @@ class LayoutError(RuntimeError):
     """The MPI world does not fit the configured rank layout."""
 
 
+def slurm_pmi2_netmod(environ: Mapping[str, str], pip_mpich: bool) -> str | None:
+    """The MPICH netmod lrun asks for before MPI_Init, or None to leave MPICH's choice: OFI for the pip MPICH
+    started by `srun --mpi=pmi2` (SLURM_MPI_TYPE=pmi2) unless MPIR_CVAR_CH4_NETMOD is already set.
+
+    Why: MPICH's UCX netmod publishes a fixed 4096-byte business card per node through PMI, most of it whatever
+    lies in memory after the UCX address. Slurm's pmi2 plugin cannot read a put whose line outgrows its buffer,
+    which happens when those bytes are not zeros (they do not compress): MPI_Init then fails or hangs on jobs
+    that span nodes, depending on the heap. The OFI netmod publishes its address alone (tens of bytes).
+    """
+    if not pip_mpich or environ.get("SLURM_MPI_TYPE") != "pmi2" or environ.get("MPIR_CVAR_CH4_NETMOD"):
+        return None
+    return "ofi"
+
+
+def _pip_mpich() -> bool:
+    """Whether the `mpich` wheel is installed (mpi4py then loads its libmpi before any other)."""
+    from importlib import metadata
+
+    try:
+        metadata.version("mpich")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def mpi_module() -> ModuleType:
-    """mpi4py's MPI module; the first call initialises MPI at lrun's thread level (`THREAD_LEVEL`)."""
+    """mpi4py's MPI module; the first call initialises MPI at lrun's thread level (`THREAD_LEVEL`), with the
+    netmod `slurm_pmi2_netmod` picks."""
     import sys
 
     if "mpi4py.MPI" not in sys.modules:
         import mpi4py
 
         mpi4py.rc.thread_level = THREAD_LEVEL
+        netmod = slurm_pmi2_netmod(os.environ, _pip_mpich())
+        if netmod:
+            os.environ["MPIR_CVAR_CH4_NETMOD"] = netmod
     from mpi4py import MPI
 
     return MPI

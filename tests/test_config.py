@@ -10,7 +10,7 @@ import torch
 
 from lrun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lrun.config import ConfigError, TrainConfig, build_config, describe_keys, load_config
-from lrun.mpi import LayoutError, check_layout
+from lrun.mpi import LayoutError, check_layout, slurm_pmi2_netmod
 from lrun.rollout import Rollout
 
 
@@ -107,6 +107,16 @@ def test_layout_checks():
         check_layout(1, 1, 8, environ={"SLURM_STEP_NUM_TASKS": "3"})
     with pytest.raises(LayoutError, match="envs_per_rank"):
         check_layout(3, 1, 0, environ={})
+
+
+def test_the_pip_mpich_under_slurms_pmi2_uses_ofi_unless_told_otherwise():
+    """(Across nodes: tests/test_slurm.py starts a stage on a dirty heap both ways.)"""
+    pmi2 = {"SLURM_MPI_TYPE": "pmi2"}
+    assert slurm_pmi2_netmod(pmi2, pip_mpich=True) == "ofi"
+    assert slurm_pmi2_netmod({**pmi2, "MPIR_CVAR_CH4_NETMOD": "ucx"}, pip_mpich=True) is None  # the user's choice
+    assert slurm_pmi2_netmod(pmi2, pip_mpich=False) is None  # a site MPI is left alone
+    assert slurm_pmi2_netmod({"SLURM_MPI_TYPE": "pmix"}, pip_mpich=True) is None
+    assert slurm_pmi2_netmod({}, pip_mpich=True) is None  # mpiexec (hydra) reads UCX's cards
 
 
 def test_checkpoints_are_atomic_safe_and_checked(tmp_path):
