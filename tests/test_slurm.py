@@ -175,7 +175,9 @@ def test_a_stage_across_nodes_starts_whatever_its_heap_holds(cluster, tmp_path):
     assert state == "COMPLETED", log
     assert rank_hosts(tmp_path / "default" / "walk") == ["lrunnode1", "lrunnode1", "lrunnode2"]
     state, log = outcome["ucx"]
-    assert state == "FAILED" and "mpi/pmi2" in log, f"the control did not fail as expected ({state}):\n{log}"
+    if state == "COMPLETED":  # e.g. an MPICH that no longer publishes stray bytes: the default is then untested
+        pytest.skip("the control (UCX forced) completed: this MPICH or heap does not reproduce the hazard")
+    assert state == "FAILED" and "mpi/pmi2" in log, f"the control failed otherwise than expected ({state}):\n{log}"
 
 
 @pytest.mark.timeout(600)
