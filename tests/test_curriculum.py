@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 
@@ -199,6 +200,19 @@ def test_a_later_stage_starts_from_a_provided_checkpoint(tmp_path):
         assert len(refused.stderr.strip().splitlines()) == 1
 
 
+def test_a_missing_checkpoint_is_named_where_the_user_wrote_it(tmp_path):
+    """A stage's `checkpoint =` in the file that is not there is refused naming the file and stage, not --from;
+    a --from for the same stage wins over the file and is named as --from when it is the one missing."""
+    curriculum = tmp_path / "walker.toml"
+    missing = tmp_path / "nothing.pt"
+    curriculum.write_text(f'root = "{tmp_path / "runs"}"\n[[stage]]\nname = "walk"\ncheckpoint = "{missing}"\n')
+    refused = run([LRUN, "curriculum", str(curriculum), "--report"])
+    assert refused.returncode == 2 and f"{curriculum}: stage 'walk': checkpoint: " in refused.stderr, refused.stderr
+    assert "--from" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    refused = run([LRUN, "curriculum", str(curriculum), "--report", "--from", f"walk={tmp_path / 'other.pt'}"])
+    assert refused.returncode == 2 and f"--from walk={tmp_path / 'other.pt'}: " in refused.stderr, refused.stderr
+
+
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
 def test_make_run_s_curriculum_carries_the_shipped_walker_through_every_sac_stage(tmp_path):
     """experiments/curriculum-tiny.toml (make run): run, obstacles and fast from models/walk under mpiexec, each
@@ -265,7 +279,10 @@ def test_a_stop_signal_ends_a_stage_s_evaluation_between_episodes_and_a_re_run_r
     assert "== stage walk: evaluation " in stopped.stdout and "stopped part way" in stopped.stdout
     assert "Traceback" not in stopped.stderr
     assert not (evaluations[0] / "eval.json").exists() and not evaluations[1].exists()
-    assert (tmp_path / "runs" / "curriculum.md").exists()  # the table is written on the way out too
+    # the table is written on the way out too, the stopped evaluation counted from its rank files
+    stopped_table = (tmp_path / "runs" / "curriculum.md").read_text()
+    part = re.search(r"\| flat: part way \((\d+) of 9 episodes\) \| - \|", stopped_table)
+    assert part and 1 <= int(part.group(1)) < 9, stopped_table
     again = run(command)
     assert again.returncode == 0, again.stderr
     assert "resuming the evaluation at" in again.stdout and "episodes finished earlier" in again.stdout

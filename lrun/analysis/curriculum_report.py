@@ -83,6 +83,20 @@ def read_evaluation(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+def read_partial(directory: Path) -> tuple[int, int] | None:
+    """(finished, planned) episodes of an evaluation that has not finished (its eval-plan.json and rank files,
+    read only: one being run or stopped), or None where there is none."""
+    from lrun.store.reader import StoreError, rank_files
+    from lrun.store.writer import finished_extent
+
+    try:
+        planned = int(json.loads((directory / "eval-plan.json").read_text())["episodes"])
+        finished = sum(finished_extent(path)[1] for path in rank_files(directory))
+    except (OSError, ValueError, KeyError, TypeError, StoreError):
+        return None
+    return finished, planned
+
+
 def build_rows(stages: list[StageFacts]) -> list[dict[str, Any]]:
     """One row per stage: network, budget, env steps (the stage's and the chain's), training's last episodes and
     the evaluations at its own task and at round 2."""
@@ -107,6 +121,12 @@ def build_rows(stages: list[StageFacts]) -> list[dict[str, Any]]:
                 "env_steps_in_all": spans[stage.name][1],
                 "training": training_window(stage.run_dir),
                 "evaluations": {label: e for label, e in evals.items() if e is not None},
+                # evaluations started and not finished (stopped, or running now): [episodes finished, planned]
+                "partial": {
+                    label: list(part)
+                    for label, path in stage.evals.items()
+                    if evals[label] is None and (part := read_partial(path)) is not None
+                },
                 # an evaluation of an earlier checkpoint (the stage trained on since, without --eval)
                 "stale": sorted(
                     name for name, e in evals.items() if e is not None and e.get("iteration") != stage.iterations
@@ -129,11 +149,11 @@ def _millions(steps: float) -> str:
     return f"{steps / 1e6:.2f} M" if steps >= 100_000 else f"{int(steps):,}"  # tiny stages: the count itself
 
 
-def format_evaluation(evaluation: dict[str, Any] | None, stale: bool = False) -> str:
-    """'mean 9.76 m (median 11.86), falls 16.4 % (82/500, CI 13.4-19.9 %), 1.05 m/s' or '-'; a stale one (of
-    an earlier checkpoint of the stage) says which iteration it scored."""
+def format_evaluation(evaluation: dict[str, Any] | None, stale: bool = False, partial: list[int] | None = None) -> str:
+    """'mean 9.76 m (median 11.86), falls 16.4 % (82/500, CI 13.4-19.9 %), 1.05 m/s', 'part way (k of N
+    episodes)' for an unfinished one, or '-'; a stale one (of an earlier checkpoint) says which iteration it scored."""
     if not evaluation:
-        return "-"
+        return f"part way ({partial[0]} of {partial[1]} episodes)" if partial else "-"
     s = evaluation["summary"]
     low, high = s["fall_rate_ci95"]
     text = (
@@ -166,12 +186,12 @@ def format_table(rows: list[dict[str, Any]], seed: int | None = None) -> str:
             if train
             else "-"
         )
-        evaluations, stale = row["evaluations"], row["stale"]
-        own = format_evaluation(evaluations.get(row["task"]), row["task"] in stale)
+        evaluations, stale, partial = row["evaluations"], row["stale"], row.get("partial", {})
+        own = format_evaluation(evaluations.get(row["task"]), row["task"] in stale, partial.get(row["task"]))
         own = f"{row['task']}: {own}" if own != "-" else "-"
         if row["task"] == ROUND2:
-            own = "= round 2" if ROUND2 in evaluations else "-"
-        round2 = format_evaluation(evaluations.get(ROUND2), ROUND2 in stale)
+            own = "= round 2" if ROUND2 in evaluations or ROUND2 in partial else "-"
+        round2 = format_evaluation(evaluations.get(ROUND2), ROUND2 in stale, partial.get(ROUND2))
         lines.append(
             f"| {row['stage']} | {row['algorithm'].upper()} | {origin} | {_network(row)} | {budget} | {training} | "
             f"{own} | {round2} |"

@@ -184,18 +184,25 @@ def keep_finished_episodes(path: str | Path) -> tuple[int, int]:
     episodes) kept.
     """
     check_file(path)
+    keep_steps, keep_episodes = finished_extent(path)
+    _truncate(Path(path), keep_steps, keep_episodes)  # also when nothing is cut: it leaves the file writable
+    return keep_steps, keep_episodes
+
+
+def finished_extent(path: str | Path) -> tuple[int, int]:
+    """The (steps, episodes) of a rank file up to its last finished episode, read only (a file being written
+    can be read: SWMR)."""
     with open_h5(path) as f:
         # a crash mid-append can leave one column longer than another: count the rows every column holds
         n_steps = min(ds.shape[0] for ds in datasets_in(f["steps"]).values())
         n_episodes = min(ds.shape[0] for ds in datasets_in(f["episodes"]).values())
         end_steps = f["episodes/end_step"][:n_episodes]
         lengths = f["episodes/length"][:n_episodes]
-        # a finished row ends within the steps, after the row before it, and has steps (a row whose data a kill
-        # left unwritten reads as zeros); the rows from the first one that fails are not finished
-        whole = (end_steps < n_steps) & (lengths >= 1) & (np.diff(end_steps, prepend=-1) > 0)
-        keep_episodes = int(np.argmin(whole)) if not whole.all() else n_episodes
-        keep_steps = int(end_steps[keep_episodes - 1]) + 1 if keep_episodes else 0
-    _truncate(Path(path), keep_steps, keep_episodes)  # also when nothing is cut: it leaves the file writable
+    # a finished row ends within the steps, after the row before it, and has steps (a row whose data a kill
+    # left unwritten reads as zeros); the rows from the first one that fails are not finished
+    whole = (end_steps < n_steps) & (lengths >= 1) & (np.diff(end_steps, prepend=-1) > 0)
+    keep_episodes = int(np.argmin(whole)) if not whole.all() else n_episodes
+    keep_steps = int(end_steps[keep_episodes - 1]) + 1 if keep_episodes else 0
     return keep_steps, keep_episodes
 
 
