@@ -130,16 +130,18 @@ def eval_env_config(train_env: dict[str, Any], settings: EvalSettings) -> EnvCon
 def default_out(checkpoint: Path, settings: EvalSettings) -> Path:
     """RUN_DIR/eval/d<difficulty>-o<obstacles>-s<seed>-n<episodes>, next to the checkpoint's run, with the physics
     and the muscle weakening appended where they are not the graders' (so results of other settings never share
-    a directory)."""
+    a directory). A shipped model's directory (one with a PROVENANCE, e.g. models/walk) is part of the
+    repository, so its evaluations go to runs/eval/<model>/ under the working directory instead."""
     from lrun.env.physics import ALIASES, GRADERS_PHYSICS
 
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    base = Path("runs") / "eval" / run_dir.name if (run_dir / "PROVENANCE").is_file() else run_dir / "eval"
     name = f"d{settings.difficulty}-o{settings.obstacles}-s{settings.seed}-n{settings.episodes}"
     if ALIASES.get(settings.physics, settings.physics) != GRADERS_PHYSICS:
         name += f"-{ALIASES.get(settings.physics, settings.physics)}"
     if settings.difficulty == 2 and settings.weakening != "graders-2017":
         name += f"-{settings.weakening}"
-    return run_dir / "eval" / name
+    return base / name
 
 
 def run_episode(

@@ -171,3 +171,24 @@ def test_a_resume_over_a_truncated_rank_file_changes_nothing_and_says_so(trained
     (line,) = result.stderr.strip().splitlines()
     assert f"{rank_file}: truncated HDF5 file" in line and "nothing was changed" in line
     assert checksums(damaged) == before
+
+
+def test_eval_of_a_shipped_model_writes_under_runs_not_into_the_model_directory(tmp_path):
+    """Without --out, a run's evaluation goes beside the run (RUN_DIR/eval/...), but a shipped model's (its
+    directory has a PROVENANCE) goes to runs/eval/<model>/ under the working directory: models/ stays as
+    committed."""
+    model = ROOT / "models" / "walk"
+    args = [LRUN, "eval", str(model), "--episodes", "1", "--difficulty", "0", "--physics", "fast"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "runs" / "eval" / "walk" / "d0-o10-s0-n1-fast"
+    assert (out / "eval.json").is_file() and f"results in {Path('runs/eval/walk/d0-o10-s0-n1-fast')}" in result.stdout
+    assert not (model / "eval").exists()
+    # a run directory (no PROVENANCE) keeps its evaluations beside it
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "checkpoint.pt").write_bytes((model / "checkpoint.pt").read_bytes())
+    args[2] = str(run_dir)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "eval" / "d0-o10-s0-n1-fast" / "eval.json").is_file()
