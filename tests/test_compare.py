@@ -158,6 +158,15 @@ def test_evaluations_of_other_tasks_or_seeds_or_mixed_with_runs_are_refused_in_o
     flat = fake_evaluation(tmp_path / "flat", [1, 2], [1.0, 2.0], [0, 0], difficulty=0, obstacles=0)
     flat_3 = fake_evaluation(tmp_path / "flat3", [1, 2], [1.0, 2.0], [0, 0], difficulty=0, obstacles=3)
     assert pair(read_evaluation(flat), read_evaluation(flat_3)).pairs == 2
+    # an evaluation from before lrun recorded the weakening: the same task below difficulty 2, refused at 2
+    for name, difficulty in (("old-flat", 0), ("old-round2", 2)):
+        old = fake_evaluation(tmp_path / name, [1, 2], [1.0, 2.0], [0, 0], difficulty=difficulty)
+        written = json.loads((old / "eval.json").read_text())
+        del written["settings"]["weakening"]
+        (old / "eval.json").write_text(json.dumps(written))
+    assert pair(read_evaluation(flat), read_evaluation(tmp_path / "old-flat")).pairs == 2
+    with pytest.raises(CompareError, match="before lrun recorded which muscles it weakened: evaluate again"):
+        read_evaluation(tmp_path / "old-round2")
     result = run([LRUN, "compare", str(base), str(fast), "--out", str(tmp_path / "cli")])
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "another task" in result.stderr

@@ -56,13 +56,24 @@ def read_evaluation(path: str | Path) -> Evaluation:
         raise PairingError(f"{path}: not an evaluation (no eval.json and episodes.csv; run lrun eval first)")
     try:
         settings = json.loads((path / "eval.json").read_text())["settings"]
+        if "weakening" not in settings:  # lrun recorded it from 2026-12-03; below difficulty 2 nothing is weakened
+            if int(settings["difficulty"]) >= 2:
+                raise PairingError(
+                    f"{path}: an evaluation at difficulty 2 from before lrun recorded which muscles it weakened: "
+                    "evaluate again to compare it"
+                )
+            settings = {**settings, "weakening": "graders-2017"}
         task = TaskSetting(*(settings[key] for key in ("difficulty", "obstacles", "physics", "weakening")))
         with open(path / "episodes.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         seeds = np.array([int(r["seed"]) for r in rows], dtype=np.int64)
         distance = np.array([float(r["distance"]) for r in rows])
         fell = np.array([{"0": False, "1": True}[r["fell"]] for r in rows])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except PairingError:
+        raise
+    except KeyError as exc:
+        raise PairingError(f"{path}: unreadable evaluation (no {exc} in it)") from None
+    except (OSError, ValueError, TypeError) as exc:
         raise PairingError(f"{path}: unreadable evaluation ({exc})") from None
     if len(np.unique(seeds)) != len(seeds):
         raise PairingError(f"{path}: an episode seed appears twice in episodes.csv")
