@@ -369,6 +369,8 @@ def _curriculum(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--from {item!r}: expected STAGE=CHECKPOINT (e.g. --from walk=models/walk)")
             provided[stage] = checkpoint
         if args.report:
+            if args.stage is not None:
+                raise ConfigError("--report writes the whole chain's table: leave out --stage")
             if comm.Get_rank() == 0:
                 written = curriculum_report(args.curriculum, args.set, args.root, provided, args.eval_seed)
                 print("\n".join(str(p) for p in written))

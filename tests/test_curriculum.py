@@ -202,7 +202,8 @@ def test_a_later_stage_starts_from_a_provided_checkpoint(tmp_path):
 
 def test_a_missing_checkpoint_is_named_where_the_user_wrote_it(tmp_path):
     """A stage's `checkpoint =` in the file that is not there is refused naming the file and stage, not --from;
-    a --from for the same stage wins over the file and is named as --from when it is the one missing."""
+    a --from for the same stage wins over the file and is named as --from when it is the one missing; --report
+    with --stage is refused (the report is the whole chain's)."""
     curriculum = tmp_path / "walker.toml"
     missing = tmp_path / "nothing.pt"
     curriculum.write_text(f'root = "{tmp_path / "runs"}"\n[[stage]]\nname = "walk"\ncheckpoint = "{missing}"\n')
@@ -211,6 +212,8 @@ def test_a_missing_checkpoint_is_named_where_the_user_wrote_it(tmp_path):
     assert "--from" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     refused = run([LRUN, "curriculum", str(curriculum), "--report", "--from", f"walk={tmp_path / 'other.pt'}"])
     assert refused.returncode == 2 and f"--from walk={tmp_path / 'other.pt'}: " in refused.stderr, refused.stderr
+    refused = run([LRUN, "curriculum", str(curriculum), "--report", "--stage", "walk"])
+    assert refused.returncode == 2 and "--report writes the whole chain's table" in refused.stderr, refused.stderr
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
