@@ -267,13 +267,13 @@ def provided_stages(path: str | Path, curriculum: Curriculum, given: dict[str, s
     """The stages trained elsewhere: the file's `checkpoint =` stages and `--from STAGE=CHECKPOINT` (which wins),
     each resolved to its checkpoint file. ConfigError for an unknown stage or a checkpoint that is not there."""
     names = [s.name for s in curriculum.stages]
-    in_file = {s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}
-    provided = {**in_file, **(given or {})}
+    given = given or {}
+    provided = {**{s.name: str(s.checkpoint) for s in curriculum.stages if s.checkpoint}, **given}
     for name, checkpoint in provided.items():
         if name not in names:
             raise ConfigError(f"{path}: --from names no stage {name!r}; stages: {', '.join(names)}")
         # Name the source the user wrote: the command line's --from wins over the file's `checkpoint =`.
-        source = f"--from {name}={checkpoint}" if name in (given or {}) else f"{path}: stage {name!r}: checkpoint"
+        source = f"--from {name}={checkpoint}" if name in given else f"{path}: stage {name!r}: checkpoint"
         try:
             provided[name] = str(resolve_checkpoint(checkpoint))
         except CheckpointError as exc:

@@ -3,8 +3,9 @@
 `lrun curriculum` writes ROOT/curriculum.md (a markdown table), ROOT/curriculum.json (the same rows as data) and
 ROOT/curriculum.png (the stages' training curves end to end against the simulated env steps of the whole chain,
 each stage's evaluations marked where it ended). The facts of each stage (`StageFacts`) are plain data that
-`lrun.curriculum` reads from the checkpoints; this module reads only run directories' progress.csv and
-evaluations' eval.json, so it needs neither MPI nor OpenSim.
+`lrun.curriculum` reads from the checkpoints; this module reads only run directories' progress.csv,
+evaluations' eval.json and, for an unfinished evaluation, its plan and rank files (read only), so it needs
+neither MPI nor OpenSim.
 """
 
 from __future__ import annotations
@@ -86,11 +87,14 @@ def read_evaluation(directory: Path) -> dict[str, Any] | None:
 def read_partial(directory: Path) -> tuple[int, int] | None:
     """(finished, planned) episodes of an evaluation that has not finished (its eval-plan.json and rank files,
     read only: one being run or stopped), or None where there is none."""
+    from lrun.evaluate import planned_episodes
     from lrun.store.reader import StoreError, rank_files
     from lrun.store.writer import finished_extent
 
+    planned = planned_episodes(directory)
+    if planned is None:
+        return None
     try:
-        planned = int(json.loads((directory / "eval-plan.json").read_text())["episodes"])
         finished = sum(finished_extent(path)[1] for path in rank_files(directory))
     except (OSError, ValueError, KeyError, TypeError, StoreError):
         return None
@@ -186,7 +190,7 @@ def format_table(rows: list[dict[str, Any]], seed: int | None = None) -> str:
             if train
             else "-"
         )
-        evaluations, stale, partial = row["evaluations"], row["stale"], row.get("partial", {})
+        evaluations, stale, partial = row["evaluations"], row["stale"], row["partial"]
         own = format_evaluation(evaluations.get(row["task"]), row["task"] in stale, partial.get(row["task"]))
         own = f"{row['task']}: {own}" if own != "-" else "-"
         if row["task"] == ROUND2:
