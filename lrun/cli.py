@@ -129,10 +129,11 @@ def _transfer(args: argparse.Namespace) -> int:
 def eval_settings(args: argparse.Namespace) -> EvalSettings:
     """The `lrun eval` command line as EvalSettings: a named --setting fixes the task, and a flag may repeat its
     value (or name it another way) but not contradict it (ConfigError)."""
+    from lrun.analysis.common import planned_episodes
     from lrun.config import ConfigError
     from lrun.env.physics import ALIASES
     from lrun.env.settings import SETTINGS
-    from lrun.evaluate import EvalSettings, planned_episodes
+    from lrun.evaluate import EvalSettings
 
     task = SETTINGS[args.setting].to_dict() if args.setting else {}
     for key in ("difficulty", "obstacles", "physics", "weakening"):

@@ -180,7 +180,8 @@ def evaluate_stage(
     Once `stop` says so (a stop signal arrived), the evaluation ends between episodes on every rank with
     EvaluationStopped (a re-run resumes it)."""
     from lrun import mpi as lmpi
-    from lrun.evaluate import evaluate, evaluation_state, planned_episodes
+    from lrun.analysis.common import planned_episodes
+    from lrun.evaluate import evaluate, evaluation_state
 
     speak = comm.Get_rank() == 0
     env = load_checkpoint(checkpoint)["config"]["env"]  # the task the policy was trained on, whatever the TOML says

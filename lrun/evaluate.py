@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lrun import mpi as lmpi
-from lrun.analysis.common import wilson_interval
+from lrun.analysis.common import EVAL_PLAN_NAME, wilson_interval
 from lrun.api import Agent, load_policy, resolve_model
 from lrun.checkpoint import resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig
@@ -52,7 +52,7 @@ from lrun.store.writer import TrajectoryWriter, keep_finished_episodes
 COLUMNS = ("episode", "seed", "distance", "task_return", "length", "sim_time_s", "fell", "integrator_failure")
 FLOAT_COLUMNS = ("distance", "task_return", "sim_time_s")
 #: What OUT holds from the moment an evaluation starts: the checkpoint and settings a --resume must match.
-PLAN_NAME = "eval-plan.json"
+PLAN_NAME = EVAL_PLAN_NAME
 #: EvalSettings fields a resume may change (where the results go, how many episodes, whether to resume).
 RESUMABLE_CHANGES = ("episodes", "out", "overwrite", "resume")
 
@@ -308,14 +308,6 @@ def evaluation_state(out: Path, checkpoint: Path, settings: EvalSettings) -> str
     except (OSError, ValueError, KeyError, TypeError):
         finished = False
     return "done" if finished and int(plan["episodes"]) >= settings.episodes else "partial"
-
-
-def planned_episodes(out: Path) -> int | None:
-    """The episode count of the evaluation in `out` (its eval-plan.json), or None."""
-    try:
-        return int(json.loads((out / PLAN_NAME).read_text())["episodes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> dict[str, Any] | None:

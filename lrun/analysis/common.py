@@ -1,11 +1,23 @@
-"""Helpers every analysis module shares: the Wilson interval of a proportion, writing a matplotlib figure, and
-`lrun compare`'s error."""
+"""Helpers every analysis module shares: the Wilson interval of a proportion, writing a matplotlib figure,
+`lrun compare`'s error, and the name and reader of an evaluation's plan file (here, not in lrun.evaluate, so the
+readers of results need not import torch)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+
+EVAL_PLAN_NAME = "eval-plan.json"  # written by `lrun eval` before its first episode: what --resume continues
+
+
+def planned_episodes(out: Path) -> int | None:
+    """The episode count of the evaluation in `out` (its eval-plan.json), or None."""
+    try:
+        return int(json.loads((Path(out) / EVAL_PLAN_NAME).read_text())["episodes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class CompareError(ValueError):

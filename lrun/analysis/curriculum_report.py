@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lrun.analysis.common import save_figure
+from lrun.analysis.common import planned_episodes, save_figure
 from lrun.analysis.report import windowed_mean
 from lrun.progress import load_progress, progress_path
 
@@ -87,7 +87,6 @@ def read_evaluation(directory: Path) -> dict[str, Any] | None:
 def read_partial(directory: Path) -> tuple[int, int] | None:
     """(finished, planned) episodes of an evaluation that has not finished (its eval-plan.json and rank files,
     read only: one being run or stopped), or None where there is none."""
-    from lrun.evaluate import planned_episodes
     from lrun.store.reader import StoreError, rank_files
     from lrun.store.writer import finished_extent
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrun.analysis.common import CompareError, save_figure
+from lrun.analysis.common import EVAL_PLAN_NAME, CompareError, save_figure
 from lrun.env.settings import TaskSetting
 
 
@@ -221,7 +221,7 @@ def why_not_an_evaluation(path: Path) -> str:
     """What a path given among evaluations is instead: missing, an unfinished evaluation, or something else."""
     if not path.is_dir():
         return f"{path}: no such directory"
-    if (path / "eval-plan.json").is_file():
+    if (path / EVAL_PLAN_NAME).is_file():
         return f"{path}: an unfinished evaluation (finish it with lrun eval ... --resume --out {path})"
     return f"{path}: not an evaluation"
 
