@@ -65,6 +65,18 @@ def test_runs_are_grouped_by_recipe_and_seeds_aggregated(tmp_path):
     assert {r["group"] for r in rows} == {"walk", "other"} and {r["metric"] for r in rows} >= {"distance"}
 
 
+def test_a_benchmark_s_seed_directories_take_the_benchmark_s_name(tmp_path):
+    """`lrun bench learn` leaves OUT/seed-0, OUT/seed-1: two benchmarks of two recipes are told apart by OUT."""
+    from lrun.analysis.compare import run_label
+
+    for out, lr in (("learn-sync", 3e-4), ("learn-overlap", 1e-4)):
+        for seed in (0, 1):
+            fake_run(tmp_path / out / f"seed-{seed}", seed, lr, 1.0 + seed)
+    groups = group_runs([tmp_path / "learn-sync", tmp_path / "learn-overlap"])
+    assert [(g.label, len(g.curves)) for g in groups] == [("learn-sync", 2), ("learn-overlap", 2)]
+    assert run_label(tmp_path / "walk-seed-3", 3) == "walk" and run_label(tmp_path / "seed3", 4) == "seed3"
+
+
 def test_compare_command_and_its_errors(tmp_path):
     fake_run(tmp_path / "a", 0, 3e-4, 1.0)
     ok = run([LRUN, "compare", str(tmp_path / "a"), "--out", str(tmp_path / "out")])

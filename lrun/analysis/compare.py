@@ -105,9 +105,18 @@ def expand(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
+def run_label(run_dir: Path, seed: int) -> str:
+    """A run's name without its seed: walk-seed2 -> walk; a directory named only by its seed (`lrun bench learn`'s
+    OUT/seed-2) takes its parent's name."""
+    name = run_dir.name
+    for suffix in (f"-seed{seed}", f"-seed-{seed}", f"_seed{seed}", f"seed-{seed}", f"seed{seed}"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix) or run_dir.resolve().parent.name or name
+    return name
+
+
 def group_runs(paths: list[str | Path]) -> list[Group]:
-    """Read every run and group them by recipe; a group is labelled by its first run's directory name with
-    the seed suffix removed."""
+    """Read every run and group them by recipe; a group is labelled by its first run's name (`run_label`)."""
     groups: list[Group] = []
     for run_dir in expand(paths):
         curve, config = read_curve(run_dir)
@@ -117,8 +126,7 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
                 group.curves.append(curve)
                 break
         else:
-            label = run_dir.name.removesuffix(f"-seed{curve.seed}").removesuffix(f"seed{curve.seed}") or run_dir.name
-            groups.append(Group(label, recipe, [curve]))
+            groups.append(Group(run_label(run_dir, curve.seed), recipe, [curve]))
     labels = [g.label for g in groups]
     for g in groups:  # two recipes with one name: tell them apart
         if labels.count(g.label) > 1:
