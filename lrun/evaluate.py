@@ -51,8 +51,6 @@ from lrun.store.writer import TrajectoryWriter, keep_finished_episodes
 #: Per-episode result columns, in the order of episodes.csv.
 COLUMNS = ("episode", "seed", "distance", "task_return", "length", "sim_time_s", "fell", "integrator_failure")
 FLOAT_COLUMNS = ("distance", "task_return", "sim_time_s")
-#: What OUT holds from the moment an evaluation starts: the checkpoint and settings a --resume must match.
-PLAN_NAME = EVAL_PLAN_NAME
 #: EvalSettings fields a resume may change (where the results go, how many episodes, whether to resume).
 RESUMABLE_CHANGES = ("episodes", "out", "overwrite", "resume")
 
@@ -292,7 +290,7 @@ def evaluation_state(out: Path, checkpoint: Path, settings: EvalSettings) -> str
     """What `out` holds for this checkpoint (by content) and these settings: "done" (an eval.json of at least
     `settings.episodes` episodes), "partial" (an evaluation of them to continue with --resume), "other"
     (another policy's or setting's, or one that cannot be read) or "none"."""
-    plan_file = out / PLAN_NAME
+    plan_file = out / EVAL_PLAN_NAME
     if not plan_file.exists():
         return "other" if out.exists() and any(out.iterdir()) else "none"
     try:
@@ -315,15 +313,15 @@ def check_out(out: Path, plan: dict[str, Any], settings: EvalSettings) -> dict[s
     return the plan it holds (None without --resume)."""
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file: name a directory for the evaluation")
-    plan_file = out / PLAN_NAME
+    plan_file = out / EVAL_PLAN_NAME
     if settings.resume:
         if not plan_file.exists():
             if (out / "eval.json").exists():
                 raise EvalError(
-                    f"--resume: {out} holds an evaluation from before --resume existed (no {PLAN_NAME}): run it again "
-                    "with --overwrite"
+                    f"--resume: {out} holds an evaluation from before --resume existed (no {EVAL_PLAN_NAME}): "
+                    "run it again with --overwrite"
                 )
-            raise EvalError(f"--resume: {out} holds no evaluation to continue (no {PLAN_NAME})")
+            raise EvalError(f"--resume: {out} holds no evaluation to continue (no {EVAL_PLAN_NAME})")
         try:
             earlier = json.loads(plan_file.read_text())
         except (OSError, ValueError) as exc:
@@ -525,7 +523,7 @@ def evaluate(
             problem = f"--resume: {exc}"
         else:
             out.mkdir(parents=True, exist_ok=True)
-            (out / PLAN_NAME).write_text(json.dumps({**plan, "episodes": settings.episodes}, indent=1) + "\n")
+            (out / EVAL_PLAN_NAME).write_text(json.dumps({**plan, "episodes": settings.episodes}, indent=1) + "\n")
     # what is done (a finished episode took >= 1 step) and whether rank 0 could read it, known to every rank
     finished = np.append(done[:, COLUMNS.index("length")] > 0, bool(problem)).astype(np.float64)
     lmpi.allreduce_sum(comm, finished, waiter)

@@ -234,7 +234,8 @@ def score_run(config: Any, episodes: int, comm: Any, stream: TextIO) -> dict[str
     """`lrun eval` of a run's final checkpoint on its own task with the graders' physics and muscle weakening (for
     a round-2 target, the round-2 setting), in RUN_DIR/eval; collective. An evaluation found there continues
     (--resume); one of another checkpoint or count is scored afresh. Rank 0 returns the summary."""
-    from lrun.evaluate import PLAN_NAME, EvalError, EvalSettings, evaluate
+    from lrun.analysis.common import EVAL_PLAN_NAME
+    from lrun.evaluate import EvalError, EvalSettings, evaluate
 
     run_dir = Path(config.run.run_dir)
     settings = EvalSettings(
@@ -242,7 +243,7 @@ def score_run(config: Any, episodes: int, comm: Any, stream: TextIO) -> dict[str
         difficulty=config.env.difficulty,
         obstacles=config.env.max_obstacles,
         out=str(run_dir / "eval"),
-        resume=(run_dir / "eval" / PLAN_NAME).exists(),
+        resume=(run_dir / "eval" / EVAL_PLAN_NAME).exists(),
     )
     try:
         result = evaluate(run_dir, settings, comm=comm, stream=stream)

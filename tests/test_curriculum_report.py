@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import LRUN, MPIEXEC, ROOT, Started, run
 
+from lrun.analysis.common import EVAL_PLAN_NAME
 from lrun.analysis.curriculum_report import (
     StageFacts,
     build_rows,
@@ -25,7 +26,7 @@ from lrun.analysis.curriculum_report import (
     write_curriculum_report,
 )
 from lrun.curriculum import stage_evaluations
-from lrun.evaluate import PLAN_NAME, EvalSettings, EvaluationStopped, evaluate, evaluation_state, kept_settings
+from lrun.evaluate import EvalSettings, EvaluationStopped, evaluate, evaluation_state, kept_settings
 
 
 def write_progress(run_dir: Path, rows: list[tuple[int, float, float, float]]) -> Path:
@@ -167,7 +168,7 @@ def test_an_evaluation_directory_is_done_partial_another_policy_s_or_empty(tmp_p
         "iteration": 4,
         "episodes": 10,
     }
-    (out / PLAN_NAME).write_text(json.dumps(plan))
+    (out / EVAL_PLAN_NAME).write_text(json.dumps(plan))
     assert evaluation_state(out, checkpoint, settings) == "partial"  # started, no eval.json yet
     (out / "eval.json").write_text(json.dumps({"iteration": 4, "summary": {"episodes": 6}}))
     assert evaluation_state(out, checkpoint, settings) == "partial"  # a summary of fewer episodes than planned
@@ -177,7 +178,7 @@ def test_an_evaluation_directory_is_done_partial_another_policy_s_or_empty(tmp_p
     assert evaluation_state(out, checkpoint, replace(settings, seed=4)) == "other"
     checkpoint.write_bytes(b"retrained")
     assert evaluation_state(out, checkpoint, settings) == "other"
-    (out / PLAN_NAME).write_text("{not json")
+    (out / EVAL_PLAN_NAME).write_text("{not json")
     assert evaluation_state(out, checkpoint, settings) == "other"
 
 

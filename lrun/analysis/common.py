@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-EVAL_PLAN_NAME = "eval-plan.json"  # written by `lrun eval` before its first episode: what --resume continues
+#: What `lrun eval` writes in OUT before its first episode: the checkpoint and settings a --resume must match.
+EVAL_PLAN_NAME = "eval-plan.json"
 
 
 def planned_episodes(out: Path) -> int | None:
