@@ -2,9 +2,12 @@
 
 For each seed s, OUT/seed-s is trained by `mpiexec -n R lrun train CONFIG --set run.seed=s ...` for as many
 iterations as reach the budget of simulated env steps (0.01 s each), then its final checkpoint is scored twice
-by `lrun eval`: deterministically on the reference physics (the graders' setting), and stochastically on the
-physics it trained with. OUT/learn.json, OUT/learn.txt (a table) and OUT/learn.png (distance against simulated
-env steps, one line per seed) hold the results.
+by `lrun eval` at difficulty 0 on the graders' physics (graders-2017): one deterministic episode (at difficulty 0
+nothing in the episode is drawn at random, so a deterministic policy's episodes are all alike: measured, 20 of
+them with a spread of 0.0 m) and `--eval-episodes` sampled ones (`--stochastic`, default 100), which give the
+fall rate. Over several seeds, the interquartile mean of the seeds' distances and its 95 % bootstrap interval
+(resampling seeds, as `lrun compare` does) summarise the recipe. OUT/learn.json, OUT/learn.txt (a table) and
+OUT/learn.png (distance against simulated env steps, one line per seed) hold the results.
 
 A seed whose run already reached the budget is not retrained, one with an earlier checkpoint is continued
 (`--resume`), and an evaluation already made of the final checkpoint with the same settings is kept: an
@@ -27,6 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from lrun.config import TrainConfig, load_config
+from lrun.env.physics import GRADERS_PHYSICS
 from lrun.launcher import find_mpiexec, lrun_command
 from lrun.progress import load_progress, smooth
 
@@ -43,8 +47,8 @@ NEUTRAL_RUN_KEYS = (
     "progress",
     "tensorboard",
 )
-#: Fewest episodes of the stochastic evaluation on the training physics (a fall rate needs a few).
-MIN_TRAINING_EVAL_EPISODES = 20
+#: The evaluations of every seed's final checkpoint, in the order they run (see `eval_settings`).
+EVAL_KINDS = ("deterministic", "sampled")
 
 
 class BenchError(RuntimeError):
@@ -76,11 +80,6 @@ class LearnPlan:
     iterations: int
     mpiexec: str = ""
     lrun: str = ""
-
-    @property
-    def training_eval_episodes(self) -> int:
-        """Episodes of the stochastic evaluation on the training physics."""
-        return max(self.eval_episodes, MIN_TRAINING_EVAL_EPISODES)
 
     def seed_dir(self, seed: int) -> Path:
         """OUT/seed-s: the run directory of seed s."""
@@ -276,14 +275,14 @@ def train_seed(plan: LearnPlan, seed: int, stream: TextIO, max_rounds: int = 5) 
 
 
 def eval_settings(plan: LearnPlan, kind: str) -> dict[str, Any]:
-    """The `lrun eval` settings of one kind of evaluation: 'reference' or 'training'."""
-    if kind == "reference":
-        return {"episodes": plan.eval_episodes, "difficulty": 0, "physics": "reference", "deterministic": True}
+    """The `lrun eval` settings of one kind of evaluation (one of `EVAL_KINDS`): both at difficulty 0 on the
+    graders' physics; 'deterministic' runs one episode (they would all be alike), 'sampled' --eval-episodes."""
+    deterministic = kind == "deterministic"
     return {
-        "episodes": plan.training_eval_episodes,
+        "episodes": 1 if deterministic else plan.eval_episodes,
         "difficulty": 0,
-        "physics": plan.config.env.physics,
-        "deterministic": False,
+        "physics": GRADERS_PHYSICS,
+        "deterministic": deterministic,
     }
 
 
@@ -356,8 +355,10 @@ def seed_figures(plan: LearnPlan, seed: int) -> dict[str, Any]:
 
 def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Seeds' eval summaries combined: numbers averaged; falls and episodes summed, the fall rate and its 95 %
-    Wilson interval pooled over every seed's episodes."""
+    Wilson interval pooled over every seed's episodes; the interquartile mean of the seeds' mean distances with
+    its 95 % bootstrap interval over seeds (`distance_iqm_m`, `distance_iqm_ci95`)."""
     from lrun.analysis.common import wilson_interval
+    from lrun.analysis.compare import bootstrap_ci, interquartile_mean
 
     out: dict[str, Any] = {}
     for key, value in summaries[0].items():
@@ -368,6 +369,10 @@ def mean_summary(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(episodes=episodes, falls=falls, fall_rate=falls / episodes)
     out["integrator_failures"] = int(sum(s.get("integrator_failures", 0) for s in summaries))
     out["fall_rate_ci95"] = list(wilson_interval(falls, episodes))
+    distances = np.array([[s["mean_distance_m"]] for s in summaries], dtype=float)  # seeds x 1
+    low, high = bootstrap_ci(distances)
+    out["distance_iqm_m"] = float(interquartile_mean(distances)[0])
+    out["distance_iqm_ci95"] = [float(low[0]), float(high[0])]
     return out
 
 
@@ -377,33 +382,44 @@ def _falls(summary: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The per-seed results and their mean as a fixed-width table."""
+    """The per-seed results, their mean and interquartile mean as a fixed-width table."""
     ev = result["evaluations"]
-    ref, trn = ev["reference"], ev["training"]
-    left = f"reference physics, deterministic, {ref['episodes']} ep"
-    right = f"{trn['physics']} physics, stochastic, {trn['episodes']} ep"
+    det, sam = ev["deterministic"], ev["sampled"]
+    left = f"deterministic, {det['episodes']} ep"
+    right = f"sampled, {sam['episodes']} ep"
     lines = [
         f"lrun bench learn: {result['config']} {' '.join('--set ' + o for o in result['overrides'])}".rstrip(),
         f"budget {result['env_steps_budget']} simulated env steps = {result['iterations']} iterations x "
         f"{result['steps_per_iteration']} ({result['simulators']} simulator"
         f"{'s' if result['simulators'] > 1 else ''}, {result['ranks']} rank{'s' if result['ranks'] > 1 else ''}); "
-        "distances in m, falls in % [95 % CI]",
-        f"{'':32} | {left:33} | {right}",
-        f"{'seed':>4} {'env steps':>10} {'wall s':>8} {'steps/s':>7} | "
-        + " | ".join(f"{'mean':>6} {'median':>6} {'falls %':>19}" for _ in range(2)),
+        f"lrun eval at difficulty {sam['difficulty']}, {sam['physics']} physics; distances in m, falls in % "
+        "[95 % CI]",
+        f"{'':32} | {left:19} | {right}",
+        f"{'seed':>4} {'env steps':>10} {'wall s':>8} {'steps/s':>7} | {'distance':>8} {'falls %':>10} | "
+        f"{'mean':>6} {'median':>6} {'falls %':>19}",
     ]
 
     def row(name: str, r: dict[str, Any]) -> str:
-        cells = [
-            f"{r['eval_' + k]['mean_distance_m']:6.2f} {r['eval_' + k]['median_distance_m']:6.2f} "
-            f"{_falls(r['eval_' + k]):>19}"
-            for k in ("reference", "training")
-        ]
-        return f"{name:>4} {r['env_steps']:>10.0f} {r['wall_s']:>8.0f} {r['steps_per_s']:>7.1f} | " + " | ".join(cells)
+        d, s = r["eval_deterministic"], r["eval_sampled"]
+        return (
+            f"{name:>4} {r['env_steps']:>10.0f} {r['wall_s']:>8.0f} {r['steps_per_s']:>7.1f} | "
+            f"{d['mean_distance_m']:8.2f} {100 * d['fall_rate']:10.0f} | "
+            f"{s['mean_distance_m']:6.2f} {s['median_distance_m']:6.2f} {_falls(s):>19}"
+        )
 
     lines += [row(str(r["seed"]), r) for r in result["seeds"]]
     if len(result["seeds"]) > 1:
-        lines.append(row("mean", result["mean"]))
+        mean = result["mean"]
+        lines.append(row("mean", mean))
+        iqm = [
+            f"{mean['eval_' + k]['distance_iqm_m']:.2f} m [{mean['eval_' + k]['distance_iqm_ci95'][0]:.2f}-"
+            f"{mean['eval_' + k]['distance_iqm_ci95'][1]:.2f}]"
+            for k in EVAL_KINDS
+        ]
+        lines.append(
+            f"interquartile mean over {len(result['seeds'])} seeds [95 % bootstrap CI]: deterministic {iqm[0]}, "
+            f"sampled {iqm[1]}"
+        )
     return "\n".join(lines)
 
 
@@ -451,12 +467,12 @@ def run_bench_learn(plan: LearnPlan, stream: TextIO | None = None) -> dict[str, 
     for seed in range(plan.seeds):
         final = train_seed(plan, seed, stream)
         figures = seed_figures(plan, seed)
-        for kind in ("reference", "training"):
+        for kind in EVAL_KINDS:
             figures[f"eval_{kind}"] = evaluate_seed(plan, seed, final, kind, stream)["summary"]
         seeds.append(figures)
     numbers = ("env_steps", "wall_s", "steps_per_s")
     mean: dict[str, Any] = {k: float(np.mean([s[k] for s in seeds])) for k in numbers}
-    for kind in ("reference", "training"):
+    for kind in EVAL_KINDS:
         mean[f"eval_{kind}"] = mean_summary([s[f"eval_{kind}"] for s in seeds])
     result = {
         "config": plan.config_path,
@@ -466,7 +482,7 @@ def run_bench_learn(plan: LearnPlan, stream: TextIO | None = None) -> dict[str, 
         "steps_per_iteration": plan.steps_per_iteration,
         "ranks": plan.ranks,
         "simulators": plan.simulators,
-        "evaluations": {kind: eval_settings(plan, kind) for kind in ("reference", "training")},
+        "evaluations": {kind: eval_settings(plan, kind) for kind in EVAL_KINDS},
         "seeds": seeds,
         "mean": mean,
     }

@@ -789,9 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument(
         "--eval-episodes",
         type=int,
-        default=20,
-        help="episodes of the deterministic reference-physics evaluation (default 20; the stochastic one on the "
-        "training physics runs at least 20)",
+        default=100,
+        help="episodes of the sampled (--stochastic) evaluation at difficulty 0 on the graders' physics (default 100; "
+        "the deterministic one runs 1: its episodes would all be alike)",
     )
     learn.add_argument("--out", help="output directory (default bench-results/learn-<config stem>)")
     learn.add_argument("--overwrite", action="store_true", help="replace the results of an earlier benchmark in --out")

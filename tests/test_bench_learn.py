@@ -43,19 +43,22 @@ def test_bench_learn_tiny_budget(tmp_path):
     assert report["iterations"] == 4 and report["steps_per_iteration"] == 64 and report["ranks"] == 2
     (seed,) = report["seeds"]
     assert seed["env_steps"] >= BUDGET and seed["iterations"] >= 4 and seed["wall_s"] > 0 and seed["steps_per_s"] > 0
-    for kind, episodes in (("reference", 2), ("training", 20)):
+    for kind, episodes in (("deterministic", 1), ("sampled", 2)):
         summary = seed[f"eval_{kind}"]
         assert summary["episodes"] == episodes
         assert math.isfinite(summary["mean_distance_m"]) and math.isfinite(summary["median_distance_m"])
         assert 0 <= summary["fall_rate_ci95"][0] <= summary["fall_rate"] <= summary["fall_rate_ci95"][1] <= 1
         assert report["mean"][f"eval_{kind}"]["episodes"] == episodes
-    assert report["evaluations"]["training"]["physics"] == "fast"
-    assert report["evaluations"]["reference"] == {
-        "episodes": 2,
-        "difficulty": 0,
-        "physics": "reference",
-        "deterministic": True,
+        # one seed: its interquartile mean is its distance, the bootstrap interval a point
+        assert report["mean"][f"eval_{kind}"]["distance_iqm_m"] == pytest.approx(summary["mean_distance_m"])
+        assert report["mean"][f"eval_{kind}"]["distance_iqm_ci95"] == pytest.approx([summary["mean_distance_m"]] * 2)
+    assert report["evaluations"] == {
+        "deterministic": {"episodes": 1, "difficulty": 0, "physics": "graders-2017", "deterministic": True},
+        "sampled": {"episodes": 2, "difficulty": 0, "physics": "graders-2017", "deterministic": False},
     }
+    for kind in ("deterministic", "sampled"):  # the evaluations ran with the settings the report names
+        settings = json.loads((out / "seed-0" / f"eval-{kind}" / "eval.json").read_text())["settings"]
+        assert settings["physics"] == "graders-2017" and settings["deterministic"] == (kind == "deterministic")
     table = (out / "learn.txt").read_text()
     assert table.strip() in result.stdout and str(out / "learn.png") in result.stdout
 
@@ -67,7 +70,7 @@ def test_bench_learn_tiny_budget(tmp_path):
     rerun = run([*command, "--overwrite"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "running:" not in rerun.stderr and rerun.stderr.count(": kept") == 3
-    assert json.loads((out / "learn.json").read_text())["seeds"][0]["eval_reference"] == seed["eval_reference"]
+    assert json.loads((out / "learn.json").read_text())["seeds"][0]["eval_sampled"] == seed["eval_sampled"]
 
     # another config in the same directory is refused, not mixed in
     other = run([*command, "--overwrite", "--set", "ppo.learning_rate=1e-3"])
@@ -86,3 +89,64 @@ def test_a_key_added_since_a_run_was_stored_is_no_difference_at_its_default():
     assert _differences(theirs, ours) == ["sac.save_buffer"]
     theirs["sac"]["batch_size"] = 7
     assert _differences(theirs, ours) == ["sac.batch_size", "sac.save_buffer"]
+
+
+def _summary(distance: float, falls: int, episodes: int = 100) -> dict:
+    return {
+        "episodes": episodes,
+        "mean_distance_m": distance,
+        "median_distance_m": distance,
+        "falls": falls,
+        "fall_rate": falls / episodes,
+        "fall_rate_ci95": [0.0, 1.0],
+        "integrator_failures": 0,
+    }
+
+
+def test_seeds_are_summarised_by_pooled_falls_and_the_interquartile_mean():
+    from lrun.bench_learn import format_table, mean_summary
+
+    seeds = [_summary(d, f) for d, f in ((2.0, 40), (15.0, 5), (14.0, 0), (16.0, 3))]
+    mean = mean_summary(seeds)
+    assert mean["mean_distance_m"] == pytest.approx(11.75)
+    assert (mean["episodes"], mean["falls"], mean["fall_rate"]) == (400, 48, 0.12)
+    assert mean["fall_rate_ci95"][0] < 0.12 < mean["fall_rate_ci95"][1]
+    # 4 seeds: the best and the worst are trimmed, the failed seed does not drag the IQM down
+    assert mean["distance_iqm_m"] == pytest.approx(14.5)
+    low, high = mean["distance_iqm_ci95"]
+    assert 2.0 <= low < 14.5 < high <= 16.0
+
+    result = {
+        "config": "walk.toml",
+        "overrides": [],
+        "env_steps_budget": 1000,
+        "iterations": 4,
+        "steps_per_iteration": 256,
+        "ranks": 3,
+        "simulators": 2,
+        "evaluations": {
+            "deterministic": {"episodes": 1},
+            "sampled": {"episodes": 100, "difficulty": 0, "physics": "graders-2017"},
+        },
+        "seeds": [
+            {
+                "seed": s,
+                "env_steps": 1024,
+                "wall_s": 10.0,
+                "steps_per_s": 102.4,
+                "eval_deterministic": d,
+                "eval_sampled": d,
+            }
+            for s, d in enumerate(seeds)
+        ],
+        "mean": {
+            "env_steps": 1024,
+            "wall_s": 10.0,
+            "steps_per_s": 102.4,
+            "eval_deterministic": mean,
+            "eval_sampled": mean,
+        },
+    }
+    lines = format_table(result).splitlines()
+    assert len(lines) == 4 + 4 + 2 and lines[-2].split()[0] == "mean"
+    assert "interquartile mean over 4 seeds" in lines[-1] and "sampled 14.50 m [" in lines[-1]
