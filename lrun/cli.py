@@ -274,7 +274,7 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from lrun.analysis.compare import compare
 
-    _, text = compare(args.runs, args.out)
+    _, text = compare(args.runs, args.out, args.metric)
     print(text)
     print(f"\nwrote {args.out}/compare.txt, compare.csv and compare.png")
     return 0
@@ -647,6 +647,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directories, or directories holding runs (a --seeds job array); or lrun eval output directories",
     )
     cmp.add_argument("--out", default="compare", help="output directory (default ./compare)")
+    cmp.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="also aggregate this progress.csv column (repeatable; e.g. losses/alpha, losses/entropy)",
+    )
     cmp.set_defaults(func=_compare)
     replay = commands.add_parser("replay", help="re-simulate a stored episode and print its deviation")
     replay.add_argument("run_dir", help=RUN_DIR_HELP)

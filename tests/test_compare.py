@@ -182,3 +182,25 @@ def test_evaluations_of_other_tasks_or_seeds_or_mixed_with_runs_are_refused_in_o
     result = run([LRUN, "compare", str(base), str(fast), "--out", str(tmp_path / "cli")])
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "another task" in result.stderr
+
+
+def test_any_logged_column_is_aggregated_on_request_and_a_misspelt_one_refused(tmp_path):
+    for seed, alpha in ((0, 0.01), (1, 0.02), (2, 0.03)):
+        path = tmp_path / "array" / f"walk-seed{seed}"
+        fake_run(path, seed, 3e-4, 1.0)
+        rows = (path / "progress.csv").read_text().splitlines()
+        rows = [rows[0] + ",losses/alpha"] + [f"{r},{alpha}" for r in rows[1:]]
+        (path / "progress.csv").write_text("\n".join(rows) + "\n")
+    aggregates, text = compare([tmp_path / "array"], tmp_path / "out", ["losses/alpha", "charts/distance"])
+    (walk,) = aggregates
+    assert list(walk.iqm) == ["task_return", "distance", "fall_rate", "losses/alpha"]  # distance not twice
+    assert walk.iqm["losses/alpha"][-1] == pytest.approx(0.02)
+    assert walk.low["losses/alpha"][-1] < 0.02 < walk.high["losses/alpha"][-1]
+    assert "losses/alpha IQM" in text
+    with open(tmp_path / "out" / "compare.csv", newline="") as handle:
+        assert "losses/alpha" in {r["metric"] for r in csv.DictReader(handle)}
+
+    bad = run([LRUN, "compare", str(tmp_path / "array"), "--metric", "losses/alpah", "--out", str(tmp_path / "o2")])
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "no run logged losses/alpah" in bad.stderr and "losses/alpha" in bad.stderr
+    assert not (tmp_path / "o2").exists()  # refused before anything is written

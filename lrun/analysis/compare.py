@@ -1,6 +1,8 @@
 """`lrun compare`: several runs against simulated env steps, grouped by config, with seeds aggregated the way
 rliable recommends (Agarwal et al. 2021): the interquartile mean over seeds and a 95 % bootstrap confidence
-interval (resampling the seeds), for the task return, the distance and the fall rate of training episodes.
+interval (resampling the seeds), for the task return, the distance and the fall rate of training episodes, and
+for any other logged column asked for (`--metric losses/alpha`: what the runs did on the way, e.g. a temperature
+that collapsed in the seeds that stalled).
 
 Runs are grouped by their resolved config with the seed, the run directory and the iteration count left out,
 so `--seeds` job-array outputs of one stage form one group and different recipes form different groups.
@@ -20,7 +22,7 @@ from lrun.analysis.common import CompareError
 from lrun.analysis.paired import compare_evaluations, is_evaluation, why_not_an_evaluation
 from lrun.progress import load_progress, progress_path, smooth
 
-#: metric name -> progress.csv column
+#: metric name -> progress.csv column: the metrics every comparison shows
 METRICS = {
     "task_return": "charts/episodic_task_return",
     "distance": "charts/distance",
@@ -49,6 +51,8 @@ class Curve:
     seed: int
     env_steps: np.ndarray
     metrics: dict[str, np.ndarray]
+    logged: frozenset[str] = frozenset()
+    """Every column the run's progress.csv holds."""
 
 
 @dataclass
@@ -60,8 +64,17 @@ class Group:
     curves: list[Curve] = field(default_factory=list)
 
 
-def read_curve(run_dir: Path) -> tuple[Curve, dict]:
-    """A run's curve and its config (CompareError if it has neither)."""
+def metric_columns(extra: list[str] | None = None) -> dict[str, str]:
+    """`METRICS` plus each progress.csv column in `extra` (named by itself), in that order, without repeats."""
+    metrics = dict(METRICS)
+    for column in extra or []:
+        if column not in metrics.values():
+            metrics[column] = column
+    return metrics
+
+
+def read_curve(run_dir: Path, metrics: dict[str, str] | None = None) -> tuple[Curve, dict]:
+    """A run's curve of `metrics` (default `METRICS`) and its config (CompareError if it has neither)."""
     config_file = run_dir / "config.json"
     if not progress_path(run_dir).is_file() or not config_file.is_file():
         raise CompareError(f"{run_dir}: not an lrun run directory (needs progress.csv and config.json)")
@@ -73,7 +86,8 @@ def read_curve(run_dir: Path) -> tuple[Curve, dict]:
         run_dir,
         int(config["run"]["seed"]),
         progress.get("env_steps"),
-        {metric: progress.get(col) for metric, col in METRICS.items()},
+        {metric: progress.get(col) for metric, col in (metrics or METRICS).items()},
+        frozenset(progress.columns),
     )
     return curve, config
 
@@ -115,11 +129,14 @@ def run_label(run_dir: Path, seed: int) -> str:
     return name
 
 
-def group_runs(paths: list[str | Path]) -> list[Group]:
-    """Read every run and group them by recipe; a group is labelled by its first run's name (`run_label`)."""
+def group_runs(paths: list[str | Path], metrics: dict[str, str] | None = None) -> list[Group]:
+    """Read every run and group them by recipe; a group is labelled by its first run's name (`run_label`).
+    CompareError if no run logged one of `metrics` (a misspelt column, most likely)."""
     groups: list[Group] = []
+    logged: set[str] = set()
     for run_dir in expand(paths):
-        curve, config = read_curve(run_dir)
+        curve, config = read_curve(run_dir, metrics)
+        logged |= curve.logged
         recipe = recipe_of(config)
         for group in groups:
             if group.recipe == recipe:
@@ -127,6 +144,11 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
                 break
         else:
             groups.append(Group(run_label(run_dir, curve.seed), recipe, [curve]))
+    missing = [column for column in (metrics or METRICS).values() if column not in logged]
+    if missing:
+        raise CompareError(
+            f"no run logged {', '.join(missing)}; the logged columns: {', '.join(sorted(logged - {'iteration'}))}"
+        )
     labels = [g.label for g in groups]
     for g in groups:  # two recipes with one name: tell them apart
         if labels.count(g.label) > 1:
@@ -174,7 +196,7 @@ def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
     start = max(float(c.env_steps[0]) for c in group.curves)
     grid = np.linspace(start, end, points) if end > start else np.array([end])
     iqm, low, high = {}, {}, {}
-    for metric in METRICS:
+    for metric in group.curves[0].metrics:
         table = []
         for c in group.curves:
             y = smooth(c.metrics[metric], window)
@@ -195,11 +217,12 @@ def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
 
 def format_table(aggregates: list[Aggregate]) -> str:
     """The last grid point of every group: IQM [95 % CI] per metric."""
+    metrics = list(aggregates[0].iqm)
     lines = [
-        f"{'group':32s} {'runs':>4s} {'env steps':>10s}  " + "  ".join(f"{m + ' IQM [95% CI]':>28s}" for m in METRICS),
+        f"{'group':32s} {'runs':>4s} {'env steps':>10s}  " + "  ".join(f"{m + ' IQM [95% CI]':>28s}" for m in metrics),
     ]
     for a in aggregates:
-        cells = [f"{a.iqm[m][-1]:8.3f} [{a.low[m][-1]:7.3f}, {a.high[m][-1]:7.3f}]" for m in METRICS]
+        cells = [f"{a.iqm[m][-1]:8.3f} [{a.low[m][-1]:7.3f}, {a.high[m][-1]:7.3f}]" for m in metrics]
         lines.append(f"{a.label[:32]:32s} {a.runs:4d} {a.grid[-1]:10.0f}  " + "  ".join(f"{c:>28s}" for c in cells))
     return "\n".join(lines)
 
@@ -210,7 +233,7 @@ def write_csv(aggregates: list[Aggregate], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(["group", "runs", "metric", "env_steps", "iqm", "ci_low", "ci_high"])
         for a in aggregates:
-            for m in METRICS:
+            for m in a.iqm:
                 for x, y, lo, hi in zip(a.grid, a.iqm[m], a.low[m], a.high[m], strict=True):
                     writer.writerow([a.label, a.runs, m, f"{x:.0f}", f"{y:.6g}", f"{lo:.6g}", f"{hi:.6g}"])
 
@@ -233,17 +256,22 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
     import matplotlib.ticker
 
     titles = {"task_return": "task return (m)", "distance": "distance (m)", "fall_rate": "fall rate"}
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8))
-    for ax, metric in zip(axes, METRICS, strict=True):
+    metrics = list(aggregates[0].iqm)
+    columns = min(len(metrics), 3)  # three panels a row: more would shrink each past reading
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         for a in aggregates:
             line = ax.plot(a.grid, a.iqm[metric], label=f"{a.label} ({a.runs} run{'s' if a.runs > 1 else ''})")[0]
             ax.fill_between(a.grid, a.low[metric], a.high[metric], color=line.get_color(), alpha=0.2)
-        ax.set_title(titles[metric])
+        ax.set_title(titles.get(metric, metric))
         ax.set_xlabel("simulated env steps (0.01 s each)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # labels that never run into each other
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(steps_label))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=8)
     fig.suptitle("IQM over seeds, 95 % bootstrap CI (training episodes)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,17 +280,20 @@ def plot(aggregates: list[Aggregate], path: Path) -> Path:
     return path
 
 
-def compare(paths: list[str | Path], out: str | Path) -> tuple[list, str]:
+def compare(paths: list[str | Path], out: str | Path, extra_metrics: list[str] | None = None) -> tuple[list, str]:
     """Group, aggregate, and write compare.csv, compare.txt and compare.png into `out`; returns the table.
-    Evaluation directories (`lrun eval` outputs) are compared episode by episode instead (`lrun.analysis.paired`)."""
+    `extra_metrics`: progress.csv columns to show beside `METRICS`. Evaluation directories (`lrun eval` outputs)
+    are compared episode by episode instead (`lrun.analysis.paired`)."""
     evaluations = [is_evaluation(p) for p in paths]
     if all(evaluations):
+        if extra_metrics:
+            raise CompareError("--metric picks progress.csv columns of training runs; evaluations have none")
         return compare_evaluations(paths, out)
     if any(evaluations):
         first = next(p for p, e in zip(paths, evaluations) if e)
         why = [why_not_an_evaluation(Path(p)) for p, e in zip(paths, evaluations) if not e]
         raise CompareError(f"{first} is an evaluation (compared episode by episode) but {'; '.join(why)}")
-    aggregates = [aggregate(g) for g in group_runs(paths)]
+    aggregates = [aggregate(g) for g in group_runs(paths, metric_columns(extra_metrics))]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = format_table(aggregates)
