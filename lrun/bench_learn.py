@@ -6,7 +6,8 @@ by `lrun eval` at difficulty 0 on the graders' physics (graders-2017): one deter
 nothing in the episode is drawn at random, so a deterministic policy's episodes are all alike: measured, 20 of
 them with a spread of 0.0 m) and `--eval-episodes` sampled ones (`--stochastic`, default 100), which give the
 fall rate. Over several seeds, the interquartile mean of the seeds' distances and its 95 % bootstrap interval
-(resampling seeds, as `lrun compare` does) summarise the recipe. OUT/learn.json, OUT/learn.txt (a table) and
+(resampling seeds, as `lrun compare` does) summarise the recipe (below 4 seeds the IQM trims nothing: it is the
+mean, and the interval spans about the seeds' range). OUT/learn.json, OUT/learn.txt (a table) and
 OUT/learn.png (distance against simulated env steps, one line per seed) hold the results.
 
 A seed whose run already reached the budget is not retrained, one with an earlier checkpoint is continued
@@ -416,10 +417,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{mean['eval_' + k]['distance_iqm_ci95'][1]:.2f}]"
             for k in EVAL_KINDS
         ]
+        seeds = len(result["seeds"])
         lines.append(
-            f"interquartile mean over {len(result['seeds'])} seeds [95 % bootstrap CI]: deterministic {iqm[0]}, "
-            f"sampled {iqm[1]}"
+            f"interquartile mean over {seeds} seeds [95 % bootstrap CI]: deterministic {iqm[0]}, sampled {iqm[1]}"
         )
+        if seeds < 4:  # said, so that the two rows are not read as two estimates
+            lines.append("(below 4 seeds nothing is trimmed: the IQM is the mean, the interval about the seeds' range)")
     return "\n".join(lines)
 
 

@@ -70,7 +70,19 @@ def test_bench_learn_tiny_budget(tmp_path):
     rerun = run([*command, "--overwrite"])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "running:" not in rerun.stderr and rerun.stderr.count(": kept") == 3
-    assert json.loads((out / "learn.json").read_text())["seeds"][0]["eval_sampled"] == seed["eval_sampled"]
+    for kind in ("deterministic", "sampled"):
+        assert json.loads((out / "learn.json").read_text())["seeds"][0][f"eval_{kind}"] == seed[f"eval_{kind}"]
+
+    # more sampled episodes: only the sampled evaluation is made again
+    more_command = [*command, "--overwrite"]
+    more_command[more_command.index("--eval-episodes") + 1] = "3"
+    more = run(more_command)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert more.stderr.count(": kept") == 2 and more.stderr.count("running:") == 1
+    assert "evaluating (sampled)" in more.stderr, more.stderr[-3000:]
+    again_seed = json.loads((out / "learn.json").read_text())["seeds"][0]
+    assert again_seed["eval_sampled"]["episodes"] == 3
+    assert again_seed["eval_deterministic"] == seed["eval_deterministic"]
 
     # another config in the same directory is refused, not mixed in
     other = run([*command, "--overwrite", "--set", "ppo.learning_rate=1e-3"])
@@ -114,7 +126,9 @@ def test_seeds_are_summarised_by_pooled_falls_and_the_interquartile_mean():
     # 4 seeds: the best and the worst are trimmed, the failed seed does not drag the IQM down
     assert mean["distance_iqm_m"] == pytest.approx(14.5)
     low, high = mean["distance_iqm_ci95"]
-    assert 2.0 <= low < 14.5 < high <= 16.0
+    assert low < 14.5 < high
+    # a seed without a distance is left out of the IQM rather than trimmed as if it were the best
+    assert mean_summary([*seeds[1:], _summary(math.nan, 0)])["distance_iqm_m"] == pytest.approx(15.0)
 
     result = {
         "config": "walk.toml",
@@ -150,3 +164,7 @@ def test_seeds_are_summarised_by_pooled_falls_and_the_interquartile_mean():
     lines = format_table(result).splitlines()
     assert len(lines) == 4 + 4 + 2 and lines[-2].split()[0] == "mean"
     assert "interquartile mean over 4 seeds" in lines[-1] and "sampled 14.50 m [" in lines[-1]
+    assert lines[6].split()[5:7] == ["14.00", "0"]  # seed 2's deterministic distance and falls
+    # below 4 seeds the table says that the IQM is the mean
+    three = {**result, "seeds": result["seeds"][:3]}
+    assert "the IQM is the mean" in format_table(three).splitlines()[-1]

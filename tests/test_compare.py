@@ -38,6 +38,10 @@ def test_iqm_trims_a_quarter_from_each_end_and_the_ci_covers_it():
     values = np.array([[0.0], [1.0], [2.0], [3.0], [100.0], [4.0], [5.0], [6.0]])
     assert interquartile_mean(values)[0] == pytest.approx(np.mean([2.0, 3.0, 4.0, 5.0]))
     assert interquartile_mean(np.array([[1.0], [2.0], [9.0]]))[0] == 4.0  # fewer than 4: the mean
+    # a run without the value (NaN) is left out, not sorted in as the largest; none at all gives NaN
+    with_gap = np.array([[2.0, np.nan], [15.0, np.nan], [14.0, 1.0], [np.nan, 3.0], [16.0, np.nan]])
+    assert interquartile_mean(with_gap)[0] == pytest.approx(14.5) and interquartile_mean(with_gap)[1] == 2.0
+    assert np.isnan(interquartile_mean(np.full((3, 1), np.nan))[0])
     low, high = bootstrap_ci(values)
     assert low[0] <= interquartile_mean(values)[0] <= high[0] and high[0] - low[0] > 0
     same = np.full((5, 3), 2.5)
@@ -204,3 +208,22 @@ def test_any_logged_column_is_aggregated_on_request_and_a_misspelt_one_refused(t
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "no run logged losses/alpah" in bad.stderr and "losses/alpha" in bad.stderr
     assert not (tmp_path / "o2").exists()  # refused before anything is written
+
+
+def test_a_column_some_runs_lack_and_a_built_in_metric_asked_for_by_name(tmp_path):
+    """Runs of an older lrun that did not log a column leave it out of the IQM; `--metric distance` adds no
+    second distance panel; evaluations have no progress columns to pick."""
+    for seed, alpha in ((0, 0.01), (1, 0.03), (2, None)):
+        path = tmp_path / f"walk-seed{seed}"
+        fake_run(path, seed, 3e-4, 1.0)
+        if alpha is not None:
+            rows = (path / "progress.csv").read_text().splitlines()
+            rows = [rows[0] + ",losses/alpha"] + [f"{r},{alpha}" for r in rows[1:]]
+            (path / "progress.csv").write_text("\n".join(rows) + "\n")
+    runs = [tmp_path / f"walk-seed{seed}" for seed in range(3)]
+    (walk,), _ = compare(runs, tmp_path / "out", ["distance", "losses/alpha"])
+    assert list(walk.iqm) == ["task_return", "distance", "fall_rate", "losses/alpha"] and walk.runs == 3
+    assert walk.iqm["losses/alpha"][-1] == pytest.approx(0.02)  # the two runs that logged it
+    evaluations = [fake_evaluation(tmp_path / e, [1, 2], [1.0, 2.0], [0, 1]) for e in ("e1", "e2")]
+    with pytest.raises(CompareError, match="columns of training runs; evaluations have none"):
+        compare(evaluations, tmp_path / "o3", ["losses/alpha"])

@@ -65,10 +65,11 @@ class Group:
 
 
 def metric_columns(extra: list[str] | None = None) -> dict[str, str]:
-    """`METRICS` plus each progress.csv column in `extra` (named by itself), in that order, without repeats."""
+    """`METRICS` plus each progress.csv column in `extra` (named by itself), in that order, without repeats (a
+    metric of `METRICS` asked for by its name or its column is there already)."""
     metrics = dict(METRICS)
     for column in extra or []:
-        if column not in metrics.values():
+        if column not in metrics and column not in metrics.values():
             metrics[column] = column
     return metrics
 
@@ -144,7 +145,8 @@ def group_runs(paths: list[str | Path], metrics: dict[str, str] | None = None) -
                 break
         else:
             groups.append(Group(run_label(run_dir, curve.seed), recipe, [curve]))
-    missing = [column for column in (metrics or METRICS).values() if column not in logged]
+    # the columns asked for beyond METRICS: a run of an older lrun may lack a built-in one (its panel stays empty)
+    missing = [column for column in (metrics or METRICS).values() if column not in logged | set(METRICS.values())]
     if missing:
         raise CompareError(
             f"no run logged {', '.join(missing)}; the logged columns: {', '.join(sorted(logged - {'iteration'}))}"
@@ -157,12 +159,16 @@ def group_runs(paths: list[str | Path], metrics: dict[str, str] | None = None) -
 
 
 def interquartile_mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean of the middle half (25 % trimmed from each end; with < 4 values, the plain mean)."""
-    values = np.sort(values, axis=axis)
-    n = values.shape[axis]
-    cut = int(n * 0.25)
-    kept = np.take(values, np.arange(cut, n - cut), axis=axis)
-    return kept.mean(axis=axis)
+    """Mean of the middle half of the finite values along `axis` (a quarter, rounded down, trimmed from each
+    end: with fewer than 4 values that is the plain mean); NaN (a run without the value there) is left out, and
+    a slice with no finite value gives NaN."""
+    ordered = np.sort(np.moveaxis(np.asarray(values, dtype=float), axis, 0), axis=0)  # NaN sorts last
+    finite = np.isfinite(ordered).sum(axis=0)
+    cut = finite // 4
+    rank = np.arange(ordered.shape[0]).reshape(-1, *([1] * (ordered.ndim - 1)))
+    kept = (rank >= cut) & (rank < finite - cut)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(kept, ordered, 0.0).sum(axis=0) / kept.sum(axis=0)
 
 
 def bootstrap_ci(
@@ -218,12 +224,16 @@ def aggregate(group: Group, points: int = 50, window: int = 5) -> Aggregate:
 def format_table(aggregates: list[Aggregate]) -> str:
     """The last grid point of every group: IQM [95 % CI] per metric."""
     metrics = list(aggregates[0].iqm)
+    heads = [f"{m} IQM [95% CI]" for m in metrics]
+    widths = [max(28, len(h)) for h in heads]  # a long column name widens its column, not the others
     lines = [
-        f"{'group':32s} {'runs':>4s} {'env steps':>10s}  " + "  ".join(f"{m + ' IQM [95% CI]':>28s}" for m in metrics),
+        f"{'group':32s} {'runs':>4s} {'env steps':>10s}  " + "  ".join(f"{h:>{w}s}" for h, w in zip(heads, widths)),
     ]
     for a in aggregates:
-        cells = [f"{a.iqm[m][-1]:8.3f} [{a.low[m][-1]:7.3f}, {a.high[m][-1]:7.3f}]" for m in metrics]
-        lines.append(f"{a.label[:32]:32s} {a.runs:4d} {a.grid[-1]:10.0f}  " + "  ".join(f"{c:>28s}" for c in cells))
+        # 4 significant digits: a temperature of 0.004 and a Q of 170 both stay readable
+        cells = [f"{a.iqm[m][-1]:8.4g} [{a.low[m][-1]:7.4g}, {a.high[m][-1]:7.4g}]" for m in metrics]
+        row = "  ".join(f"{c:>{w}s}" for c, w in zip(cells, widths))
+        lines.append(f"{a.label[:32]:32s} {a.runs:4d} {a.grid[-1]:10.0f}  " + row)
     return "\n".join(lines)
 
 
