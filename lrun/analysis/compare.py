@@ -145,8 +145,9 @@ def group_runs(paths: list[str | Path], metrics: dict[str, str] | None = None) -
                 break
         else:
             groups.append(Group(run_label(run_dir, curve.seed), recipe, [curve]))
-    # the columns asked for beyond METRICS: a run of an older lrun may lack a built-in one (its panel stays empty)
-    missing = [column for column in (metrics or METRICS).values() if column not in logged | set(METRICS.values())]
+    # only the columns asked for beyond METRICS: a run of an older lrun may lack a built-in one (its panel stays empty)
+    built_in = set(METRICS.values())
+    missing = [column for column in (metrics or METRICS).values() if column not in built_in and column not in logged]
     if missing:
         raise CompareError(
             f"no run logged {', '.join(missing)}; the logged columns: {', '.join(sorted(logged - {'iteration'}))}"
