@@ -64,12 +64,13 @@ class RewardConfig:
 
     weights: dict = doc(
         "term -> weight; empty: the task's own reward. Terms: progress, ligament, capped_progress, "
-        "knee_bend, speed_target, alive, upright, head_ahead, footstep, fall",
+        "knee_bend, knee_hyperextension, speed_target, alive, upright, head_ahead, footstep, fall",
         default_factory=dict,
     )
     speed_cap: float = doc("m/s up to which capped_progress counts pelvis progress", 1.5)
     speed_target: float = doc("m/s the speed_target term aims at", 3.0)
     knee_bend_max: float = doc("rad of knee flexion up to which knee_bend counts", 0.6)
+    knee_extension_max: float = doc("rad of knee extension past straight beyond which knee_hyperextension counts", 0.1)
     step_margin: float = doc("m: footstep counts a foot as leading once its ankle is this far ahead", 0.05)
     step_advance: float = doc("m the pelvis must advance between two counted footsteps", 0.1)
 
@@ -482,6 +483,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "env.frame_skip": (lambda v: v >= 1, ">= 1"),
     "reward.speed_cap": (lambda v: v > 0, "> 0"),
     "reward.knee_bend_max": (lambda v: v >= 0, ">= 0"),
+    "reward.knee_extension_max": (lambda v: v >= 0, ">= 0"),
     "reward.step_margin": (lambda v: v >= 0, ">= 0"),
     "reward.step_advance": (lambda v: v >= 0, ">= 0"),
     "policy.activation": (lambda v: v in ("tanh", "relu", "elu"), "tanh, relu or elu"),

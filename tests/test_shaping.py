@@ -35,6 +35,19 @@ def test_terms():
     assert t["alive"] == STEP_SECONDS and t["upright"] == pytest.approx(-0.1 * STEP_SECONDS)
     slow = term_values(obs_with(), obs_with(knee_r=0.1), {"delta_x": 0.005, "ligament_penalty": 0.0}, p)
     assert slow["capped_progress"] == 0.005 and slow["knee_bend"] == 0.0  # hyperextension earns nothing
+    assert t["knee_hyperextension"] == 0.0  # flexed knees are not penalised
+
+
+def test_knee_hyperextension_counts_extension_past_the_threshold_on_both_knees():
+    p = ShapingParams(knee_extension_max=0.1)
+    info = {"delta_x": 0.0, "ligament_penalty": 0.0}
+    t = term_values(obs_with(), obs_with(knee_r=0.4, knee_l=0.05), info, p)
+    assert t["knee_hyperextension"] == pytest.approx(-(0.4 - 0.1) * STEP_SECONDS)  # the left is within 0.1
+    both = term_values(obs_with(), obs_with(knee_r=0.4, knee_l=0.3), info, p)["knee_hyperextension"]
+    assert both == pytest.approx(-(0.3 + 0.2) * STEP_SECONDS)
+    assert term_values(obs_with(), obs_with(knee_r=0.4), info, ShapingParams(knee_extension_max=0.5))[
+        "knee_hyperextension"
+    ] == 0.0
 
 
 def test_head_ahead_penalises_a_head_behind_the_pelvis_only():

@@ -71,5 +71,12 @@ def env_factory(env_config, reward_config=None) -> Callable[[], gym.Env]:
         from lrun.env.shaping import ShapingParams
 
         r = reward_config
-        shaping = ShapingParams(r.speed_cap, r.speed_target, r.knee_bend_max, r.step_margin, r.step_advance)
+        shaping = ShapingParams(
+            speed_cap=r.speed_cap,
+            speed_target=r.speed_target,
+            knee_bend_max=r.knee_bend_max,
+            knee_extension_max=r.knee_extension_max,
+            step_margin=r.step_margin,
+            step_advance=r.step_advance,
+        )
     return lambda: make_env(c.id, c.difficulty, c.max_obstacles, c.physics, c.frame_skip, c.kwargs, weights, shaping)

@@ -30,6 +30,9 @@ class ShapingParams:
     """m/s: `speed_target` rewards pelvis speed close to this (a fast stage)."""
     knee_bend_max: float = 0.6
     """rad: `knee_bend` counts knee flexion up to this much (more is not better)."""
+    knee_extension_max: float = 0.1
+    """rad: `knee_hyperextension` counts knee extension past straight beyond this much (the model's knee
+    ligament engages at 10 degrees, 0.17 rad; the 2017 entries penalised from 0.1)."""
     step_margin: float = 0.05
     """m: a foot leads once its ankle is this far ahead of the other (hysteresis: jitter is not a step)."""
     step_advance: float = 0.1
@@ -85,7 +88,9 @@ def term_values(
     `StepCounter`, the one stateful term; `fell`: this step ended the episode with the pelvis too low)."""
     delta_x = float(info["delta_x"])
     speed = delta_x / STEP_SECONDS
-    flexion = np.clip(-obs[list(KNEE_ANGLES)], 0.0, p.knee_bend_max)
+    knees = obs[list(KNEE_ANGLES)]
+    flexion = np.clip(-knees, 0.0, p.knee_bend_max)
+    hyperextension = np.maximum(knees - p.knee_extension_max, 0.0)
     return {
         # the task's own terms
         "progress": delta_x,
@@ -93,6 +98,7 @@ def term_values(
         # shaping
         "capped_progress": min(delta_x, p.speed_cap * STEP_SECONDS),
         "knee_bend": float(flexion.mean()) * STEP_SECONDS,
+        "knee_hyperextension": -float(hyperextension.sum()) * STEP_SECONDS,
         "speed_target": -abs(speed - p.speed_target) * STEP_SECONDS,
         "alive": STEP_SECONDS,
         "upright": -abs(float(obs[0])) * STEP_SECONDS,
@@ -107,6 +113,7 @@ TERMS = (
     "ligament",
     "capped_progress",
     "knee_bend",
+    "knee_hyperextension",
     "speed_target",
     "alive",
     "upright",
@@ -120,6 +127,9 @@ TERM_HELP = {
     "ligament": "minus the task's ligament penalty (1e-7 * sqrt(sum of squared ligament forces))",
     "capped_progress": "pelvis advance, counted only up to speed_cap (a steady walk)",
     "knee_bend": "mean knee flexion up to knee_bend_max (rad), per second: the deepsense.ai knee-bend bonus",
+    "knee_hyperextension": "minus knee extension past straight beyond knee_extension_max (rad, both knees summed), "
+    "per second: the 2017 entries' straight-knee penalty; a policy can walk on knees locked backwards against "
+    "their ligaments, which knee_bend (flexion only) does not see",
     "speed_target": "minus |pelvis speed - speed_target| (m/s), per second",
     "alive": "1 per second of not having fallen",
     "upright": "minus |pelvis tilt| (rad), per second",
