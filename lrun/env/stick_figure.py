@@ -3,7 +3,9 @@ and `lrun render` (`lrun.analysis.render`) its GIFs, videos and frame strips.
 
 Everything is drawn from an observation: head, torso, pelvis, tali (ankles) and toes are observed; hips sit at a
 fixed offset from the pelvis origin, and knees are placed by two-link inverse kinematics from hip and ankle with
-the model's thigh and shank lengths. numpy only until a frame is drawn (then matplotlib, without pyplot).
+the model's thigh and shank lengths, on the side the observed knee angle says: flexed (negative in the model)
+forwards, hyperextended (positive: the knee locked backwards against its ligament) backwards. numpy only until
+a frame is drawn (then matplotlib, without pyplot).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 HIP_OFFSET = np.array([-0.0707, -0.0661])  # hip centre in the pelvis frame (gait9dof18musc)
 THIGH = 0.40  # hip to knee (m)
 SHANK = 0.43  # knee to ankle (m)
+KNEE_R, KNEE_L = 7, 10  # observation indices of knee_angle_r, knee_angle_l (flexion negative)
 
 
 def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
@@ -20,8 +23,12 @@ def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
     return np.array([c * v[0] - s * v[1], s * v[0] + c * v[1]])
 
 
-def knee(hip: np.ndarray, ankle: np.ndarray) -> np.ndarray:
-    """Knee position from hip and ankle by two-link IK, bending forward (+x), as human knees do."""
+def knee(hip: np.ndarray, ankle: np.ndarray, angle: float = -1.0) -> np.ndarray:
+    """Knee position from hip and ankle by two-link IK, on the side the knee's angle (rad) bends it to.
+
+    The two solutions mirror each other about the hip-ankle line. A flexed knee (angle < 0, as in the model)
+    turns the leg clockwise from thigh to shank in the (x forwards, y up) plane: the knee ahead of the line for a
+    walker facing +x; a hyperextended one (angle > 0) turns it the other way, the knee behind the line."""
     d = ankle - hip
     dist = float(np.clip(np.linalg.norm(d), 1e-6, THIGH + SHANK - 1e-6))
     a = (THIGH**2 - SHANK**2 + dist**2) / (2 * dist)
@@ -30,7 +37,13 @@ def knee(hip: np.ndarray, ankle: np.ndarray) -> np.ndarray:
     base = hip + a * unit
     normal = np.array([-unit[1], unit[0]])
     candidates = (base + h * normal, base - h * normal)
-    return max(candidates, key=lambda p: p[0])
+
+    def turn(k: np.ndarray) -> float:  # z of (knee - hip) x (ankle - knee): < 0 clockwise, a flexed knee
+        t, s = k - hip, ankle - k
+        return float(t[0] * s[1] - t[1] * s[0])
+
+    want = -1.0 if angle <= 0.0 else 1.0
+    return max(candidates, key=lambda k: want * turn(k))
 
 
 def skeleton(obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -48,8 +61,8 @@ def skeleton(obs: np.ndarray) -> dict[str, np.ndarray]:
     }
     hip = pelvis + _rotate(HIP_OFFSET, tilt)
     points["hip"] = hip
-    points["knee_l"] = knee(hip, points["talus_l"])
-    points["knee_r"] = knee(hip, points["talus_r"])
+    points["knee_l"] = knee(hip, points["talus_l"], float(obs[KNEE_L]))
+    points["knee_r"] = knee(hip, points["talus_r"], float(obs[KNEE_R]))
     return points
 
 
