@@ -35,6 +35,7 @@ import torch
 
 from lrun import mpi as lmpi
 from lrun.analysis.common import EVAL_PLAN_NAME, wilson_interval
+from lrun.analysis.gait import format_knee_gait, knee_gait
 from lrun.api import Agent, load_policy, resolve_model
 from lrun.checkpoint import resolve_checkpoint
 from lrun.config import ConfigError, EnvConfig
@@ -421,6 +422,12 @@ def falls_of(out: Path, table: np.ndarray) -> dict[str, Any]:
     return result
 
 
+def gait_of(out: Path) -> dict[str, Any]:
+    """How the knees were used over every stored step of the evaluation (lrun.analysis.gait.knee_gait)."""
+    with RunStore(out) as store:
+        return knee_gait(store.steps(["obs"])["obs"])
+
+
 def describe_falls(out: Path, table: np.ndarray, settings: EvalSettings, png: Path) -> tuple[dict[str, Any], list[str]]:
     """Where the evaluation's episodes fell (falls_of), as summary lines and a figure at `png`."""
     from lrun.analysis.falls import format_breakdown, plot_breakdown
@@ -456,6 +463,8 @@ def eval_report(out: str | Path) -> tuple[str, Path | None]:
     except ValueError as exc:
         raise EvalError(f"{out / 'episodes.csv'} is not an lrun evaluation's episode table ({exc})") from None
     lines = [f"{result['checkpoint']} (iteration {result['iteration']})", format_summary(result["summary"], settings)]
+    if isinstance(result.get("gait"), dict):  # evaluations from before 2026-12-05 have none
+        lines.append(format_knee_gait(result["gait"]))
     if not settings.difficulty:
         return "\n".join(lines), None
     png = out / "report" / "falls.png"
@@ -614,7 +623,8 @@ def evaluate(
         "settings": {**asdict(settings), "setting": settings.setting},
         "summary": summary,
     }
-    lines = [format_summary(summary, settings)]
+    result["gait"] = gait_of(out)
+    lines = [format_summary(summary, settings), format_knee_gait(result["gait"])]
     figure = ""
     if settings.difficulty:  # obstacles or weakened muscles: where the episodes fell, and at what
         result["falls"], breakdown = describe_falls(out, table, settings, out / "falls.png")

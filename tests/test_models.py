@@ -7,6 +7,8 @@ import csv
 import json
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from helpers import LRUN, ROOT, run
 
@@ -67,6 +69,12 @@ def test_shipped_model_is_small_documented_and_reproduces_its_evaluation(model: 
     assert int(again["seed"]) == int(first["seed"])
     assert abs(float(again["distance"]) - float(first["distance"])) < 1e-3
     assert again["fell"] == first["fell"]
+    # the summary says how the knees were used, from the very steps the store holds
+    gait = json.loads((out / "eval.json").read_text())["gait"]
+    with h5py.File(out / "trajectories" / "master.h5", "r") as f:
+        knee_r = f["steps/obs"][:, 7]
+    assert gait["steps"] == len(knee_r) == int(again["length"])
+    assert gait["right"]["past_ligament"] == pytest.approx(np.mean(knee_r > np.deg2rad(10)))
 
 
 @pytest.mark.parametrize("model", IN_PROGRESS, ids=[m.name for m in IN_PROGRESS])
