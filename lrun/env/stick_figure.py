@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from lrun.env.shaping import KNEE_ANGLES
+
 HIP_OFFSET = np.array([-0.0707, -0.0661])  # hip centre in the pelvis frame (gait9dof18musc)
 THIGH = 0.40  # hip to knee (m)
 SHANK = 0.43  # knee to ankle (m)
-KNEE_R, KNEE_L = 7, 10  # observation indices of knee_angle_r, knee_angle_l (flexion negative)
 
 
 def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
@@ -61,8 +62,9 @@ def skeleton(obs: np.ndarray) -> dict[str, np.ndarray]:
     }
     hip = pelvis + _rotate(HIP_OFFSET, tilt)
     points["hip"] = hip
-    points["knee_l"] = knee(hip, points["talus_l"], float(obs[KNEE_L]))
-    points["knee_r"] = knee(hip, points["talus_r"], float(obs[KNEE_R]))
+    knee_r, knee_l = (float(obs[i]) for i in KNEE_ANGLES)
+    points["knee_l"] = knee(hip, points["talus_l"], knee_l)
+    points["knee_r"] = knee(hip, points["talus_r"], knee_r)
     return points
 
 
